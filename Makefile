@@ -1,0 +1,42 @@
+# Foreshard: `make demo` runs the operator on the local control plane, `make test` runs every test.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap demo down test check lint typecheck layers cluster-up cluster-down bench traces proto
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+## The main job on the embedded default: local control plane + Prometheus + CRDs + operator.
+demo: bootstrap
+	@$(PY) -m foreshard.cli demo
+
+down:
+	@$(PY) -m foreshard.cli cluster down
+
+cluster-up: bootstrap
+	@$(PY) -m foreshard.cli cluster up
+
+cluster-down: down
+
+## What CI runs: static checks, then every test layer against the real components.
+test: bootstrap check
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+check: lint typecheck layers
+
+lint:
+	@$(PY) -m ruff check .
+	@$(PY) -m ruff format --check .
+
+typecheck:
+	@$(PY) -m mypy operator/foreshard broker-image/foreshard_broker
+
+layers:
+	@.venv/bin/lint-imports
+
+traces: bootstrap
+	@$(PY) -m foreshard.cli traces prepare-shared
+
+bench: bootstrap
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,0 +1,5 @@
+import sys
+
+from foreshard.cli import main
+
+sys.exit(main())
