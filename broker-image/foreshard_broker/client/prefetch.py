@@ -1,0 +1,186 @@
+"""Prefetch Agent: how many messages (and bytes) a consumer should hold ahead of its application.
+
+Pure sizing logic; the consumer feeds it observations with explicit timestamps and asks it how much
+to fetch.  Nothing here reads a clock or does I/O, so tests and the benchmark drive it directly.
+
+The buffer must cover the messages the application will consume while the next fetch is in flight:
+
+    target = ceil(demand_rate * fetch_round_trip * safety_margin) + concurrency
+
+* ``demand_rate`` is the predicted consumption rate.  When the broker still has a backlog (the last
+  fetch came back full) the application will consume as fast as it can, i.e. at its measured
+  capacity ``concurrency / processing_time``; when the broker ran dry the demand is the measured
+  acknowledgement rate.  The operator's forecast, when given, raises the estimate (capped by the
+  capacity: fetching more than the application can eat in a round trip only costs memory).
+* ``concurrency`` keeps one message ready for every worker, so a worker never waits for a round trip.
+* The target is bounded by ``max_messages`` and by ``max_bytes`` (through the mean message size), and
+  shrinks with the demand estimate, which decays when acknowledgements slow down.
+
+Using the acknowledgement rate alone would lock a starved consumer into a fraction of its capacity
+(a small buffer caps the ack rate, which keeps the buffer small); the capacity term breaks that loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PrefetchPolicy:
+    """Bounds and tuning of the agent; ``max_messages`` and ``max_bytes`` are hard limits."""
+
+    max_messages: int = 1000
+    max_bytes: int = 8 * 1024 * 1024
+    min_messages: int = 1
+    safety_margin: float = 1.5
+    # Smoothing horizon of the rate, round-trip and processing-time estimates, in seconds.
+    horizon_s: float = 1.0
+    # Assumed before anything is measured: small, so a cold consumer does not flood itself.
+    initial_round_trip_s: float = 0.005
+    initial_message_bytes: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_messages < 1 or self.max_bytes < 1:
+            raise ValueError("max_messages and max_bytes must be at least 1")
+        if not 1 <= self.min_messages <= self.max_messages:
+            raise ValueError("min_messages must be between 1 and max_messages")
+        if self.safety_margin < 1.0:
+            raise ValueError("safety_margin below 1.0 would starve the consumer by design")
+
+
+@dataclass(frozen=True)
+class FetchSize:
+    """What one fetch may ask for; zero messages means: do not fetch now."""
+
+    max_messages: int
+    max_bytes: int
+
+
+@dataclass
+class Ewma:
+    """Exponentially weighted mean over irregular samples, weighted by elapsed time."""
+
+    horizon_s: float
+    value: float | None = None
+    last_at: float | None = None
+
+    def add(self, now: float, sample: float) -> None:
+        if self.value is None or self.last_at is None:
+            self.value, self.last_at = sample, now
+            return
+        weight = 1.0 - math.exp(-max(now - self.last_at, 1e-6) / self.horizon_s)
+        self.value += weight * (sample - self.value)
+        self.last_at = now
+
+
+@dataclass
+class RateMeter:
+    """Events per second, estimated over buckets of ``bucket_s`` and smoothed over ``horizon_s``.
+
+    A bucket closes when a later event or a read arrives, so an idle period decays the rate instead
+    of freezing it at its last busy value.
+    """
+
+    horizon_s: float
+    bucket_s: float = 0.05
+    _bucket_start: float | None = None
+    _bucket_count: int = 0
+    _ewma: Ewma = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._ewma = Ewma(self.horizon_s)
+
+    def add(self, now: float, count: int = 1) -> None:
+        self._roll(now)
+        self._bucket_count += count
+
+    def rate(self, now: float) -> float:
+        self._roll(now)
+        return self._ewma.value or 0.0
+
+    def _roll(self, now: float) -> None:
+        if self._bucket_start is None:
+            self._bucket_start = now
+            return
+        elapsed = now - self._bucket_start
+        if elapsed < self.bucket_s:
+            return
+        self._ewma.add(now, self._bucket_count / elapsed)
+        self._bucket_start, self._bucket_count = now, 0
+
+
+class PrefetchAgent:
+    """Sizes the consumer's buffer from observed demand, round trip and message size."""
+
+    def __init__(self, policy: PrefetchPolicy, concurrency: int = 1) -> None:
+        self.policy = policy
+        self.concurrency = max(1, concurrency)
+        self.acks = RateMeter(policy.horizon_s)
+        self._round_trip = Ewma(policy.horizon_s)
+        self._processing = Ewma(policy.horizon_s)
+        self._size = Ewma(policy.horizon_s)
+        self._forecast_rate: float | None = None
+        self._backlog_seen = True
+
+    # --- observations -------------------------------------------------------------------------
+    def record_acks(self, now: float, count: int) -> None:
+        self.acks.add(now, count)
+
+    def record_processing(self, now: float, seconds: float) -> None:
+        self._processing.add(now, max(seconds, 0.0))
+
+    def record_fetch(self, now: float, round_trip_s: float, asked: int, got: int, got_bytes: int) -> None:
+        """One fetch answered; a full answer means the broker still holds a backlog for us."""
+        self._backlog_seen = got >= asked
+        if got >= asked:
+            # A short answer may include the broker's long-poll wait, which is not a round trip.
+            self._round_trip.add(now, max(round_trip_s, 0.0))
+        if got:
+            self._size.add(now, got_bytes / got)
+
+    def set_forecast(self, rate_per_s: float | None) -> None:
+        """The operator's forecast of this consumer's share of the group's consumption rate."""
+        self._forecast_rate = rate_per_s if rate_per_s and rate_per_s > 0 else None
+
+    # --- decisions ----------------------------------------------------------------------------
+    def capacity_rate(self) -> float | None:
+        """Messages per second the application can process, or None before any measurement."""
+        processing = self._processing.value
+        if processing is None:
+            return None
+        return self.concurrency / max(processing, 1e-6)
+
+    def demand_rate(self, now: float) -> float:
+        measured = self.acks.rate(now)
+        capacity = self.capacity_rate()
+        if self._backlog_seen and capacity is not None:
+            measured = max(measured, capacity)
+        if self._forecast_rate is not None:
+            forecast = self._forecast_rate if capacity is None else min(self._forecast_rate, capacity)
+            measured = max(measured, forecast)
+        return measured
+
+    def round_trip_s(self) -> float:
+        value = self._round_trip.value
+        return self.policy.initial_round_trip_s if value is None else value
+
+    def message_bytes(self) -> float:
+        value = self._size.value
+        return float(self.policy.initial_message_bytes) if value is None else max(value, 1.0)
+
+    def target_messages(self, now: float) -> int:
+        """Messages to hold (buffered plus being processed plus asked for)."""
+        policy = self.policy
+        wanted = math.ceil(self.demand_rate(now) * self.round_trip_s() * policy.safety_margin)
+        wanted += self.concurrency
+        by_bytes = int(policy.max_bytes // self.message_bytes())
+        return max(policy.min_messages, min(wanted, policy.max_messages, max(by_bytes, 1)))
+
+    def next_fetch(self, now: float, held_messages: int, held_bytes: int) -> FetchSize:
+        """The next fetch's size, given what is already held or reserved for fetches in flight."""
+        room_bytes = self.policy.max_bytes - held_bytes
+        room_messages = self.target_messages(now) - held_messages
+        if room_messages <= 0 or room_bytes <= 0:
+            return FetchSize(0, 0)
+        return FetchSize(room_messages, room_bytes)
