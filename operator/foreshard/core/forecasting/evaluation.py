@@ -105,7 +105,7 @@ def foreshard_paths(
         at = origins[block]
         fitted = selection.fit(y[: at[0]], phase_base, step_s, horizon)
         points[block] = selection.combined_paths(y, fitted, phase_base, at, horizon)
-        upper[block] = quantile_paths(points[block], fitted.residuals, 0.9)
+        upper[block] = quantile_paths(points[block], fitted.residuals, 0.9, fitted.samples)
         names.append(fitted.name)
     return points, upper, names
 

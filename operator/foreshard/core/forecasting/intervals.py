@@ -23,9 +23,19 @@ def residual_quantile(residuals: FloatArray, q: float) -> FloatArray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def quantile_paths(points: FloatArray, residuals: FloatArray, q: float) -> FloatArray:
+def conformal_level(q: float, samples: int) -> float:
+    """Split-conformal finite-sample correction: with m residuals use level q(m+1)/m (upper
+    tail; mirrored for the lower), so that short histories get wider, not overconfident, bands."""
+    if samples <= 0:
+        return q
+    if q >= 0.5:
+        return min(1.0, q * (samples + 1) / samples)
+    return max(0.0, 1.0 - (1.0 - q) * (samples + 1) / samples)
+
+
+def quantile_paths(points: FloatArray, residuals: FloatArray, q: float, samples: int = 0) -> FloatArray:
     """q-quantile forecasts for point forecasts shaped (..., horizon)."""
     horizon = points.shape[-1]
-    shift = residual_quantile(residuals[:, :horizon], q)
+    shift = residual_quantile(residuals[:, :horizon], conformal_level(q, samples))
     out = np.expm1(np.log1p(np.maximum(points, 0.0)) + shift)
     return np.asarray(np.maximum(np.nan_to_num(out, nan=0.0, posinf=0.0), 0.0), dtype=np.float64)

@@ -25,6 +25,8 @@ TSB_SPECS = (
     Spec(TSB, alpha=0.1, beta=0.05),
     Spec(TSB, alpha=0.2, beta=0.1),
 )
+RESETS = (1.0, 2.0)  # log1p jump sizes (x2.7, x7.4) that move a level at once
+RESET_ALPHAS = (0.07, 0.15, 0.3, 0.5)
 MAX_VALIDATION = 2000  # steps; recent behaviour is what the next forecasts face
 MAX_ORIGINS = 400  # backtest origins per fit, evenly spaced over the validation window
 PROFILE_SEASONS = {1: 28, 7: 6}  # days per season -> how many recent seasons the profile spans
@@ -39,6 +41,7 @@ class Fitted:
     specs: tuple[Spec, ...]  # one spec, or the members of a median ensemble
     profiles: dict[int, FloatArray]
     residuals: FloatArray  # (len(RESIDUAL_LEVELS), horizon) quantiles of log1p(actual) - log1p(point)
+    samples: int  # backtest residuals behind the smallest column: the conformal correction needs it
     scores: dict[str, float] = field(default_factory=dict)  # validation MAE per candidate family
     validation_origins: int = 0
 
@@ -85,7 +88,7 @@ def combined_paths(
 ) -> FloatArray:
     """Forecasts of a fitted model (median across ensemble members)."""
     stack = [paths(y, s, fitted.profiles, phase_base, origins, horizon) for s in fitted.specs]
-    return stack[0] if len(stack) == 1 else np.asarray(np.median(np.stack(stack), axis=0))
+    return stack[0] if len(stack) == 1 else np.asarray(np.median(np.stack(stack), axis=0), dtype=np.float64)
 
 
 def _profiles(y: FloatArray, phase_base: int, step_s: float) -> dict[int, FloatArray]:
@@ -104,9 +107,12 @@ def _profiles(y: FloatArray, phase_base: int, step_s: float) -> dict[int, FloatA
 def _candidates(y: FloatArray, profiles: dict[int, FloatArray]) -> list[list[Spec]]:
     """Families of specs; within a family only alpha differs."""
     families: list[list[Spec]] = [[Spec(LEVEL, log, 0, a) for a in ALPHAS] for log in (False, True)]
+    families += [[Spec(LEVEL, True, 0, a, reset=r) for a in RESET_ALPHAS] for r in RESETS]
     for key in sorted(profiles):
         season, log = key // 2, bool(key % 2)
         families.append([Spec(LEVEL, log, season, a) for a in ALPHAS])
+        if log:
+            families += [[Spec(LEVEL, True, season, a, reset=r) for a in RESET_ALPHAS] for r in RESETS]
         if log:
             families.append([Spec(SNAIVE, False, season)])
     if len(y) and float(np.mean(y == 0)) > INTERMITTENT_ZEROS:
@@ -149,7 +155,7 @@ def _best_per_family(
     return sorted(best, key=lambda item: item[0])
 
 
-def residual_table(forecasts: FloatArray, actual: FloatArray) -> FloatArray:
+def residual_table(forecasts: FloatArray, actual: FloatArray) -> tuple[FloatArray, int]:
     """Quantiles of log1p residuals per step; steps never observed borrow the previous step's."""
     with np.errstate(all="ignore"):
         errors = np.log1p(actual) - np.log1p(forecasts)
@@ -160,7 +166,7 @@ def residual_table(forecasts: FloatArray, actual: FloatArray) -> FloatArray:
             table[:, k] = np.quantile(column, RESIDUAL_LEVELS)
         elif k:
             table[:, k] = table[:, k - 1]
-    return np.nan_to_num(table)
+    return np.nan_to_num(table), int(np.isfinite(errors).sum(axis=0).min())
 
 
 def fit(y: FloatArray, phase_base: int, step_s: float, horizon: int) -> Fitted:
@@ -168,12 +174,12 @@ def fit(y: FloatArray, phase_base: int, step_s: float, horizon: int) -> Fitted:
     origins = _validation(len(y), horizon)
     actual = _actuals(y, origins, horizon)
     ranked = _best_per_family(y, _profiles(y[: origins[0]], phase_base, step_s), phase_base, origins, actual)
-    chosen_score, chosen, forecasts = ranked[0][0], (ranked[0][1],), ranked[0][2]
+    chosen_score, forecasts = ranked[0][0], ranked[0][2]
+    chosen: tuple[Spec, ...] = (ranked[0][1],)
     if len(ranked) >= 3:
         members = np.median(np.stack([item[2] for item in ranked[:3]]), axis=0)
         if _mae(members, actual) < chosen_score:
             chosen, forecasts = tuple(item[1] for item in ranked[:3]), members
     scores = {item[1].name: item[0] for item in ranked}
-    return Fitted(
-        chosen, _profiles(y, phase_base, step_s), residual_table(forecasts, actual), scores, len(origins)
-    )
+    table, samples = residual_table(forecasts, actual)
+    return Fitted(chosen, _profiles(y, phase_base, step_s), table, samples, scores, len(origins))
