@@ -35,7 +35,7 @@ def parse_time(text: str) -> float:
     if "." in text:
         head, frac = text.split(".", 1)
         digits = "".join(c for c in frac if c.isdigit())
-        text = f"{head}.{digits[:6]}{frac[len(digits):]}"
+        text = f"{head}.{digits[:6]}{frac[len(digits) :]}"
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

@@ -24,7 +24,11 @@ STAGING = re.compile(r"^\s*(k8s\.io/[\w.\-/]+)\s*=>\s*\./staging/src/\S+\s*$", r
 
 
 def read_versions(path: Path = HERE / "versions.env") -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
     return {key.strip(): value.strip() for key, value in pairs}
 
 
@@ -53,7 +57,11 @@ def upstream_gomod(kube_version: str) -> str:
     env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
     out = subprocess.run(
         ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{kube_version}"],
-        cwd=HERE, env=env, check=True, capture_output=True, text=True,
+        cwd=HERE,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return Path(json.loads(out)["GoMod"]).read_text()
 

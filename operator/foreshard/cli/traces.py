@@ -44,7 +44,12 @@ def register(subparsers: Any) -> None:
 
 
 def _report(series: Series, path: Path, as_json: bool) -> int:
-    summary: dict[str, Any] = {"key": series.key, "rows": len(series), "step_s": series.step_s, "path": str(path)}
+    summary: dict[str, Any] = {
+        "key": series.key,
+        "rows": len(series),
+        "step_s": series.step_s,
+        "path": str(path),
+    }
     print(json.dumps(summary) if as_json else f"wrote {summary['rows']} rows of {series.key} to {path}")
     return 0
 

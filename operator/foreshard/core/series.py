@@ -50,7 +50,9 @@ class Series:
 
     def tail(self, n: int) -> Series:
         n = min(n, len(self.values))
-        return Series(self.key, self.end_s - n * self.step_s, self.step_s, self.values[len(self.values) - n :])
+        return Series(
+            self.key, self.end_s - n * self.step_s, self.step_s, self.values[len(self.values) - n :]
+        )
 
 
 def infer_step(timestamps: FloatArray) -> float:
@@ -82,7 +84,9 @@ def regularize(key: str, timestamps: FloatArray, values: FloatArray, step_s: flo
     return Series(key, float(ts[0]), float(step), grid)
 
 
-def counts_from_events(key: str, event_times: FloatArray, step_s: float, start_s: float | None = None) -> Series:
+def counts_from_events(
+    key: str, event_times: FloatArray, step_s: float, start_s: float | None = None
+) -> Series:
     """Turn a raw arrival log (one timestamp per message) into counts per step."""
     if len(event_times) == 0:
         raise ValueError(f"{key}: the arrival log has no rows")

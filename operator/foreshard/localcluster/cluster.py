@@ -1,0 +1,327 @@
+"""A real Kubernetes control plane on 127.0.0.1, built from the upstream Go modules.
+
+    etcd --> kube-apiserver (RBAC, client-cert auth, TokenRequest)
+                 ^      ^      ^
+     controller-manager  scheduler  kwok (fake nodes: pods go Running and Ready)
+
+`LocalCluster.start()` brings the components up in that order, waiting for each to be healthy;
+if one dies it raises `StartError` with the tail of that component's log and stops everything it
+started. `stop()` leaves no process behind. State (PIDs, ports) is written to
+`<workdir>/state.json` so that `foreshard cluster down` can stop a cluster another process started.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from foreshard.localcluster import pki
+from foreshard.localcluster.process import (
+    Managed,
+    StartError,
+    free_port,
+    http_ok,
+    https_ok,
+    spawn,
+    stop,
+    stop_pid,
+    wait_until,
+)
+from foreshard.localcluster.toolchain import Toolchain
+
+# Ports tried first (so that a long-lived `cluster up` keeps stable addresses); any port in use
+# is replaced by a free one. Test fixtures pass `preferred_ports=False` and always get free ports.
+PREFERRED_PORTS = {
+    "etcd": 22379,
+    "etcd_peer": 22380,
+    "apiserver": 26443,
+    "controller_manager": 30257,
+    "scheduler": 30259,
+    "kwok": 30247,
+}
+COMPONENT_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Ports:
+    etcd: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+    @classmethod
+    def choose(cls, preferred: bool) -> Ports:
+        taken: set[int] = set()
+        chosen = {}
+        for name, port in PREFERRED_PORTS.items():
+            chosen[name] = free_port(port if preferred else None, taken)
+            taken.add(chosen[name])
+        return cls(**chosen)
+
+
+@dataclass
+class LocalCluster:
+    workdir: Path
+    toolchain: Toolchain = field(default_factory=Toolchain.default)
+    nodes: int = 3
+    preferred_ports: bool = True
+    processes: list[Managed] = field(default_factory=list)
+    ports: Ports | None = None
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "admin.kubeconfig"
+
+    @property
+    def server(self) -> str:
+        assert self.ports is not None, "the cluster is not started"
+        return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.workdir / "state.json"
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.toolchain.ensure()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ports = Ports.choose(self.preferred_ports)
+        certs = pki.create(self.workdir / "pki")
+        try:
+            self._start_etcd()
+            self._start_apiserver(certs)
+            self._write_kubeconfigs(certs)
+            self._start_controllers()
+            self._start_kwok()
+            self._create_nodes()
+        except BaseException:
+            self.stop()
+            raise
+        self._write_state()
+
+    def stop(self) -> None:
+        for managed in reversed(self.processes):
+            stop(managed)
+        self.processes.clear()
+        self.state_file.unlink(missing_ok=True)
+
+    # -- components -----------------------------------------------------------------------
+
+    def _run(self, name: str, *args: str) -> Managed:
+        managed = spawn(name, [str(self.toolchain.path(name)), *args], self.workdir / "logs")
+        self.processes.append(managed)
+        return managed
+
+    def _start_etcd(self) -> None:
+        assert self.ports is not None
+        client, peer = f"http://127.0.0.1:{self.ports.etcd}", f"http://127.0.0.1:{self.ports.etcd_peer}"
+        etcd = self._run(
+            "etcd",
+            "--name=default",
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}",
+            "--log-level=warn",
+            # A throwaway cluster: fsync buys nothing and costs seconds on a shared disk.
+            "--unsafe-no-fsync",
+        )
+        wait_until(lambda: http_ok(f"{client}/health"), "etcd /health", [etcd], COMPONENT_TIMEOUT_S)
+
+    def _start_apiserver(self, certs: pki.ClusterPKI) -> None:
+        assert self.ports is not None
+        apiserver = self._run(
+            "kube-apiserver",
+            f"--etcd-servers=http://127.0.0.1:{self.ports.etcd}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.ports.apiserver}",
+            "--authorization-mode=Node,RBAC",
+            f"--client-ca-file={certs.ca.cert}",
+            f"--tls-cert-file={certs.apiserver.cert}",
+            f"--tls-private-key-file={certs.apiserver.key}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={certs.service_account_pub}",
+            f"--service-account-signing-key-file={certs.service_account_key}",
+            f"--service-cluster-ip-range={pki.SERVICE_CIDR}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+        )
+        context = self.client_ssl_context(certs)
+        wait_until(
+            lambda: https_ok(f"{self.server}/readyz", context), "kube-apiserver /readyz", [apiserver], 90.0
+        )
+
+    def _write_kubeconfigs(self, certs: pki.ClusterPKI) -> None:
+        for name, pair in (
+            ("admin", certs.admin),
+            ("controller-manager", certs.controller_manager),
+            ("scheduler", certs.scheduler),
+        ):
+            write_kubeconfig(self.workdir / f"{name}.kubeconfig", self.server, certs.ca.cert, pair, name)
+
+    def _start_controllers(self) -> None:
+        assert self.ports is not None
+        cm_config = self.workdir / "controller-manager.kubeconfig"
+        sched_config = self.workdir / "scheduler.kubeconfig"
+        certs_dir = self.workdir / "pki"
+        manager = self._run(
+            "kube-controller-manager",
+            f"--kubeconfig={cm_config}",
+            f"--authentication-kubeconfig={cm_config}",
+            f"--authorization-kubeconfig={cm_config}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports.controller_manager}",
+            f"--service-account-private-key-file={certs_dir / 'sa.key'}",
+            f"--root-ca-file={certs_dir / 'ca.crt'}",
+            "--use-service-account-credentials=true",
+            "--leader-elect=false",
+            f"--cert-dir={self.workdir / 'controller-manager-certs'}",
+            "--v=1",
+        )
+        scheduler = self._run(
+            "kube-scheduler",
+            f"--kubeconfig={sched_config}",
+            f"--authentication-kubeconfig={sched_config}",
+            f"--authorization-kubeconfig={sched_config}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports.scheduler}",
+            "--leader-elect=false",
+            "--v=1",
+        )
+        insecure = ssl.create_default_context()
+        insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE  # self-signed serving certs
+        cm_url = f"https://127.0.0.1:{self.ports.controller_manager}/healthz"
+        sched_url = f"https://127.0.0.1:{self.ports.scheduler}/healthz"
+        wait_until(lambda: https_ok(cm_url, insecure), "kube-controller-manager /healthz", [manager], 60.0)
+        wait_until(lambda: https_ok(sched_url, insecure), "kube-scheduler /healthz", [scheduler], 60.0)
+
+    def _start_kwok(self) -> None:
+        assert self.ports is not None
+        kwok = self._run(
+            "kwok",
+            f"--kubeconfig={self.kubeconfig}",
+            f"--config={self.toolchain.kwok_stages}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            f"--server-address=127.0.0.1:{self.ports.kwok}",
+            "--node-lease-duration-seconds=40",
+            "--cidr=10.244.0.0/16",
+            "--node-ip=127.0.0.1",
+        )
+        wait_until(
+            lambda: http_ok(f"http://127.0.0.1:{self.ports.kwok}/healthz"), "kwok /healthz", [kwok], 60.0
+        )
+
+    def _create_nodes(self) -> None:
+        documents = [fake_node(f"kwok-node-{i}") for i in range(self.nodes)]
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
+        wait_until(self._nodes_ready, f"{self.nodes} kwok nodes Ready", self.processes, 60.0)
+
+    def _nodes_ready(self) -> bool:
+        out = self.kubectl("get", "nodes", "-o", "json").stdout
+        nodes = json.loads(out)["items"]
+        ready = [
+            n
+            for n in nodes
+            for c in n.get("status", {}).get("conditions", [])
+            if c["type"] == "Ready" and c["status"] == "True"
+        ]
+        return len(ready) >= self.nodes
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        command = [str(self.toolchain.path("kubectl")), f"--kubeconfig={self.kubeconfig}", *args]
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def client_ssl_context(self, certs: pki.ClusterPKI | None = None) -> ssl.SSLContext:
+        pki_dir = self.workdir / "pki"
+        context = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
+        context.load_cert_chain(str(pki_dir / "admin.crt"), str(pki_dir / "admin.key"))
+        return context
+
+    def _write_state(self) -> None:
+        state = {
+            "ports": asdict(self.ports) if self.ports else {},
+            "pids": {m.name: m.pid for m in self.processes},
+            "kubeconfig": str(self.kubeconfig),
+            "server": self.server,
+            "started_at": time.time(),
+        }
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, pair: pki.Pair, user: str) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "foreshard-local", "cluster": {"server": server, "certificate-authority": str(ca)}}
+        ],
+        "users": [
+            {"name": user, "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)}}
+        ],
+        "contexts": [{"name": "foreshard-local", "context": {"cluster": "foreshard-local", "user": user}}],
+        "current-context": "foreshard-local",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+
+
+def fake_node(name: str) -> dict[str, object]:
+    capacity = {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "type": "kwok",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+            },
+        },
+        "spec": {},
+        "status": {"allocatable": capacity, "capacity": capacity},
+    }
+
+
+def stop_recorded(workdir: Path) -> list[str]:
+    """Stop a cluster from its state file (started by another process); returns what was stopped."""
+    state_file = workdir / "state.json"
+    if not state_file.exists():
+        return []
+    pids: dict[str, int] = json.loads(state_file.read_text()).get("pids", {})
+    for name in reversed(list(pids)):
+        stop_pid(pids[name])
+    state_file.unlink()
+    return list(pids)
+
+
+__all__ = ["LocalCluster", "StartError", "stop_recorded"]
