@@ -227,9 +227,8 @@ class LocalCluster:
             "--cidr=10.244.0.0/16",
             "--node-ip=127.0.0.1",
         )
-        wait_until(
-            lambda: http_ok(f"http://127.0.0.1:{self.ports.kwok}/healthz"), "kwok /healthz", [kwok], 60.0
-        )
+        health = f"http://127.0.0.1:{self.ports.kwok}/healthz"
+        wait_until(lambda: http_ok(health), "kwok /healthz", [kwok], 60.0)
 
     def _create_nodes(self) -> None:
         documents = [fake_node(f"kwok-node-{i}") for i in range(self.nodes)]
