@@ -1,30 +1,92 @@
 """Per-key arrival forecasting (DESIGN.md §5): pure functions from history to `Forecast`.
 
-First working version: exponential smoothing of log1p counts with the smoothing constant
-chosen by backtest, and quantiles from the empirical backtest residuals per horizon step.
+    history --clean--> fit (backtest every candidate, keep the best, store its residuals)
+            --predict--> point path + conformal quantiles --events--> Forecast
+
+Candidates: smoothed level (raw or log1p, with or without a daily/weekly profile, with or
+without burst resets), seasonal naive, TSB for intermittent keys, and the median of the best
+three. See docs/forecasting.md for the measured accuracy against baselines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
-from scipy.signal import lfilter  # type: ignore[import-untyped]  # scipy ships no stubs
 
+from foreshard.core.forecasting import selection
+from foreshard.core.forecasting.events import ScheduledEvent, learn_multiplier, multipliers
+from foreshard.core.forecasting.intervals import quantile_paths
+from foreshard.core.forecasting.models import LEVEL, SNAIVE, Spec
+from foreshard.core.forecasting.selection import Fitted
 from foreshard.core.forecasting.types import Forecast, InsufficientHistory
-from foreshard.core.series import FloatArray, Series
+from foreshard.core.series import Series
 
-__all__ = ["Forecast", "InsufficientHistory", "forecast"]
+__all__ = [
+    "Fitted",
+    "Forecast",
+    "InsufficientHistory",
+    "ScheduledEvent",
+    "fit",
+    "forecast",
+    "learn_multiplier",
+    "predict",
+]
 
-MIN_HISTORY = 3
-_ALPHAS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)
+MIN_HISTORY = 3  # intervals with a real observation; below this there is nothing to smooth
+MIN_TRUSTED_ORIGINS = 10  # backtest origins below which a fit cannot vouch for itself
 
 
-def _levels(y: FloatArray, alpha: float) -> FloatArray:
-    # SES is a first-order linear filter; lfilter runs it in C for any length.
-    zi = np.array([(1 - alpha) * y[0]])
-    out, _ = lfilter([alpha], [1.0, -(1.0 - alpha)], y, zi=zi)
-    return np.asarray(out, dtype=np.float64)
+def phase_base(series: Series) -> int:
+    """Absolute step index of the first interval, so that seasonal phases follow the clock."""
+    return round(series.start_s / series.step_s)
+
+
+def fit(history: Series, horizon_steps: int) -> Fitted:
+    """Choose and fit a model for `history`; raises InsufficientHistory when it is too short."""
+    if horizon_steps < 1:
+        raise ValueError(f"horizon_steps must be at least 1, got {horizon_steps}")
+    observed = int(np.sum(np.isfinite(history.values) & (history.values >= 0)))
+    if observed < MIN_HISTORY:
+        raise InsufficientHistory(
+            f"{history.key}: {observed} usable intervals of history, need at least {MIN_HISTORY}"
+        )
+    return selection.fit(history.cleaned().values, phase_base(history), history.step_s, horizon_steps)
+
+
+def predict(
+    fitted: Fitted,
+    history: Series,
+    horizon_steps: int,
+    quantiles: Sequence[float] = (0.5, 0.9, 0.99),
+    events: Iterable[ScheduledEvent] = (),
+) -> Forecast:
+    """Roll a fitted model forward over `history` (possibly newer than the fit) and forecast."""
+    y = history.cleaned().values
+    origin = np.array([len(y)], dtype=np.int64)
+    horizon = min(horizon_steps, fitted.horizon)
+    point = selection.combined_paths(y, fitted, phase_base(history), origin, horizon_steps)[0]
+    factor = multipliers(history.key, history.end_s, history.step_s, horizon_steps, events)
+    bands = {}
+    for q in sorted(quantiles):
+        band = quantile_paths(point[None, :horizon], fitted.residuals, q, fitted.samples)[0]
+        # steps beyond the fitted horizon reuse its last step's spread
+        band = np.concatenate([band, band[-1] / max(point[horizon - 1], 1e-9) * point[horizon:]])
+        bands[q] = band * factor
+    return Forecast(
+        history.key, history.end_s, history.step_s, point * factor, bands, fitted.name, trusted(fitted)
+    )
+
+
+def trusted(fitted: Fitted) -> bool:
+    """The backtest beat the seasonal-naive (or, without a season, the naive) reference."""
+    if fitted.validation_origins < MIN_TRUSTED_ORIGINS:
+        return False
+    seasonal = [score for name, score in fitted.scores.items() if name.startswith(SNAIVE)]
+    naive = fitted.scores.get(Spec(LEVEL, False, 0, 1.0).name)
+    references = [s for s in [*seasonal[:1], naive] if s is not None]
+    best = min(fitted.scores.values())
+    return not references or best <= min(references)
 
 
 def forecast(
@@ -32,24 +94,12 @@ def forecast(
     horizon_steps: int,
     quantiles: Sequence[float] = (0.5, 0.9, 0.99),
     *,
-    events: Sequence[object] = (),
+    events: Iterable[ScheduledEvent] = (),
 ) -> Forecast:
-    if horizon_steps < 1:
-        raise ValueError(f"horizon_steps must be at least 1, got {horizon_steps}")
-    y = np.log1p(history.cleaned().values)
-    if len(y) < MIN_HISTORY:
-        raise InsufficientHistory(f"{history.key}: {len(y)} intervals of history, need {MIN_HISTORY}")
-    best = min(_ALPHAS, key=lambda a: float(np.mean(np.abs(y[1:] - _levels(y, a)[:-1]))))
-    level = _levels(y, best)
-    resid = y[1:] - level[:-1]
-    point = np.full(horizon_steps, float(level[-1]))
-    spread = np.sqrt(np.arange(1, horizon_steps + 1))
-    quant = {q: np.maximum(np.expm1(point + float(np.quantile(resid, q)) * spread), 0.0) for q in quantiles}
-    return Forecast(
-        history.key,
-        history.end_s,
-        history.step_s,
-        np.maximum(np.expm1(point), 0.0),
-        quant,
-        f"ses_log({best})",
-    )
+    """Counts per step for the `horizon_steps` intervals after `history`, with quantiles.
+
+    Never negative, never NaN, quantiles non-decreasing in q. Gaps, NaN and negative counts in
+    the history are cleaned first; fewer than MIN_HISTORY usable intervals raise
+    InsufficientHistory.
+    """
+    return predict(fit(history, horizon_steps), history, horizon_steps, quantiles, events)
