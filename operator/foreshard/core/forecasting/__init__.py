@@ -64,15 +64,14 @@ def predict(
     """Roll a fitted model forward over `history` (possibly newer than the fit) and forecast."""
     y = history.cleaned().values
     origin = np.array([len(y)], dtype=np.int64)
-    horizon = min(horizon_steps, fitted.horizon)
     point = selection.combined_paths(y, fitted, phase_base(history), origin, horizon_steps)[0]
     factor = multipliers(history.key, history.end_s, history.step_s, horizon_steps, events)
-    bands = {}
-    for q in sorted(quantiles):
-        band = quantile_paths(point[None, :horizon], fitted.residuals, q, fitted.samples)[0]
-        # steps beyond the fitted horizon reuse its last step's spread
-        band = np.concatenate([band, band[-1] / max(point[horizon - 1], 1e-9) * point[horizon:]])
-        bands[q] = band * factor
+    # steps beyond the fitted horizon borrow the spread of its last step
+    extra = max(0, horizon_steps - fitted.horizon)
+    residuals = np.concatenate([fitted.residuals, np.repeat(fitted.residuals[:, -1:], extra, axis=1)], axis=1)
+    bands = {
+        q: quantile_paths(point[None, :], residuals, q, fitted.samples)[0] * factor for q in sorted(quantiles)
+    }
     return Forecast(
         history.key, history.end_s, history.step_s, point * factor, bands, fitted.name, trusted(fitted)
     )
