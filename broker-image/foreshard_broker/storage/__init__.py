@@ -1,0 +1,28 @@
+"""Durable, ordered record storage behind one Protocol (knows nothing of gRPC)."""
+
+from foreshard_broker.storage.base import (
+    AckRecord,
+    BatchRecord,
+    GroupRecord,
+    Message,
+    Record,
+    ReleaseRecord,
+    Storage,
+    StorageError,
+)
+from foreshard_broker.storage.memory import MemoryStorage
+from foreshard_broker.storage.segment_log import SegmentLogStorage, SyncMode
+
+__all__ = [
+    "AckRecord",
+    "BatchRecord",
+    "GroupRecord",
+    "MemoryStorage",
+    "Message",
+    "Record",
+    "ReleaseRecord",
+    "SegmentLogStorage",
+    "Storage",
+    "StorageError",
+    "SyncMode",
+]

@@ -1,0 +1,207 @@
+"""Thin async gRPC transport for one broker: data and admin calls, nothing more.
+
+No routing, retries or prefetching here (the client SDK builds those on top): every method is one
+call; failures raise `BrokerCallError` subclasses (MovedError, PausedError, StaleEpochError) with
+the parsed ErrorDetail. Publish outcomes (stored / moved / paused / failure) are returned as the
+PublishResponse itself, because they are per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from foreshard_broker.client.broker_errors import from_rpc_error
+from foreshard_broker.routing import RoutingTable
+from foreshard_broker.wire import pb, pb_grpc
+
+T = TypeVar("T")
+_EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - absent from the type stubs
+OutMessage = tuple[str, bytes] | tuple[str, bytes, Mapping[str, str]]
+DEFAULT_OPTIONS = (
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+)
+
+
+def publish_request(producer_id: str, sequence: int, messages: Iterable[OutMessage]) -> Any:
+    request = pb.PublishRequest(producer_id=producer_id, sequence=sequence)
+    add = request.messages.add
+    for message in messages:
+        if len(message) == 3:
+            add(key=message[0], payload=message[1], headers=message[2])
+        else:
+            add(key=message[0], payload=message[1])
+    return request
+
+
+def routing_pb(table: RoutingTable) -> Any:
+    return pb.RoutingTable(
+        epoch=table.epoch,
+        num_slots=table.num_slots,
+        slot_owners=table.slot_owners,
+        pinned=dict(table.pinned),
+        endpoints=dict(table.endpoints),
+    )
+
+
+async def _call(awaitable: Awaitable[T]) -> T:
+    try:
+        return await awaitable
+    except grpc.aio.AioRpcError as error:
+        raise from_rpc_error(error) from error
+
+
+class PublishStream:
+    """One pipelined Publish stream: `send` batches, `receive` their answers in the same order."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def send(self, request: Any) -> None:
+        await _call(self._call.write(request))
+
+    async def receive(self) -> Any:
+        response = await _call(self._call.read())
+        if response is _EOF:
+            raise EOFError("publish stream closed by the broker")
+        return response
+
+    async def close(self) -> None:
+        await _call(self._call.done_writing())
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class _Channel:
+    def __init__(self, endpoint: str, options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS) -> None:
+        self.endpoint = endpoint
+        self.channel = grpc.aio.insecure_channel(endpoint, options=list(options))
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+    async def wait_ready(self, timeout: float) -> None:
+        await asyncio.wait_for(self.channel.channel_ready(), timeout)
+
+
+class BrokerClient(_Channel):
+    """Data API: Publish (stream and unary), Fetch, Ack, Nack."""
+
+    def __init__(self, endpoint: str, options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS) -> None:
+        super().__init__(endpoint, options)
+        self.stub = pb_grpc.BrokerStub(self.channel)
+
+    def publish_stream(self) -> PublishStream:
+        return PublishStream(self.stub.Publish())
+
+    async def publish(self, producer_id: str, sequence: int, messages: Iterable[OutMessage]) -> Any:
+        return await self.publish_request(publish_request(producer_id, sequence, messages))
+
+    async def publish_request(self, request: Any, timeout: float | None = None) -> Any:
+        return await _call(self.stub.PublishBatch(request, timeout=timeout))
+
+    async def fetch(
+        self, group: str, consumer: str, max_messages: int = 100, max_bytes: int = 0, wait_ms: int = 0
+    ) -> list[Any]:
+        request = pb.FetchRequest(
+            group=group, consumer=consumer, max_messages=max_messages, max_bytes=max_bytes, wait_ms=wait_ms
+        )
+        response = await _call(self.stub.Fetch(request))
+        return list(response.messages)
+
+    async def ack(self, group: str, offsets: Iterable[int]) -> Any:
+        return await _call(self.stub.Ack(pb.AckRequest(group=group, offsets=list(offsets))))
+
+    async def nack(self, group: str, offsets: Iterable[int]) -> Any:
+        return await _call(self.stub.Nack(pb.NackRequest(group=group, offsets=list(offsets))))
+
+
+def _selector(slots: Iterable[int] = (), keys: Iterable[str] = ()) -> Any:
+    return pb.Selector(slots=list(slots), keys=list(keys))
+
+
+class AdminClient(_Channel):
+    """Admin API: routing, groups, fencing, backlog and group-state copy, drain, load, health."""
+
+    def __init__(self, endpoint: str, options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS) -> None:
+        super().__init__(endpoint, options)
+        self.stub = pb_grpc.AdminStub(self.channel)
+
+    async def update_routing(self, table: RoutingTable) -> int:
+        response = await _call(self.stub.UpdateRouting(routing_pb(table)))
+        return int(response.epoch)
+
+    async def update_routing_pb(self, table: Any) -> int:
+        return int((await _call(self.stub.UpdateRouting(table))).epoch)
+
+    async def get_routing(self) -> RoutingTable:
+        t = await _call(self.stub.GetRouting(pb.GetRoutingRequest()))
+        return RoutingTable(t.epoch, t.num_slots, tuple(t.slot_owners), dict(t.pinned), dict(t.endpoints))
+
+    async def create_group(self, group: str, latest: bool = False) -> bool:
+        start = pb.START_POSITION_LATEST if latest else pb.START_POSITION_EARLIEST
+        return bool(
+            (await _call(self.stub.CreateGroup(pb.CreateGroupRequest(group=group, start=start)))).created
+        )
+
+    async def pause(
+        self, slots: Iterable[int] = (), keys: Iterable[str] = (), retry_after_ms: int = 0
+    ) -> Any:
+        request = pb.PauseRequest(selector=_selector(slots, keys), retry_after_ms=retry_after_ms)
+        return await _call(self.stub.Pause(request))
+
+    async def resume(self, slots: Iterable[int] = (), keys: Iterable[str] = ()) -> None:
+        await _call(self.stub.Resume(pb.ResumeRequest(selector=_selector(slots, keys))))
+
+    async def export_backlog(
+        self, slots: Iterable[int] = (), keys: Iterable[str] = (), from_offset: int = 0, chunk: int = 1000
+    ) -> AsyncIterator[Any]:
+        request = pb.ExportBacklogRequest(
+            selector=_selector(slots, keys), from_offset=from_offset, chunk_messages=chunk
+        )
+        try:
+            async for item in self.stub.ExportBacklog(request):
+                yield item
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from error
+
+    async def import_backlog(self, chunks: AsyncIterable[Any] | Iterable[Any]) -> Any:
+        return await _call(self.stub.ImportBacklog(chunks))
+
+    async def export_group_state(self, slots: Iterable[int] = (), keys: Iterable[str] = ()) -> Any:
+        request = pb.ExportGroupStateRequest(selector=_selector(slots, keys))
+        return await _call(self.stub.ExportGroupState(request))
+
+    async def import_group_state(self, state: Any) -> Any:
+        return await _call(self.stub.ImportGroupState(state))
+
+    async def release(self, slots: Iterable[int] = (), keys: Iterable[str] = ()) -> int:
+        response = await _call(self.stub.Release(pb.ReleaseRequest(selector=_selector(slots, keys))))
+        return int(response.released)
+
+    async def drain(self) -> int:
+        return int((await _call(self.stub.Drain(pb.DrainRequest()))).retained)
+
+    async def load_metrics(self, top_keys: int = 0) -> Any:
+        return await _call(self.stub.GetLoadMetrics(pb.LoadMetricsRequest(top_keys=top_keys)))
+
+    async def health(self) -> Any:
+        return await _call(self.stub.Health(pb.HealthRequest()))
+
+
+async def copy_backlog(
+    source: AdminClient, target: AdminClient, slots: Iterable[int], keys: Iterable[str], from_offset: int
+) -> tuple[Any, int]:
+    """Stream an export from `source` into an import on `target`; returns (result, next offset)."""
+    next_offset = from_offset
+    chunks: list[Any] = []
+    async for chunk in source.export_backlog(list(slots), list(keys), from_offset):
+        chunks.append(chunk)
+        next_offset = chunk.next_offset
+    result = await target.import_backlog(chunks) if chunks else pb.ImportBacklogResponse()
+    return result, next_offset

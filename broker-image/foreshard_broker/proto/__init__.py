@@ -1,0 +1,1 @@
+"""Generated from proto/foreshard/v1 by foreshard_broker.protogen; do not edit."""

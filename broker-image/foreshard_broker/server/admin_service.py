@@ -1,0 +1,173 @@
+"""gRPC Admin servicer: protobuf <-> admin operations; errors go through `service.STATUS`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import psutil
+
+from foreshard_broker.routing import RoutingTable
+from foreshard_broker.server import errors
+from foreshard_broker.server.admin import Admin, GroupPending, Selector
+from foreshard_broker.server.service import abort, guarded
+from foreshard_broker.storage import Message
+from foreshard_broker.wire import pb, pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def table_of(request: Any) -> RoutingTable:
+    return RoutingTable(
+        request.epoch,
+        request.num_slots,
+        tuple(request.slot_owners),
+        dict(request.pinned),
+        dict(request.endpoints),
+    )
+
+
+def message_of(m: Any) -> Message:
+    return Message(m.offset, m.key, m.slot, m.payload, dict(m.headers), m.publish_time_ms)
+
+
+class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+        self.broker = admin.broker
+        self.process = psutil.Process(os.getpid())
+        self.process.cpu_percent()  # first call primes the counter
+
+    def _selector(self, request: Any) -> Selector:
+        return self.admin.selector(request.slots, request.keys)
+
+    async def UpdateRouting(self, request: Any, context: Context) -> Any:
+        epoch = await guarded(context, _call(lambda: self.admin.update_routing(table_of(request))))
+        return pb.UpdateRoutingResponse(epoch=epoch)
+
+    async def GetRouting(self, request: Any, context: Context) -> Any:
+        table = self.broker.routing
+        return pb.RoutingTable(
+            epoch=table.epoch,
+            num_slots=table.num_slots,
+            slot_owners=table.slot_owners,
+            pinned=dict(table.pinned),
+            endpoints=dict(table.endpoints),
+        )
+
+    async def CreateGroup(self, request: Any, context: Context) -> Any:
+        latest = request.start == pb.START_POSITION_LATEST
+        created = await guarded(context, self.broker.create_group(request.group, latest))
+        return pb.CreateGroupResponse(created=created)
+
+    async def Pause(self, request: Any, context: Context) -> Any:
+        selector = await guarded(context, _call(lambda: self._selector(request.selector)))
+        inflight, high = await self.admin.pause(selector, request.retry_after_ms)
+        return pb.PauseResponse(inflight=inflight, high_offset=high)
+
+    async def Resume(self, request: Any, context: Context) -> Any:
+        selector = await guarded(context, _call(lambda: self._selector(request.selector)))
+        self.admin.resume(selector)
+        return pb.ResumeResponse()
+
+    async def ExportBacklog(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        selector = await guarded(context, _call(lambda: self._selector(request.selector)))
+        shard = self.broker.config.shard
+        async for chunk in self.admin.export_backlog(selector, request.from_offset, request.chunk_messages):
+            out = pb.BacklogChunk(source_shard=shard, next_offset=chunk[-1].offset + 1)
+            add = out.messages.add
+            for m in chunk:
+                add(
+                    offset=m.offset,
+                    key=m.key,
+                    slot=m.slot,
+                    payload=m.payload,
+                    headers=m.headers,
+                    publish_time_ms=m.publish_time_ms,
+                )
+            yield out
+
+    async def ImportBacklog(self, requests: AsyncIterator[Any], context: Context) -> Any:
+        imported = skipped = 0
+        async for chunk in requests:
+            messages = [message_of(m) for m in chunk.messages]
+            done, again = await guarded(context, self.admin.import_backlog(chunk.source_shard, messages))
+            imported, skipped = imported + done, skipped + again
+        return pb.ImportBacklogResponse(imported=imported, skipped=skipped)
+
+    async def ExportGroupState(self, request: Any, context: Context) -> Any:
+        selector = await guarded(context, _call(lambda: self._selector(request.selector)))
+        groups = self.admin.export_group_state(selector)
+        return pb.ExportGroupStateResponse(
+            source_shard=self.broker.config.shard,
+            selector=request.selector,
+            groups=[pb.GroupState(group=g.group, pending_offsets=g.pending_offsets) for g in groups],
+        )
+
+    async def ImportGroupState(self, request: Any, context: Context) -> Any:
+        selector = await guarded(context, _call(lambda: self._selector(request.selector)))
+        groups = [GroupPending(g.group, list(g.pending_offsets)) for g in request.groups]
+        if request.source_shard == self.broker.config.shard:
+            await abort(context, errors.InvalidInput("source_shard is this shard; import from another shard"))
+        acked = await guarded(context, self.admin.import_group_state(request.source_shard, selector, groups))
+        return pb.ImportGroupStateResponse(groups=len(groups), acked=acked)
+
+    async def Release(self, request: Any, context: Context) -> Any:
+        selector = await guarded(context, _call(lambda: self._selector(request.selector)))
+        released = await guarded(context, self.admin.release(selector))
+        return pb.ReleaseResponse(released=released)
+
+    async def Drain(self, request: Any, context: Context) -> Any:
+        return pb.DrainResponse(retained=await self.admin.drain())
+
+    async def GetLoadMetrics(self, request: Any, context: Context) -> Any:
+        return load_metrics_pb(self, request.top_keys)
+
+    async def Health(self, request: Any, context: Context) -> Any:
+        broker = self.broker
+        return pb.HealthResponse(
+            shard=broker.config.shard,
+            epoch=broker.routing.epoch,
+            ready=broker.failed is None and not broker.draining,
+            draining=broker.draining,
+            high_offset=broker.state.next_offset,
+        )
+
+
+def load_metrics_pb(service: AdminService, top_keys: int) -> Any:
+    broker, state = service.broker, service.broker.state
+    window, rates = broker.load.rates(time.monotonic())
+    rates.sort(key=lambda r: r.arrival_rate, reverse=True)
+    out = pb.LoadMetrics(shard=broker.config.shard, epoch=broker.routing.epoch, window_seconds=window)
+    slots: dict[int, Any] = {}
+    for r in rates:
+        backlog = state.key_backlog.get(r.key, 0)
+        backlog_bytes = state.key_backlog_bytes.get(r.key, 0)
+        slot = slots.setdefault(r.slot, pb.SlotLoad(slot=r.slot))
+        slot.arrival_rate += r.arrival_rate
+        slot.ack_rate += r.ack_rate
+        slot.backlog += backlog
+        slot.backlog_bytes += backlog_bytes
+        slot.arrived_total += r.arrived
+        slot.arrived_bytes_total += r.arrived_bytes
+        if not top_keys or len(out.keys) < top_keys:
+            out.keys.add(
+                key=r.key, slot=r.slot, arrival_rate=r.arrival_rate, ack_rate=r.ack_rate, backlog=backlog,
+                backlog_bytes=backlog_bytes, arrived_total=r.arrived, arrived_bytes_total=r.arrived_bytes,
+            )  # fmt: skip
+    out.slots.extend(slots[slot] for slot in sorted(slots))
+    with service.process.oneshot():
+        times = service.process.cpu_times()
+        out.process_cpu_seconds = times.user + times.system
+        out.process_cpu_percent = service.process.cpu_percent()
+        out.process_rss_bytes = service.process.memory_info().rss
+    out.retained_messages = len(state.retained)
+    out.retained_bytes = state.retained_bytes
+    return out
+
+
+async def _call(function: Any) -> Any:
+    return function()

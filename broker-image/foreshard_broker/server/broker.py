@@ -1,0 +1,269 @@
+"""Queue semantics in plain asyncio: publish, fetch, ack, nack, ownership and fencing.
+
+Publish path: validate -> dedupe (producer id, sequence) -> route every key (MOVED / PAUSED) ->
+assign offsets -> append to storage -> await durability -> make visible to groups in offset order.
+Consumers never see a message that is not yet durable, and a producer's ack means "on disk".
+Admin operations used by migrations live in `admin.py` on top of this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from foreshard_broker.routing import KEYLESS_SLOT, RoutingTable
+from foreshard_broker.server import errors, validation
+from foreshard_broker.server.config import BrokerConfig
+from foreshard_broker.server.groups import ConsumerGroup, Delivery
+from foreshard_broker.server.load import LoadTracker
+from foreshard_broker.server.state import BrokerState
+from foreshard_broker.storage import AckRecord, BatchRecord, GroupRecord, Message, Storage
+
+log = logging.getLogger("foreshard_broker.broker")
+Item = tuple[str, bytes, Mapping[str, str]]
+
+
+Refusal = tuple[int, "errors.Moved | errors.Paused"]  # (index in the batch, reason)
+
+
+@dataclass(frozen=True)
+class Stored:
+    first_offset: int
+    count: int
+    duplicate: bool = False
+    refusals: list[Refusal] = field(default_factory=list)
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig, storage: Storage, routing: RoutingTable | None = None) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.storage = storage
+        self.routing = routing or RoutingTable.single_shard(config.shard, config.num_slots)
+        self.state = BrokerState()
+        self.load = LoadTracker(config.num_slots, config.rate_window_s)
+        self.state.on_ack = lambda message: self.load.acked(message.key)
+        self.paused_slots: dict[int, int] = {}  # slot -> retry-after ms
+        self.paused_keys: dict[str, int] = {}
+        self.draining = False
+        self.failed: str | None = None
+        self._changed: dict[str, asyncio.Event] = {}
+        self._unpublished: deque[tuple[asyncio.Future[None], BatchRecord]] = deque()
+        self.observe_publish: Callable[[float], None] = lambda seconds: None
+        self.observe_deliveries: Callable[[list[int]], None] = lambda publish_times_ms: None
+
+    def open(self) -> None:
+        """Replay the log; must run inside the event loop before serving."""
+        self.state.rebuild(self.storage.replay())
+        for name in self.state.groups:
+            self._changed[name] = asyncio.Event()
+        log.info(
+            "recovered",
+            extra={"retained": len(self.state.retained), "next_offset": self.state.next_offset},
+        )
+
+    # ------------------------------------------------------------------ publish
+    async def publish(self, producer_id: str, sequence: int, items: Sequence[Item]) -> Stored:
+        """Store the messages this shard owns and has not paused; the rest come back as refusals."""
+        started = time.perf_counter()
+        self._check_writable()
+        nbytes = validation.check_batch(self.limits, producer_id, items)
+        if producer_id:
+            last = self.state.producers.get(producer_id)
+            if last is not None and sequence <= last:
+                await self.barrier()  # the original may still be in flight: answer once it is durable
+                return Stored(0, len(items), duplicate=True)
+        slots, refusals = self._route(items)
+        if refusals:
+            refused = {index for index, _ in refusals}
+            items = [item for index, item in enumerate(items) if index not in refused]
+            slots = [slot for index, slot in enumerate(slots) if index not in refused]
+            nbytes = sum(len(payload) for _, payload, _ in items)
+        if not items:
+            return Stored(self.state.next_offset, 0, refusals=refusals)
+        durable, record = self._accept(producer_id, sequence, items, slots, nbytes)
+        try:
+            await durable
+        except Exception as error:
+            raise errors.Unavailable(f"the message log could not be written ({error})") from error
+        self._make_visible()
+        self.observe_publish(time.perf_counter() - started)
+        return Stored(record.messages[0].offset, len(record.messages), refusals=refusals)
+
+    def _accept(
+        self, producer_id: str, sequence: int, items: Sequence[Item], slots: list[int], nbytes: int
+    ) -> tuple[asyncio.Future[None], BatchRecord]:
+        if self.state.retained_bytes + nbytes > self.limits.max_retained_bytes:
+            raise errors.Overloaded(
+                f"broker holds {self.state.retained_bytes} unacknowledged bytes (limit "
+                f"{self.limits.max_retained_bytes}); retry after consumers catch up"
+            )
+        first = self.state.next_offset
+        now_ms = int(time.time() * 1000)
+        messages = [
+            Message(first + i, key, slot, payload, headers, now_ms)
+            for i, ((key, payload, headers), slot) in enumerate(zip(items, slots, strict=True))
+        ]
+        self.state.next_offset = first + len(messages)
+        if producer_id:
+            self.state.producers[producer_id] = sequence
+        self.state.retained_bytes += nbytes
+        record = BatchRecord(producer_id, sequence, messages)
+        return self._append(record), record
+
+    def _append(self, record: BatchRecord) -> asyncio.Future[None]:
+        durable = self.storage.append(record)
+        self._unpublished.append((durable, record))
+        # Visibility must not depend on the publisher still waiting (it may have been cancelled).
+        durable.add_done_callback(lambda _: self._make_visible())
+        return durable
+
+    def _check_writable(self) -> None:
+        if self.failed:
+            raise errors.Unavailable(f"broker storage failed ({self.failed}); it is restarting")
+        if self.draining:
+            raise errors.Draining("shard is draining and accepts no new messages; refresh routing")
+
+    def _route(self, items: Sequence[Item]) -> tuple[list[int], list[Refusal]]:
+        """Slot of every message, and the messages this shard may not take (MOVED / PAUSED)."""
+        table, me, n = self.routing, self.config.shard, self.config.num_slots
+        owners, pinned = table.slot_owners, table.pinned
+        fenced = bool(self.paused_slots or self.paused_keys)
+        crc = zlib.crc32
+        slots = []
+        refusals: list[Refusal] = []
+        for index, (key, _, _) in enumerate(items):
+            if not key:
+                slots.append(KEYLESS_SLOT)
+                continue
+            slot = crc(key.encode()) % n
+            slots.append(slot)
+            owner = pinned.get(key, owners[slot]) if pinned else owners[slot]
+            if owner != me:
+                refusals.append((index, errors.Moved(slot, key, owner, table.endpoint(owner), table.epoch)))
+            elif fenced:
+                paused = self._paused(key, slot)
+                if paused is not None:
+                    refusals.append((index, paused))
+        return slots, refusals
+
+    def _paused(self, key: str, slot: int) -> errors.Paused | None:
+        retry = self.paused_keys.get(key)
+        if retry is None and key not in self.routing.pinned:
+            retry = self.paused_slots.get(slot)
+        return None if retry is None else errors.Paused(slot, key, retry, self.routing.epoch)
+
+    def _make_visible(self) -> None:
+        """Hand durable batches to the groups strictly in offset order."""
+        queue = self._unpublished
+        while queue and queue[0][0].done():
+            durable, record = queue.popleft()
+            if durable.exception() is not None:
+                self.failed = str(durable.exception())
+                continue
+            self.state.apply_batch(record)
+            self._count_arrivals(record.messages)
+        self._wake_all()
+
+    def _count_arrivals(self, messages: list[Message]) -> None:
+        arrived = self.load.arrived
+        for message in messages:
+            arrived(message.key, 1, len(message.payload))
+
+    async def barrier(self) -> None:
+        """Everything accepted so far is durable and visible."""
+        await self.storage.barrier()
+        self._make_visible()
+
+    # ------------------------------------------------------------------ consume
+    def group(self, name: str) -> ConsumerGroup:
+        group = self.state.groups.get(name)
+        if group is None:
+            raise errors.NotFound(f"consumer group {name!r} does not exist; create it with Admin.CreateGroup")
+        return group
+
+    async def create_group(self, name: str, latest: bool) -> bool:
+        validation.check_name(self.limits, "group", name)
+        if name in self.state.groups:
+            return False
+        await self.barrier()
+        from_offset = self.state.next_offset if latest else 0
+        self.state.apply_group(name, from_offset)
+        self._changed[name] = asyncio.Event()
+        await self.storage.append(GroupRecord(name, from_offset))
+        return True
+
+    async def fetch(
+        self, name: str, consumer: str, limit: int, max_bytes: int, wait_ms: int
+    ) -> list[Delivery]:
+        validation.check_fetch(self.limits, name, consumer, limit, max_bytes, wait_ms)
+        group = self.group(name)
+        limit = limit or self.limits.max_fetch_messages
+        max_bytes = max_bytes or self.limits.max_fetch_bytes
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + wait_ms / 1000
+        changed = self._changed[name]
+        while True:
+            changed.clear()
+            now = loop.time()
+            group.expire(now)
+            deliveries = group.take(
+                limit, max_bytes, consumer, now + self.config.ack_deadline_s, self.deliverable
+            )
+            if deliveries:
+                self.observe_deliveries([d.message.publish_time_ms for d in deliveries if d.attempt == 1])
+                return deliveries
+            if now >= give_up:
+                return deliveries
+            wake_at = min(give_up, group.next_deadline() or give_up)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=max(wake_at - now, 0.001))
+
+    def deliverable(self, message: Message) -> bool:
+        key = message.key
+        if not key:
+            return True
+        table = self.routing
+        if table.owner(key, message.slot) != self.config.shard:
+            return False
+        if not (self.paused_slots or self.paused_keys):
+            return True
+        if key in self.paused_keys:
+            return False
+        return key in table.pinned or message.slot not in self.paused_slots
+
+    async def ack(self, name: str, offsets: Sequence[int]) -> tuple[int, list[int]]:
+        group = self.group(name)
+        acked, unknown = [], []
+        for offset in offsets:
+            message = group.ack(offset)
+            if message is None:
+                unknown.append(offset)
+            else:
+                self.state.acked(message)
+                acked.append(offset)
+        if acked:
+            self._changed[name].set()
+            await self.storage.append(AckRecord(name, acked))
+        return len(acked), unknown
+
+    def nack(self, name: str, offsets: Sequence[int]) -> tuple[int, list[int]]:
+        group = self.group(name)
+        unknown = [offset for offset in offsets if not group.nack(offset)]
+        self._changed[name].set()
+        return len(offsets) - len(unknown), unknown
+
+    def _wake_all(self) -> None:
+        for event in self._changed.values():
+            event.set()
+
+    def unpark_all(self) -> None:
+        for group in self.state.groups.values():
+            group.unpark()
+        self._wake_all()

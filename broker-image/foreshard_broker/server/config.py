@@ -1,0 +1,41 @@
+"""Broker configuration and limits. Every limit maps to an INVALID_ARGUMENT or RESOURCE_EXHAUSTED answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from foreshard_broker.routing import DEFAULT_SLOTS
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 1 * MiB
+    max_batch_messages: int = 10_000
+    max_batch_bytes: int = 16 * MiB
+    max_key_bytes: int = 256
+    max_keys_per_request: int = 10_000
+    max_headers: int = 32
+    max_header_bytes: int = 4096
+    max_producer_id_bytes: int = 256
+    max_group_bytes: int = 128
+    # Bytes of publish batches read from one connection but not yet answered; past it the broker
+    # stops reading that stream (gRPC flow control pushes back) instead of buffering more.
+    max_inflight_bytes_per_connection: int = 64 * MiB
+    # Unacknowledged data held in memory; past it publishes get RESOURCE_EXHAUSTED.
+    max_retained_bytes: int = 1024 * MiB
+    max_fetch_messages: int = 10_000
+    max_fetch_bytes: int = 16 * MiB
+    max_wait_ms: int = 60_000
+    max_selector_items: int = 100_000
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    shard: int = 0
+    num_slots: int = DEFAULT_SLOTS
+    ack_deadline_s: float = 30.0
+    pause_retry_after_ms: int = 100
+    rate_window_s: float = 60.0
+    limits: Limits = field(default_factory=Limits)

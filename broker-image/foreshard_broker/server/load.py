@@ -1,0 +1,88 @@
+"""Per-key and per-slot load accounting: totals on the hot path, rates computed when asked.
+
+The hot path only bumps dict counters; rates come from the difference between now and a snapshot
+about one window old (snapshots are taken by `tick`, called periodically), which keeps publish
+cheap and makes every rate an honest average over a known window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from foreshard_broker.routing import KEYLESS_SLOT, slot_of
+
+
+@dataclass
+class Totals:
+    arrived: dict[str, int] = field(default_factory=dict)
+    arrived_bytes: dict[str, int] = field(default_factory=dict)
+    acked: dict[str, int] = field(default_factory=dict)
+
+    def copy(self) -> Totals:
+        return Totals(dict(self.arrived), dict(self.arrived_bytes), dict(self.acked))
+
+
+@dataclass
+class KeyRates:
+    key: str
+    slot: int
+    arrival_rate: float
+    ack_rate: float
+    arrived: int
+    arrived_bytes: int
+
+
+class LoadTracker:
+    def __init__(self, num_slots: int, window_s: float) -> None:
+        self.num_slots = num_slots
+        self.window_s = window_s
+        self.totals = Totals()
+        self._snapshots: deque[tuple[float, Totals]] = deque()
+        self._slots: dict[str, int] = {}
+        self.tick(time.monotonic())
+
+    def arrived(self, key: str, count: int, nbytes: int) -> None:
+        totals = self.totals
+        totals.arrived[key] = totals.arrived.get(key, 0) + count
+        totals.arrived_bytes[key] = totals.arrived_bytes.get(key, 0) + nbytes
+
+    def acked(self, key: str) -> None:
+        acked = self.totals.acked
+        acked[key] = acked.get(key, 0) + 1
+
+    def tick(self, now: float) -> None:
+        """Keep snapshots covering at least one window (about six per window)."""
+        if self._snapshots and now - self._snapshots[-1][0] < self.window_s / 6:
+            return
+        self._snapshots.append((now, self.totals.copy()))
+        while len(self._snapshots) > 1 and now - self._snapshots[1][0] >= self.window_s:
+            self._snapshots.popleft()
+
+    def slot(self, key: str) -> int:
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = slot_of(key, self.num_slots) if key else KEYLESS_SLOT
+            self._slots[key] = slot
+        return slot
+
+    def rates(self, now: float) -> tuple[float, list[KeyRates]]:
+        """Per key rates over the elapsed window, and that window's length in seconds."""
+        then, old = self._snapshots[0]
+        elapsed = max(now - then, 1e-3)
+        totals = self.totals
+        out = []
+        for key, arrived in totals.arrived.items():
+            acked = totals.acked.get(key, 0)
+            out.append(
+                KeyRates(
+                    key,
+                    self.slot(key),
+                    (arrived - old.arrived.get(key, 0)) / elapsed,
+                    (acked - old.acked.get(key, 0)) / elapsed,
+                    arrived,
+                    totals.arrived_bytes[key],
+                )
+            )
+        return elapsed, out

@@ -1,0 +1,155 @@
+"""`foreshard-broker`: one shard's broker process.
+
+Every flag also reads `FORESHARD_BROKER_<FLAG>` from the environment (the StatefulSet sets those).
+On start it prints one JSON line to stdout, {"event": "listening", "grpc_port": N, "http_port": M},
+so a supervisor can use port 0; logs are JSON lines on stderr. SIGTERM (or SIGINT) drains: readiness
+turns false, new calls are refused, in-flight calls finish within the grace period, the log is
+synced and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import grpc
+
+from foreshard_broker.server.admin import Admin
+from foreshard_broker.server.admin_service import AdminService
+from foreshard_broker.server.broker import Broker
+from foreshard_broker.server.config import BrokerConfig, Limits
+from foreshard_broker.server.metrics import BrokerMetrics
+from foreshard_broker.server.probes import HttpEndpoint
+from foreshard_broker.server.service import BrokerService
+from foreshard_broker.storage import SegmentLogStorage
+from foreshard_broker.wire import pb_grpc
+
+log = logging.getLogger("foreshard_broker")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="foreshard-broker", description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--data-dir", default=env("FORESHARD_BROKER_DATA_DIR", "/var/lib/foreshard"))
+    add("--grpc-listen", default=env("FORESHARD_BROKER_GRPC_LISTEN", "0.0.0.0:7070"))
+    add("--http-listen", default=env("FORESHARD_BROKER_HTTP_LISTEN", "0.0.0.0:8080"))
+    add("--shard", default=env("FORESHARD_BROKER_SHARD", "auto"), help="ordinal, or auto (HOSTNAME suffix)")
+    add("--slots", type=int, default=int(env("FORESHARD_BROKER_SLOTS", "1024")))
+    add("--sync", choices=["group", "always", "none"], default=env("FORESHARD_BROKER_SYNC", "group"))
+    add("--linger-ms", type=float, default=float(env("FORESHARD_BROKER_LINGER_MS", "0")))
+    add("--ack-deadline", type=float, default=float(env("FORESHARD_BROKER_ACK_DEADLINE", "30")))
+    add("--grace", type=float, default=float(env("FORESHARD_BROKER_GRACE", "10")))
+    add("--log-level", default=env("FORESHARD_BROKER_LOG_LEVEL", "INFO"))
+    for limit in fields(Limits):
+        flag = limit.name.replace("_", "-")
+        default = int(env("FORESHARD_BROKER_" + limit.name.upper(), str(limit.default)))
+        add(f"--{flag}", type=int, default=default, dest=limit.name)
+    return parser.parse_args(argv)
+
+
+def shard_ordinal(value: str) -> int:
+    if value != "auto":
+        return int(value)
+    match = re.search(r"-(\d+)$", os.environ.get("HOSTNAME", ""))
+    return int(match.group(1)) if match else 0
+
+
+class JsonFormatter(logging.Formatter):
+    BASE: ClassVar[set[str]] = set(vars(logging.makeLogRecord({})))
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in self.BASE})
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+    config = BrokerConfig(shard_ordinal(args.shard), args.slots, args.ack_deadline, limits=limits)
+    data_dir = Path(args.data_dir)
+    storage = SegmentLogStorage(data_dir / "log", sync=args.sync, linger=args.linger_ms / 1000)
+    broker = Broker(config, storage)
+    admin = Admin(broker, data_dir / "routing.json")
+    broker.open()
+    admin.load_routing()
+    metrics = BrokerMetrics(admin)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 2 * limits.max_batch_bytes + (1 << 20)),
+            ("grpc.max_send_message_length", 2 * limits.max_fetch_bytes + (1 << 20)),
+        ]
+    )
+    pb_grpc.add_BrokerServicer_to_server(
+        BrokerService(broker, limits.max_inflight_bytes_per_connection), server
+    )
+    pb_grpc.add_AdminServicer_to_server(AdminService(admin), server)
+    grpc_port = server.add_insecure_port(args.grpc_listen)
+    await server.start()
+    probes = HttpEndpoint(metrics.registry, lambda: _live(broker), lambda: _ready(broker))
+    http_server = await probes.start(*split_hostport(args.http_listen))
+    http_port = http_server.sockets[0].getsockname()[1]
+    print(json.dumps({"event": "listening", "grpc_port": grpc_port, "http_port": http_port}), flush=True)
+    log.info("serving", extra={"shard": config.shard, "grpc_port": grpc_port, "http_port": http_port})
+    await _run_until_signal(broker)
+    log.info("draining")
+    broker.draining = True
+    await server.stop(grace=args.grace)
+    http_server.close()
+    await storage.close()
+    log.info("stopped", extra={"next_offset": broker.state.next_offset})
+    return 0
+
+
+def _live(broker: Broker) -> str | None:
+    return f"storage failed: {broker.failed}" if broker.failed else None
+
+
+def _ready(broker: Broker) -> str | None:
+    return _live(broker) or ("draining" if broker.draining else None)
+
+
+async def _run_until_signal(broker: Broker) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    while not stop.is_set():
+        broker.load.tick(time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

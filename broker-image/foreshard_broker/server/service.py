@@ -1,0 +1,197 @@
+"""gRPC servicers: protobuf <-> domain translation, and domain errors -> gRPC status from ONE table."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from foreshard_broker.server import errors
+from foreshard_broker.server.broker import Broker, Item
+from foreshard_broker.storage.base import NO_HEADERS
+from foreshard_broker.wire import ERROR_TRAILER, pb, pb_grpc
+
+T = TypeVar("T")
+
+# The one mapping of domain errors to gRPC codes (documented in docs/broker.md).
+STATUS: dict[type[errors.BrokerError], grpc.StatusCode] = {
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Draining: grpc.StatusCode.UNAVAILABLE,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Moved: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Paused: grpc.StatusCode.UNAVAILABLE,
+    errors.StaleEpoch: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_of(error: errors.BrokerError) -> grpc.StatusCode:
+    return STATUS.get(type(error), grpc.StatusCode.INTERNAL)
+
+
+def detail_of(error: errors.BrokerError) -> Any | None:
+    """The ErrorDetail a client parses from the `foreshard-error-bin` trailer, if the error has one."""
+    if isinstance(error, errors.Moved):
+        return pb.ErrorDetail(moved=moved_pb(error))
+    if isinstance(error, errors.Paused):
+        return pb.ErrorDetail(paused=paused_pb(error))
+    if isinstance(error, errors.StaleEpoch):
+        return pb.ErrorDetail(
+            stale_epoch=pb.StaleEpoch(current_epoch=error.current, offered_epoch=error.offered)
+        )
+    return None
+
+
+def moved_pb(error: errors.Moved) -> Any:
+    return pb.Moved(
+        slot=error.slot,
+        key=error.key,
+        owner_shard=error.owner,
+        owner_endpoint=error.endpoint,
+        epoch=error.epoch,
+    )
+
+
+def paused_pb(error: errors.Paused) -> Any:
+    return pb.Paused(slot=error.slot, key=error.key, retry_after_ms=error.retry_after_ms, epoch=error.epoch)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.BrokerError) -> None:
+    detail = detail_of(error)
+    trailer = ((ERROR_TRAILER, detail.SerializeToString()),) if detail is not None else ()
+    await context.abort(status_of(error), str(error), trailing_metadata=trailer)
+
+
+async def guarded(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T]) -> T:
+    """Run a handler body; translate domain errors through the table."""
+    try:
+        return await call
+    except errors.BrokerError as error:
+        await abort(context, error)
+        raise AssertionError("unreachable: abort raises") from error
+
+
+def items_of(request: Any) -> list[Item]:
+    return [(m.key, m.payload, dict(m.headers) if m.headers else NO_HEADERS) for m in request.messages]
+
+
+class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
+    def __init__(self, broker: Broker, inflight_limit: int) -> None:
+        self.broker = broker
+        self.inflight_limit = inflight_limit
+
+    async def publish_one(self, request: Any) -> Any:
+        response = pb.PublishResponse(sequence=request.sequence)
+        try:
+            stored = await self.broker.publish(request.producer_id, request.sequence, items_of(request))
+        except errors.BrokerError as error:
+            response.failure.code = status_of(error).value[0]
+            response.failure.message = str(error)
+            return response
+        response.stored.first_offset = stored.first_offset
+        response.stored.count = stored.count
+        response.stored.duplicate = stored.duplicate
+        for index, reason in stored.refusals:
+            refusal = response.refusals.add(index=index)
+            if isinstance(reason, errors.Moved):
+                refusal.moved.CopyFrom(moved_pb(reason))
+            else:
+                refusal.paused.CopyFrom(paused_pb(reason))
+        return response
+
+    async def PublishBatch(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        response = await self.publish_one(request)
+        if response.WhichOneof("outcome") == "failure":
+            await context.abort(_CODES[response.failure.code], response.failure.message)
+        return response
+
+    async def Publish(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """Pipelined: batches are stored concurrently, answered in order, memory bounded per stream."""
+        window = _ByteWindow(self.inflight_limit)
+        answers: asyncio.Queue[tuple[asyncio.Task[Any], int] | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(requests, window, answers))
+        try:
+            while (item := await answers.get()) is not None:
+                task, size = item
+                response = await task
+                window.release(size)
+                yield response
+            await reader  # surfaces a broken request stream
+        finally:
+            reader.cancel()
+
+    async def _read(
+        self,
+        requests: AsyncIterator[Any],
+        window: _ByteWindow,
+        answers: asyncio.Queue[tuple[asyncio.Task[Any], int] | None],
+    ) -> None:
+        try:
+            async for request in requests:
+                size = request.ByteSize()
+                await window.acquire(size)
+                answers.put_nowait((asyncio.create_task(self.publish_one(request)), size))
+        finally:
+            answers.put_nowait(None)
+
+    async def Fetch(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        deliveries = await guarded(
+            context,
+            self.broker.fetch(
+                request.group, request.consumer, request.max_messages, request.max_bytes, request.wait_ms
+            ),
+        )
+        response = pb.FetchResponse()
+        add = response.messages.add
+        for delivery in deliveries:
+            m = delivery.message
+            add(
+                offset=m.offset,
+                key=m.key,
+                slot=m.slot,
+                payload=m.payload,
+                headers=m.headers,
+                publish_time_ms=m.publish_time_ms,
+                attempt=delivery.attempt,
+            )
+        return response
+
+    async def Ack(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        acked, unknown = await guarded(context, self.broker.ack(request.group, list(request.offsets)))
+        return pb.AckResponse(acked=acked, unknown=unknown)
+
+    async def Nack(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        nacked, unknown = await guarded(
+            context, _now(lambda: self.broker.nack(request.group, list(request.offsets)))
+        )
+        return pb.NackResponse(nacked=nacked, unknown=unknown)
+
+
+async def _now(call: Callable[[], T]) -> T:
+    return call()
+
+
+class _ByteWindow:
+    """Bytes read from one stream but not yet answered; the single reader waits while it is full."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._room = asyncio.Event()
+
+    async def acquire(self, size: int) -> None:
+        # A lone oversized batch is still admitted, so it gets its INVALID_ARGUMENT answer.
+        while self.used and self.used + size > self.limit:
+            self._room.clear()
+            await self._room.wait()
+        self.used += size
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        self._room.set()

@@ -1,0 +1,126 @@
+"""The broker's in-memory state and the records that change it: state in, record, state out.
+
+The same `apply_*` functions run when a record is created live and when the log is replayed at
+start-up, so a restarted broker holds exactly the state it acknowledged before the crash.
+A message is retained until every consumer group has acknowledged it (while no group exists,
+messages are retained for a group created later from the earliest position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from foreshard_broker.server.groups import ConsumerGroup
+from foreshard_broker.storage import AckRecord, BatchRecord, GroupRecord, Message, Record
+
+
+class BrokerState:
+    def __init__(self) -> None:
+        self.retained: dict[int, Message] = {}  # insertion order is offset order
+        self.holders: dict[int, int] = {}  # offset -> groups that have not acked it
+        self.groups: dict[str, ConsumerGroup] = {}
+        self.producers: dict[str, int] = {}  # producer id -> last stored sequence
+        self.imported: dict[tuple[int, int], int] = {}  # (source shard, source offset) -> local offset
+        self.next_offset = 0
+        self.retained_bytes = 0
+        self.key_backlog: dict[str, int] = {}
+        self.key_backlog_bytes: dict[str, int] = {}
+        # Called with every message a group acknowledged (load metrics hook).
+        self.on_ack: Callable[[Message], None] = lambda message: None
+
+    def apply(self, record: Record) -> None:
+        if isinstance(record, BatchRecord):
+            self.apply_batch(record)
+        elif isinstance(record, AckRecord):
+            self.apply_acks(record.group, record.offsets)
+        elif isinstance(record, GroupRecord):
+            self.apply_group(record.group, record.from_offset)
+        else:
+            self.apply_release(record.offsets)
+
+    def apply_batch(self, record: BatchRecord) -> None:
+        if record.producer_id:
+            self.producers[record.producer_id] = record.sequence
+        groups = list(self.groups.values())
+        retained, holders = self.retained, self.holders
+        backlog, backlog_bytes = self.key_backlog, self.key_backlog_bytes
+        for message in record.messages:
+            offset = message.offset
+            retained[offset] = message
+            key = message.key
+            backlog[key] = backlog.get(key, 0) + 1
+            backlog_bytes[key] = backlog_bytes.get(key, 0) + len(message.payload)
+            if message.origin_shard >= 0:
+                self.imported[(message.origin_shard, message.origin_offset)] = offset
+            count = 0
+            for group in groups:
+                if offset >= group.from_offset:
+                    group.add(message)
+                    count += 1
+            holders[offset] = count
+        if record.messages:
+            self.next_offset = max(self.next_offset, record.messages[-1].offset + 1)
+
+    def account(self, messages: Iterable[Message]) -> None:
+        """Count accepted (not yet visible) bytes against the memory limit before they are stored."""
+        self.retained_bytes += sum(len(message.payload) for message in messages)
+
+    def apply_group(self, name: str, from_offset: int) -> ConsumerGroup:
+        group = self.groups.get(name)
+        if group is not None:
+            return group
+        group = ConsumerGroup(name, from_offset)
+        self.groups[name] = group
+        for offset, message in self.retained.items():
+            if offset >= from_offset:
+                group.add(message)
+                self.holders[offset] += 1
+        return group
+
+    def apply_acks(self, group_name: str, offsets: Iterable[int]) -> None:
+        """Replay of acknowledgements (live acks go through `ConsumerGroup.ack` + `acked`)."""
+        group = self.groups.get(group_name)
+        if group is None:
+            return
+        for offset in offsets:
+            message = self.retained.get(offset)
+            if message is not None and group.discard(message):
+                self.acked(message)
+
+    def acked(self, message: Message) -> None:
+        """One group finished with `message`; drop it once no group holds it."""
+        self.on_ack(message)
+        remaining = self.holders[message.offset] - 1
+        self.holders[message.offset] = remaining
+        if remaining <= 0:
+            self._drop(message)
+
+    def _drop(self, message: Message) -> None:
+        del self.retained[message.offset]
+        del self.holders[message.offset]
+        self.retained_bytes -= len(message.payload)
+        key = message.key
+        left = self.key_backlog[key] - 1
+        if left:
+            self.key_backlog[key] = left
+            self.key_backlog_bytes[key] -= len(message.payload)
+        else:
+            del self.key_backlog[key]
+            del self.key_backlog_bytes[key]
+
+    def apply_release(self, offsets: Iterable[int]) -> None:
+        for offset in offsets:
+            message = self.retained.get(offset)
+            if message is None:
+                continue
+            for group in self.groups.values():
+                group.discard(message)
+            self._drop(message)
+
+    def select(self, matches: Callable[[Message], bool], from_offset: int = 0) -> list[Message]:
+        return [m for offset, m in self.retained.items() if offset >= from_offset and matches(m)]
+
+    def rebuild(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self.apply(record)
+        self.retained_bytes = sum(len(m.payload) for m in self.retained.values())
