@@ -134,3 +134,36 @@ def evaluate(
     mase = {m: float(np.mean(np.abs(p - paths.actual)[scored])) / scale for m, p in paths.points.items()}
     coverage = float(np.mean((paths.actual <= paths.upper + 1e-9)[scored]))
     return SeriesResult(series.key, horizon, len(paths.origins), mase, coverage, paths.models)
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def summarise(results: list[SeriesResult], horizon_s: float) -> dict[str, object]:
+    """The forecast-eval JSON: means over series, the worst series, and per-series detail."""
+    methods = sorted({m for r in results for m in r.mase})
+    steps = [r.horizon_steps for r in results]
+    return {
+        "series": len(results),
+        "horizon_s": horizon_s,
+        "horizon_steps": max(set(steps), key=steps.count) if steps else 0,
+        "mase": {m: _mean([r.mase[m] for r in results if m in r.mase]) for m in methods},
+        "ratio_vs_seasonal_naive": _mean(
+            [r.mase[FORESHARD] / r.mase[SEASONAL_NAIVE] for r in results if r.mase.get(SEASONAL_NAIVE)]
+        ),
+        "ratio_vs_best_baseline": _mean([r.ratio_vs_best_baseline for r in results]),
+        "worst_series_ratio_vs_best_baseline": max((r.ratio_vs_best_baseline for r in results), default=None),
+        "coverage_p90": _mean([r.coverage_p90 for r in results]),
+        "per_series": {
+            r.key: {
+                "horizon_steps": r.horizon_steps,
+                "origins": r.origins,
+                "mase": {m: round(v, 4) for m, v in r.mase.items()},
+                "ratio_vs_best_baseline": round(r.ratio_vs_best_baseline, 4),
+                "coverage_p90": round(r.coverage_p90, 4),
+                "model": r.models[-1] if r.models else "",
+            }
+            for r in results
+        },
+    }
