@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from foreshard.core.forecasting import feedback
 from foreshard.core.forecasting.feedback import Feedback
 
@@ -45,6 +44,7 @@ def test_a_good_forecast_is_trusted_and_its_coverage_is_measured() -> None:
     state = run(actuals, 100.0, 100.0 + 1.2816 * 5, 90.0)
     trusted, reasons = feedback.verdict(state)
     assert reasons == ["ForecastTrusted"]
+    assert trusted.tolist() == [True]
     assert state.coverage[0] == pytest.approx(0.9, abs=0.06)
 
 
