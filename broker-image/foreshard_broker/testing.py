@@ -1,0 +1,112 @@
+"""Start and stop real broker processes on loopback (the local stand-in for a kubelet).
+
+The broker binds port 0 and prints one JSON line with its ports, so nothing races for a port and
+nothing polls: `start` reads that line, then the process is ready for gRPC.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class BrokerProcess:
+    data_dir: Path
+    shard: int = 0
+    sync: str = "none"
+    extra_args: list[str] = field(default_factory=list)
+    command: list[str] | None = None  # default: this interpreter running foreshard_broker.server.main
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    grpc_port: int = 0
+    http_port: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / f"broker-{self.shard}.log"
+
+    def args(self) -> list[str]:
+        base = self.command or [sys.executable, "-m", "foreshard_broker.server.main"]
+        return [
+            *base,
+            "--data-dir", str(self.data_dir),
+            "--grpc-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0",
+            "--shard", str(self.shard),
+            "--sync", self.sync,
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 30.0) -> BrokerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed by close()
+        self.process = subprocess.Popen(
+            self.args(), stdout=subprocess.PIPE, stderr=log, env={**os.environ, **self.env}
+        )
+        log.close()
+        line = _read_line(self.process, timeout)
+        announced = json.loads(line)
+        self.grpc_port, self.http_port = announced["grpc_port"], announced["http_port"]
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case (no drain, no final fsync)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            self._close()
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: the graceful case. Returns the exit code."""
+        if self.process is None:
+            return 0
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self._close()
+        return code
+
+    def _close(self) -> None:
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+        self.process = None
+
+    def restart(self) -> BrokerProcess:
+        self.kill()
+        return self.start()
+
+    def logs(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+def _read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    while not buffer.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        ready, _, _ = select.select([process.stdout], [], [], max(remaining, 0))
+        if not ready:
+            process.kill()
+            raise TimeoutError(f"broker did not announce its ports within {timeout}s")
+        chunk = os.read(process.stdout.fileno(), 4096)
+        if not chunk:
+            code = process.wait()
+            raise RuntimeError(f"broker exited with code {code} before listening")
+        buffer += chunk
+    return buffer.decode().splitlines()[0]
