@@ -323,4 +323,25 @@ def stop_recorded(workdir: Path) -> list[str]:
     return list(pids)
 
 
-__all__ = ["LocalCluster", "StartError", "stop_recorded"]
+__all__ = ["LocalCluster", "StartError", "service_account_kubeconfig", "stop_recorded"]
+
+
+def service_account_kubeconfig(cluster: LocalCluster, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as a ServiceAccount with a TokenRequest token (1 h)."""
+    token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "foreshard-local",
+                "cluster": {"server": cluster.server, "certificate-authority": str(cluster.workdir / "pki" / "ca.crt")},
+            }
+        ],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "foreshard-local", "user": account}}],
+        "current-context": account,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path

@@ -1,0 +1,126 @@
+"""The shard workload of a queue: its StatefulSet and headless Service, as plain manifests.
+
+Pure: the reconciler passes the spec and the replica count it decided; adapters apply the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foreshard.api.names import (
+    BROKER_GRPC_PORT,
+    BROKER_METRICS_PORT,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_QUEUE,
+)
+from foreshard.api.shardallocation import QueueSpec
+
+Manifest = dict[str, Any]
+
+
+def shard_name(queue: str) -> str:
+    return f"{queue}-shard"
+
+
+def selector_labels(spec: QueueSpec) -> dict[str, str]:
+    # Never the version in selectors: a StatefulSet's selector is immutable.
+    return {LABEL_NAME: "foreshard-broker", LABEL_INSTANCE: spec.name}
+
+
+def labels(spec: QueueSpec) -> dict[str, str]:
+    return {
+        **selector_labels(spec),
+        LABEL_COMPONENT: "shard",
+        LABEL_MANAGED_BY: "foreshard-operator",
+        LABEL_QUEUE: spec.name,
+    }
+
+
+def desired_replicas(spec: QueueSpec, planned: int | None) -> int:
+    """The plan's shard count clamped to [minShards, maxShards]; minShards until a plan exists."""
+    wanted = spec.min_shards if planned is None else planned
+    return max(spec.min_shards, min(spec.max_shards, wanted))
+
+
+def headless_service(spec: QueueSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": shard_name(spec.name), "namespace": spec.namespace, "labels": labels(spec)},
+        "spec": {
+            "clusterIP": "None",
+            # Brokers must find each other during a hand-off before they report ready.
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(spec),
+            "ports": [
+                {"name": "grpc", "port": BROKER_GRPC_PORT, "targetPort": "grpc"},
+                {"name": "metrics", "port": BROKER_METRICS_PORT, "targetPort": "metrics"},
+            ],
+        },
+    }
+
+
+def stateful_set(spec: QueueSpec, replicas: int) -> Manifest:
+    manifest: Manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": shard_name(spec.name), "namespace": spec.namespace, "labels": labels(spec)},
+        "spec": {
+            "serviceName": shard_name(spec.name),
+            "replicas": replicas,
+            # Shards are independent: start and stop them in parallel; slots move before scale-in.
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector_labels(spec)},
+            "template": _pod_template(spec),
+        },
+    }
+    if spec.template.storage_size:
+        claim: Manifest = {
+            "metadata": {"name": "data"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": spec.template.storage_size}},
+            },
+        }
+        if spec.template.storage_class:
+            claim["spec"]["storageClassName"] = spec.template.storage_class
+        manifest["spec"]["volumeClaimTemplates"] = [claim]
+    return manifest
+
+
+def _pod_template(spec: QueueSpec) -> Manifest:
+    template = spec.template
+    container: Manifest = {
+        "name": "broker",
+        "image": template.image,
+        "imagePullPolicy": template.image_pull_policy,
+        "args": [
+            "--port",
+            str(BROKER_GRPC_PORT),
+            "--metrics-port",
+            str(BROKER_METRICS_PORT),
+            "--data",
+            "/data",
+        ],
+        "ports": [
+            {"name": "grpc", "containerPort": BROKER_GRPC_PORT},
+            {"name": "metrics", "containerPort": BROKER_METRICS_PORT},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10},
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+        },
+    }
+    if template.requests or template.limits:
+        container["resources"] = {"requests": dict(template.requests), "limits": dict(template.limits)}
+    pod_spec: Manifest = {"containers": [container], "terminationGracePeriodSeconds": 30}
+    if not template.storage_size:
+        pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+    return {"metadata": {"labels": labels(spec)}, "spec": pod_spec}
