@@ -1,12 +1,12 @@
-"""The transport seam between the SDK (producer, consumer, mover) and a broker.
+"""The transport seam between the SDK (producer, consumer, mover) and the brokers.
 
 The producer and consumer speak only to :class:`Transport`.  Two implementations exist: the gRPC one
 (``grpc_transport.py``, adapting the low-level broker client) and the in-memory twin (``twin.py``)
 with the same ordering, ``MOVED`` and ``PAUSED`` semantics, for fast tests and the prefetch benchmark.
 
-Ownership answers are exceptions (:class:`Moved`, :class:`Paused`) for calls that address one place
-(fetch, ack, admin); publish answers per message, because one batch may span slots with different
-fates and the producer must retry exactly the refused ones, in order.
+Publish answers with an outcome per batch (the broker stores a batch atomically), so a producer keeps
+its other batches going while it re-routes or backs off the refused one; the other calls raise
+:class:`TransportError` when the broker cannot be reached.
 """
 
 from __future__ import annotations
@@ -16,47 +16,24 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from foreshard_broker.routing import RoutingTable, slot_of
+
+__all__ = [
+    "AdminTransport",
+    "Delivery",
+    "FetchRequest",
+    "OutboundMessage",
+    "PublishOutcome",
+    "PublishStatus",
+    "RoutingTable",
+    "Transport",
+    "TransportError",
+    "slot_of",
+]
+
 
 class TransportError(Exception):
     """The broker could not be reached or failed; the call may or may not have taken effect."""
-
-
-class Moved(Exception):
-    """The broker does not own the slot; ``owner`` (a shard id, may be empty) does at ``epoch``."""
-
-    def __init__(self, owner: str, epoch: int) -> None:
-        super().__init__(f"moved to shard {owner!r} at epoch {epoch}")
-        self.owner = owner
-        self.epoch = epoch
-
-
-class Paused(Exception):
-    """The slot is paused for a migration; retry after ``retry_after_s``."""
-
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__(f"paused, retry after {retry_after_s:.3f}s")
-        self.retry_after_s = retry_after_s
-
-
-@dataclass(frozen=True)
-class RoutingTable:
-    """``{epoch, slot -> shard, pinned key -> shard, shard -> endpoint}``; a higher epoch wins."""
-
-    epoch: int
-    slots: tuple[str, ...]
-    pins: Mapping[str, str] = field(default_factory=dict)
-    endpoints: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def slot_count(self) -> int:
-        return len(self.slots)
-
-    def shard_for(self, key: str, slot: int) -> str:
-        """Owner of ``key`` whose slot is ``slot``: a pin overrides the slot's owner."""
-        return self.pins.get(key) or self.slots[slot]
-
-    def shards(self) -> list[str]:
-        return sorted(set(self.slots) | set(self.pins.values()) | set(self.endpoints))
 
 
 @dataclass(frozen=True)
@@ -66,12 +43,10 @@ class OutboundMessage:
     key: str | None
     payload: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
-    # Producer sequence, unique per producer id; lets the broker drop a retried duplicate.
-    sequence: int = 0
 
     @property
     def size(self) -> int:
-        return len(self.payload) + len(self.key or "")
+        return len(self.payload)
 
 
 class PublishStatus(Enum):
@@ -83,19 +58,21 @@ class PublishStatus(Enum):
 
 @dataclass(frozen=True)
 class PublishOutcome:
-    """The fate of one message of a batch, in the batch's order."""
+    """The fate of one batch: batches are atomic, all of their messages are stored or none."""
 
     status: PublishStatus
-    owner: str = ""
+    owner: int = -1
+    owner_endpoint: str = ""
     epoch: int = 0
     retry_after_s: float = 0.0
     reason: str = ""
+    # The refused slot, when the broker names it (-1: unknown), so only that slot's keys wait.
+    slot: int = -1
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """A fetched message.  ``offset`` is the broker's position of the message (per slot, and kept
-    across a slot move), so a consumer can recognise a redelivery of something it already acked."""
+    """A fetched message; ``receipt`` is what its ack names (the delivering broker's offset)."""
 
     key: str | None
     payload: bytes
@@ -104,11 +81,12 @@ class Delivery:
     receipt: str
     headers: Mapping[str, str] = field(default_factory=dict)
     attempt: int = 1
+    # Seconds since the epoch on the broker's clock (the twin uses its event loop's clock).
     publish_time: float = 0.0
 
     @property
     def size(self) -> int:
-        return len(self.payload) + len(self.key or "")
+        return len(self.payload)
 
 
 @dataclass(frozen=True)
@@ -121,23 +99,26 @@ class FetchRequest:
 
 
 class Transport(Protocol):
-    """Everything the SDK needs from brokers, addressed by endpoint."""
-
-    def slot_of(self, key: str, slot_count: int) -> int:
-        """The broker's stable slot hash."""
-        ...
+    """Everything producers and consumers need from brokers, addressed by endpoint."""
 
     async def routing(self, endpoint: str) -> RoutingTable: ...
 
     async def publish(
-        self, endpoint: str, producer_id: str, messages: Sequence[OutboundMessage]
-    ) -> list[PublishOutcome]: ...
+        self, endpoint: str, producer_id: str, sequence: int, messages: Sequence[OutboundMessage]
+    ) -> PublishOutcome:
+        """Store one batch atomically.  A ``sequence`` not above the last one stored for
+        ``producer_id`` on that broker is answered OK without storing (an idempotent retry)."""
+        ...
 
     async def fetch(self, endpoint: str, request: FetchRequest) -> list[Delivery]: ...
 
     async def ack(self, endpoint: str, group: str, consumer: str, receipts: Sequence[str]) -> None: ...
 
     async def nack(self, endpoint: str, group: str, consumer: str, receipts: Sequence[str]) -> None: ...
+
+    async def create_group(self, endpoint: str, group: str) -> None:
+        """Make sure the group exists on that broker, reading from the earliest message."""
+        ...
 
     async def backlog(self, endpoint: str) -> int:
         """Messages waiting on that shard (for placing keyless messages)."""
@@ -149,16 +130,15 @@ class Transport(Protocol):
 class AdminTransport(Transport, Protocol):
     """The admin calls a slot move needs (see ``mover.py``)."""
 
-    async def pause(self, endpoint: str, slot: int) -> None: ...
+    async def pause(self, endpoint: str, slot: int) -> int:
+        """Fence the slot (idempotent); returns its deliveries still awaiting an ack."""
+        ...
 
     async def resume(self, endpoint: str, slot: int) -> None: ...
 
-    async def inflight(self, endpoint: str, slot: int) -> int:
-        """Deliveries of the slot not yet acknowledged, over all groups."""
-        ...
-
     async def copy_backlog(self, source: str, target: str, slot: int, from_offset: int) -> int:
-        """Copy the slot's messages from ``from_offset`` on; returns the next offset to copy."""
+        """Copy the slot's messages from source offset ``from_offset`` on (idempotent); returns the
+        next source offset to copy from."""
         ...
 
     async def copy_group_state(self, source: str, target: str, slot: int) -> None: ...

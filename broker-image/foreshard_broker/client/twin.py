@@ -1,18 +1,21 @@
 """In-memory twin of a set of brokers, implementing :class:`AdminTransport` without gRPC.
 
-Same semantics the SDK relies on from the real broker (issue 3):
+It keeps the semantics the SDK relies on from the real broker (issue 3, ``proto/foreshard/v1``):
 
-* per (group, key) strict order: a key's next message is not delivered while an earlier one is
-  unacked (``key_window`` raises that to N consecutive messages, all to one consumer);
-* redelivery after a nack or the ack deadline, in order;
-* ownership by routing table: publishes to a slot the shard does not own answer ``MOVED``, to a
-  paused slot ``PAUSED``; fetch never delivers a paused or foreign slot; acks of a foreign slot raise
-  :class:`Moved`;
-* producer id + sequence de-duplication, kept with the slot's messages so it survives a move;
-* offsets per slot preserved by export/import, so group state moves as "acked up to offset".
+* per (group, key) strict order with one delivery in flight per key; redelivery after a nack or the
+  ack deadline, at the front of the key's queue;
+* ownership by routing table: a batch touching a slot the shard does not own is refused whole with
+  ``MOVED``, one touching a paused slot with ``PAUSED``; fetch never delivers a paused or foreign
+  slot; batches are atomic;
+* idempotent publish: a batch whose sequence is not above the producer's last stored one on *this*
+  broker is answered OK without being stored (like the real broker, this memory does not move with
+  a slot);
+* broker-local offsets; an import remembers (source shard, source offset) so a retried copy is
+  skipped, and group state moves as the source offsets a group has not acknowledged.
 
-Round trip and lost replies can be injected (``round_trip_s``, ``lose_publish_replies``), which is
-how unit tests exercise retries and the prefetch benchmark models network delay.
+A round trip can be injected (``round_trip_s``) and publish replies can be lost
+(``lose_publish_replies``): that is how unit tests exercise retries and how the prefetch benchmark
+models the network.
 """
 
 from __future__ import annotations
@@ -20,29 +23,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from foreshard_broker.client.transport import (
     Delivery,
     FetchRequest,
-    Moved,
     OutboundMessage,
     PublishOutcome,
     PublishStatus,
     RoutingTable,
     TransportError,
+    slot_of,
 )
 
 KEYLESS_SLOT = -1
-
-
-def fnv1a_slot(key: str, slot_count: int) -> int:
-    """FNV-1a 32-bit over UTF-8: stable across processes (unlike ``hash``)."""
-    value = 0x811C9DC5
-    for byte in key.encode():
-        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return value % slot_count
 
 
 @dataclass
@@ -51,9 +46,8 @@ class Stored:
     payload: bytes
     slot: int
     offset: int
-    producer: str
-    sequence: int
     publish_time: float
+    origin: tuple[int, int] | None = None
 
 
 @dataclass
@@ -61,183 +55,156 @@ class GroupState:
     """One consumer group on one shard."""
 
     pending: dict[str | None, deque[Stored]] = field(default_factory=dict)
-    inflight: dict[str, tuple[Stored, float]] = field(default_factory=dict)
-    inflight_per_key: dict[str | None, int] = field(default_factory=dict)
+    inflight: dict[int, tuple[Stored, float]] = field(default_factory=dict)
+    busy: set[str | None] = field(default_factory=set)
     ready: OrderedDict[str | None, None] = field(default_factory=OrderedDict)
-    acked: dict[str, int] = field(default_factory=dict)  # key -> highest acked offset
     parked: set[str | None] = field(default_factory=set)
 
 
 class TwinBroker:
-    """One shard: slot logs, group state, routing, pauses."""
+    """One shard: its log, group state, routing table and pauses."""
 
-    def __init__(
-        self, shard: str, table: RoutingTable, clock: Callable[[], float], key_window: int = 1
-    ) -> None:
+    def __init__(self, shard: int, table: RoutingTable, clock: Callable[[], float]) -> None:
         self.shard = shard
         self.table = table
         self.clock = clock
-        self.key_window = key_window
         self.ack_deadline_s = 30.0
-        self.logs: dict[int, list[Stored]] = {}
-        self.next_offset: dict[int, int] = {}
-        self.seen: dict[int, set[tuple[str, int]]] = {}
+        self.log: dict[int, Stored] = {}
+        self._offsets = itertools.count()
+        self.imported: set[tuple[int, int]] = set()
+        self.last_sequence: dict[str, int] = {}
         self.paused: set[int] = set()
         self.groups: dict[str, GroupState] = {}
         self.changed = asyncio.Event()
-        self._receipts = itertools.count(1)
+
+    def _slot(self, key: str | None) -> int:
+        return KEYLESS_SLOT if key is None else slot_of(key, self.table.num_slots)
 
     def owns(self, key: str | None, slot: int) -> bool:
-        return key is None or self.table.shard_for(key, slot) == self.shard
+        return key is None or self.table.owner(key, slot) == self.shard
 
-    def servable(self, key: str | None, slot: int) -> bool:
-        return self.owns(key, slot) and slot not in self.paused
+    def servable(self, stored: Stored) -> bool:
+        return self.owns(stored.key, stored.slot) and stored.slot not in self.paused
 
     def _notify(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
 
     # --- data path ---------------------------------------------------------------------------
-    def slot_of(self, key: str) -> int:
-        return fnv1a_slot(key, self.table.slot_count)
-
-    def publish(self, producer: str, messages: Sequence[OutboundMessage]) -> list[PublishOutcome]:
-        outcomes = []
-        for message in messages:
-            slot = KEYLESS_SLOT if message.key is None else self.slot_of(message.key)
-            outcomes.append(self._append(producer, message, slot))
-        self._notify()
-        return outcomes
-
-    def _append(self, producer: str, message: OutboundMessage, slot: int) -> PublishOutcome:
-        if not self.owns(message.key, slot):
-            owner = self.table.shard_for(message.key or "", slot)
-            return PublishOutcome(PublishStatus.MOVED, owner=owner, epoch=self.table.epoch)
-        if slot in self.paused:
-            return PublishOutcome(PublishStatus.PAUSED, retry_after_s=0.005)
-        seen = self.seen.setdefault(slot, set())
-        if (producer, message.sequence) in seen:
+    def publish(self, producer: str, sequence: int, messages: Sequence[OutboundMessage]) -> PublishOutcome:
+        slots = [self._slot(m.key) for m in messages]
+        if sequence <= self.last_sequence.get(producer, 0):
+            # Checked before ownership, like the real broker: a retry of a batch stored before the
+            # slot moved away must be answered "stored", not MOVED (which would make a duplicate).
             return PublishOutcome(PublishStatus.OK, reason="duplicate")
-        offset = self.next_offset.get(slot, 0)
-        stored = Stored(message.key, message.payload, slot, offset, producer, message.sequence, self.clock())
-        self._store(stored)
+        for message, slot in zip(messages, slots, strict=True):
+            if not self.owns(message.key, slot):
+                owner = self.table.owner(message.key or "", slot)
+                endpoint = self.table.endpoint(owner)
+                return PublishOutcome(PublishStatus.MOVED, owner, endpoint, self.table.epoch, slot=slot)
+        for slot in slots:
+            if slot in self.paused:
+                return PublishOutcome(
+                    PublishStatus.PAUSED, retry_after_s=0.005, epoch=self.table.epoch, slot=slot
+                )
+        self.last_sequence[producer] = sequence
+        now = self.clock()
+        for message, slot in zip(messages, slots, strict=True):
+            self._store(Stored(message.key, message.payload, slot, next(self._offsets), now))
+        self._notify()
         return PublishOutcome(PublishStatus.OK)
 
     def _store(self, stored: Stored) -> None:
-        self.logs.setdefault(stored.slot, []).append(stored)
-        self.next_offset[stored.slot] = stored.offset + 1
-        self.seen.setdefault(stored.slot, set()).add((stored.producer, stored.sequence))
+        self.log[stored.offset] = stored
         for group in self.groups.values():
             self._enqueue(group, stored)
 
-    def _enqueue(self, group: GroupState, stored: Stored) -> None:
+    @staticmethod
+    def _enqueue(group: GroupState, stored: Stored) -> None:
         group.pending.setdefault(stored.key, deque()).append(stored)
-        if not group.inflight_per_key.get(stored.key):
+        if stored.key not in group.busy:
             group.ready[stored.key] = None
 
-    def _group(self, name: str) -> GroupState:
+    def create_group(self, name: str) -> GroupState:
         group = self.groups.get(name)
         if group is None:
             group = self.groups[name] = GroupState()
-            for log in self.logs.values():
-                for stored in log:
-                    self._enqueue(group, stored)
+            for stored in self.log.values():
+                self._enqueue(group, stored)
         return group
 
     def fetch(self, request: FetchRequest) -> list[Delivery]:
-        group = self._group(request.group)
+        group = self.create_group(request.group)
         self._expire(group)
         out: list[Delivery] = []
         budget = request.max_bytes
         for key in list(group.ready):
-            if len(out) >= request.max_messages:
-                break
             queue = group.pending.get(key)
-            if not queue:
+            if len(out) >= request.max_messages or budget <= 0:
+                break
+            if not queue or key in group.busy:
                 del group.ready[key]
                 continue
-            if not self.servable(key, queue[0].slot):
+            head = queue[0]
+            if not self.servable(head):
                 del group.ready[key]
                 group.parked.add(key)
                 continue
-            budget = self._take(group, key, queue, request, out, budget)
-            if budget <= 0:
+            if len(head.payload) > budget and out:
                 break
+            out.append(self._start(group, queue))
+            budget -= len(head.payload)
         return out
 
-    def _take(
-        self,
-        group: GroupState,
-        key: str | None,
-        queue: deque[Stored],
-        request: FetchRequest,
-        out: list[Delivery],
-        budget: int,
-    ) -> int:
-        window = 1 << 30 if key is None else self.key_window
-        while queue and group.inflight_per_key.get(key, 0) < window and len(out) < request.max_messages:
-            stored = queue[0]
-            size = len(stored.payload) + len(stored.key or "")
-            if size > budget and out:
-                break
-            queue.popleft()
-            receipt = f"{self.shard}/{stored.slot}/{stored.offset}/{next(self._receipts)}"
-            group.inflight[receipt] = (stored, self.clock() + self.ack_deadline_s)
-            group.inflight_per_key[key] = group.inflight_per_key.get(key, 0) + 1
-            out.append(
-                Delivery(
-                    stored.key,
-                    stored.payload,
-                    stored.slot,
-                    stored.offset,
-                    receipt,
-                    publish_time=stored.publish_time,
-                )
-            )
-            budget -= size
-        if key is not None or not queue:
-            group.ready.pop(key, None)
-        return budget
+    def _start(self, group: GroupState, queue: deque[Stored]) -> Delivery:
+        stored = queue.popleft()
+        group.inflight[stored.offset] = (stored, self.clock() + self.ack_deadline_s)
+        if stored.key is not None:
+            group.busy.add(stored.key)
+            group.ready.pop(stored.key, None)
+        elif not queue:
+            group.ready.pop(None, None)
+        return Delivery(
+            stored.key,
+            stored.payload,
+            stored.slot,
+            stored.offset,
+            str(stored.offset),
+            publish_time=stored.publish_time,
+        )
 
     def _expire(self, group: GroupState) -> None:
         now = self.clock()
-        expired = [receipt for receipt, (_, deadline) in group.inflight.items() if deadline <= now]
-        self._requeue(group, expired)
+        self._requeue(group, [o for o, (_, deadline) in group.inflight.items() if deadline <= now])
 
-    def _requeue(self, group: GroupState, receipts: Sequence[str]) -> None:
-        """Put unacked deliveries back at the front of their key's queue, keeping offset order."""
+    def _requeue(self, group: GroupState, offsets: Iterable[int]) -> None:
+        """Put unacked deliveries back at the front of their key's queue, in offset order."""
         taken = sorted(
-            (group.inflight.pop(r)[0] for r in receipts if r in group.inflight), key=lambda s: -s.offset
+            (group.inflight.pop(o)[0] for o in offsets if o in group.inflight), key=lambda s: -s.offset
         )
         for stored in taken:
-            group.inflight_per_key[stored.key] -= 1
+            group.busy.discard(stored.key)
             group.pending.setdefault(stored.key, deque()).appendleft(stored)
             group.ready[stored.key] = None
 
-    def ack(self, group_name: str, receipts: Sequence[str], negative: bool = False) -> None:
-        group = self._group(group_name)
-        for receipt in receipts:
-            slot = int(receipt.split("/")[1])
-            entry = group.inflight.get(receipt)
-            if entry is None and not receipt.startswith(f"{self.shard}/"):
-                raise Moved(self.table.slots[slot] if slot >= 0 else "", self.table.epoch)
-            if entry is None:
-                continue  # already acked, or expired and redelivered: acks are idempotent
+    def ack(self, group_name: str, offsets: Iterable[int], negative: bool = False) -> None:
+        group = self.create_group(group_name)
+        for offset in offsets:
+            if offset not in group.inflight:
+                continue  # unknown: already acked, redelivered elsewhere or moved away
             if negative:
-                self._requeue(group, [receipt])
+                self._requeue(group, [offset])
                 continue
-            stored, _ = group.inflight.pop(receipt)
-            group.inflight_per_key[stored.key] -= 1
-            if stored.key is not None:
-                group.acked[stored.key] = max(group.acked.get(stored.key, -1), stored.offset)
-            if group.pending.get(stored.key) and not group.inflight_per_key[stored.key]:
+            stored, _ = group.inflight.pop(offset)
+            group.busy.discard(stored.key)
+            if group.pending.get(stored.key):
                 group.ready[stored.key] = None
         self._notify()
 
     def backlog(self) -> int:
         if not self.groups:
-            return sum(len(log) for log in self.logs.values())
-        return max(sum(len(q) for q in g.pending.values()) + len(g.inflight) for g in self.groups.values())
+            return len(self.log)
+        return max(sum(map(len, g.pending.values())) + len(g.inflight) for g in self.groups.values())
 
     # --- admin -------------------------------------------------------------------------------
     def set_table(self, table: RoutingTable) -> None:
@@ -260,28 +227,45 @@ class TwinBroker:
     def inflight(self, slot: int) -> int:
         return sum(1 for g in self.groups.values() for s, _ in g.inflight.values() if s.slot == slot)
 
-    def export_group_state(self, slot: int) -> dict[str, dict[str, int]]:
-        return {
-            name: {k: o for k, o in g.acked.items() if self.slot_of(k) == slot}
-            for name, g in self.groups.items()
-        }
+    def export(self, slot: int, from_offset: int) -> list[Stored]:
+        return [s for o, s in self.log.items() if o >= from_offset and s.slot == slot]
 
-    def import_messages(self, messages: Sequence[Stored]) -> None:
+    def import_messages(self, source: int, messages: Sequence[Stored]) -> None:
         for stored in messages:
-            if stored.offset >= self.next_offset.get(stored.slot, 0):
-                self._store(stored)
+            origin = (source, stored.offset)
+            if origin not in self.imported:
+                self.imported.add(origin)
+                self._store(
+                    Stored(
+                        stored.key,
+                        stored.payload,
+                        stored.slot,
+                        next(self._offsets),
+                        stored.publish_time,
+                        origin,
+                    )
+                )
+        self._notify()
 
-    def import_group_state(self, state: dict[str, dict[str, int]]) -> None:
-        for name, acked in state.items():
-            group = self._group(name)
-            for key, offset in acked.items():
-                group.acked[key] = max(group.acked.get(key, -1), offset)
-                queue = group.pending.get(key, deque())
-                while queue and queue[0].offset <= offset:
-                    queue.popleft()
+    def export_group_state(self, slot: int) -> dict[str, set[int]]:
+        """Per group: source offsets of the slot's messages not acknowledged (in flight included)."""
+        state = {}
+        for name, group in self.groups.items():
+            pending = {s.offset for q in group.pending.values() for s in q if s.slot == slot}
+            state[name] = pending | {o for o, (s, _) in group.inflight.items() if s.slot == slot}
+        return state
+
+    def import_group_state(self, source: int, slot: int, state: dict[str, set[int]]) -> None:
+        for name, unacked in state.items():
+            group = self.create_group(name)
+            for key, queue in group.pending.items():
+                kept = [s for s in queue if not _acked_at_source(s, source, slot, unacked)]
+                if len(kept) != len(queue):
+                    group.pending[key] = deque(kept)
 
     def release(self, slot: int) -> None:
-        self.logs.pop(slot, None)
+        for offset in [o for o, s in self.log.items() if s.slot == slot]:
+            del self.log[offset]
         for group in self.groups.values():
             for key in [k for k, q in group.pending.items() if q and q[0].slot == slot]:
                 del group.pending[key]
@@ -289,15 +273,20 @@ class TwinBroker:
                 group.parked.discard(key)
 
 
-class TwinNetwork:
-    """A set of twin brokers addressed by endpoint (``twin://<shard>``)."""
+def _acked_at_source(stored: Stored, source: int, slot: int, unacked: set[int]) -> bool:
+    origin = stored.origin
+    return stored.slot == slot and origin is not None and origin[0] == source and origin[1] not in unacked
 
-    def __init__(self, shards: Sequence[str], slot_count: int = 1024, key_window: int = 1) -> None:
+
+class TwinNetwork:
+    """Twin brokers addressed by endpoint (``twin-<shard>``), slots dealt round robin at epoch 1."""
+
+    def __init__(self, shards: int, num_slots: int = 1024) -> None:
         loop_time = asyncio.get_running_loop().time
-        endpoints = {shard: f"twin://{shard}" for shard in shards}
-        slots = tuple(shards[i % len(shards)] for i in range(slot_count))
-        table = RoutingTable(epoch=1, slots=slots, endpoints=endpoints)
-        self.brokers = {endpoints[s]: TwinBroker(s, table, loop_time, key_window) for s in shards}
+        endpoints = {shard: f"twin-{shard}" for shard in range(shards)}
+        owners = tuple(slot % shards for slot in range(num_slots))
+        table = RoutingTable(1, num_slots, owners, {}, endpoints)
+        self.brokers = {endpoints[s]: TwinBroker(s, table, loop_time) for s in range(shards)}
 
     @property
     def endpoints(self) -> list[str]:
@@ -323,9 +312,6 @@ class TwinTransport:
         self.calls[name] = self.calls.get(name, 0) + 1
         await asyncio.sleep(self.round_trip_s / 2)
 
-    def slot_of(self, key: str, slot_count: int) -> int:
-        return fnv1a_slot(key, slot_count)
-
     async def routing(self, endpoint: str) -> RoutingTable:
         await self._hop("routing")
         table = self.network.broker(endpoint).table
@@ -333,25 +319,25 @@ class TwinTransport:
         return table
 
     async def publish(
-        self, endpoint: str, producer_id: str, messages: Sequence[OutboundMessage]
-    ) -> list[PublishOutcome]:
+        self, endpoint: str, producer_id: str, sequence: int, messages: Sequence[OutboundMessage]
+    ) -> PublishOutcome:
         await self._hop("publish")
-        outcomes = self.network.broker(endpoint).publish(producer_id, messages)
+        outcome = self.network.broker(endpoint).publish(producer_id, sequence, messages)
         await self._hop("publish-reply")
         if self.lose_publish_replies > 0:
             self.lose_publish_replies -= 1
             raise TransportError("reply lost (injected)")
-        return outcomes
+        return outcome
 
     async def fetch(self, endpoint: str, request: FetchRequest) -> list[Delivery]:
         await self._hop("fetch")
         broker = self.network.broker(endpoint)
-        deadline = asyncio.get_running_loop().time() + request.wait_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.wait_s
         out = broker.fetch(request)
-        while not out and (remaining := deadline - asyncio.get_running_loop().time()) > 0:
-            changed = broker.changed
+        while not out and deadline > loop.time():
             try:
-                await asyncio.wait_for(changed.wait(), remaining)
+                await asyncio.wait_for(broker.changed.wait(), deadline - loop.time())
             except TimeoutError:
                 break
             out = broker.fetch(request)
@@ -360,13 +346,17 @@ class TwinTransport:
 
     async def ack(self, endpoint: str, group: str, consumer: str, receipts: Sequence[str]) -> None:
         await self._hop("ack")
-        self.network.broker(endpoint).ack(group, receipts)
+        self.network.broker(endpoint).ack(group, map(int, receipts))
         await self._hop("ack-reply")
 
     async def nack(self, endpoint: str, group: str, consumer: str, receipts: Sequence[str]) -> None:
         await self._hop("nack")
-        self.network.broker(endpoint).ack(group, receipts, negative=True)
+        self.network.broker(endpoint).ack(group, map(int, receipts), negative=True)
         await self._hop("nack-reply")
+
+    async def create_group(self, endpoint: str, group: str) -> None:
+        await self._hop("create-group")
+        self.network.broker(endpoint).create_group(group)
 
     async def backlog(self, endpoint: str) -> int:
         await self._hop("backlog")
@@ -376,29 +366,27 @@ class TwinTransport:
         return None
 
     # --- admin -------------------------------------------------------------------------------
-    async def pause(self, endpoint: str, slot: int) -> None:
+    async def pause(self, endpoint: str, slot: int) -> int:
         await self._hop("pause")
-        self.network.broker(endpoint).paused.add(slot)
+        broker = self.network.broker(endpoint)
+        broker.paused.add(slot)
+        return broker.inflight(slot)
 
     async def resume(self, endpoint: str, slot: int) -> None:
         await self._hop("resume")
         self.network.broker(endpoint).resume(slot)
 
-    async def inflight(self, endpoint: str, slot: int) -> int:
-        await self._hop("inflight")
-        return self.network.broker(endpoint).inflight(slot)
-
     async def copy_backlog(self, source: str, target: str, slot: int, from_offset: int) -> int:
         await self._hop("copy")
-        log = self.network.broker(source).logs.get(slot, [])
-        chunk = [s for s in log if s.offset >= from_offset]
-        self.network.broker(target).import_messages(chunk)
+        origin = self.network.broker(source)
+        chunk = origin.export(slot, from_offset)
+        self.network.broker(target).import_messages(origin.shard, chunk)
         return chunk[-1].offset + 1 if chunk else from_offset
 
     async def copy_group_state(self, source: str, target: str, slot: int) -> None:
         await self._hop("copy-groups")
-        state = self.network.broker(source).export_group_state(slot)
-        self.network.broker(target).import_group_state(state)
+        origin = self.network.broker(source)
+        self.network.broker(target).import_group_state(origin.shard, slot, origin.export_group_state(slot))
 
     async def update_routing(self, endpoint: str, table: RoutingTable) -> None:
         await self._hop("update-routing")

@@ -1,0 +1,373 @@
+"""Order-preserving producer: routes by slot or pin, batches, and follows MOVED and PAUSED.
+
+Per-key order holds because a key has at most one batch in flight: its next messages wait until the
+broker has answered for the earlier ones, and a refused batch (``MOVED``, ``PAUSED``) goes back to
+the *front* of its keys' queues, so a retry can never overtake it.
+
+Retries never duplicate.  The broker stores a batch atomically and drops a batch whose sequence is
+not above the last one it stored for that producer id.  Batches travel on *lanes*: each lane has its
+own producer id (``<id>.<lane>``) and at most one batch in flight, so
+
+* after a lost reply the lane resends the same batch with the same sequence to the same broker
+  (stored once, whatever happened to the first attempt), and
+* after a refusal the messages travel again under a new, higher sequence (a refused batch was not
+  stored, and a later batch of the same lane cannot have been stored in between).
+
+Keyless messages are unordered and go to the shard with the smallest backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from foreshard_broker.client.transport import (
+    OutboundMessage,
+    PublishOutcome,
+    PublishStatus,
+    RoutingTable,
+    Transport,
+    TransportError,
+    slot_of,
+)
+
+
+class PublishError(Exception):
+    """A message was refused for good (invalid) or not stored within the retry budget."""
+
+
+@dataclass(frozen=True)
+class ProducerOptions:
+    linger_s: float = 0.002
+    max_batch_messages: int = 1000
+    max_batch_bytes: int = 1024 * 1024
+    lanes: int = 8
+    max_inflight_batches_per_shard: int = 4
+    # Budget for one message across transport errors, PAUSED and MOVED; then its future fails.
+    retry_budget_s: float = 30.0
+    max_backoff_s: float = 0.5
+    backlog_refresh_s: float = 1.0
+
+
+@dataclass
+class _Pending:
+    message: OutboundMessage
+    future: asyncio.Future[None]
+    first_try: float
+    refused_at: float | None = None
+
+
+@dataclass
+class _Lane:
+    producer_id: str
+    sequence: int = 0
+    busy: bool = False
+
+
+@dataclass
+class ProducerStats:
+    batches: int = 0
+    stored: int = 0
+    moved: int = 0
+    paused: int = 0
+    transport_errors: int = 0
+    # Seconds from a message's first refusal (MOVED or PAUSED) to its storage: the pause a key saw.
+    stalls: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+
+
+_KEYLESS = "\0keyless"
+
+
+class Producer:
+    """Asyncio producer.  ``async with Producer(transport, [endpoint]) as p: await p.publish(k, b"..")``."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        bootstrap: Sequence[str],
+        producer_id: str | None = None,
+        options: ProducerOptions | None = None,
+    ) -> None:
+        self.transport = transport
+        self.bootstrap = list(bootstrap)
+        self.options = options or ProducerOptions()
+        base = producer_id or uuid.uuid4().hex
+        self._lanes = [_Lane(f"{base}.{i}") for i in range(self.options.lanes)]
+        self.table: RoutingTable | None = None
+        self.stats = ProducerStats()
+        self._queues: dict[str, deque[_Pending]] = {}
+        self._ready: OrderedDict[str, None] = OrderedDict()
+        self._backoff_until: dict[str, float] = {}
+        self._inflight: dict[str, int] = {}
+        self._backlogs: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._unresolved: set[asyncio.Future[None]] = set()
+
+    async def __aenter__(self) -> Producer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        await self.refresh_routing()
+        self._loop_task = asyncio.create_task(self._dispatch_loop())
+
+    async def close(self) -> None:
+        """Publish everything queued, then stop."""
+        await self.flush()
+        self._closing = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+
+    def send(
+        self, key: str | None, payload: bytes, headers: Mapping[str, str] | None = None
+    ) -> asyncio.Future[None]:
+        """Queue a message; the future resolves when the broker has stored it."""
+        if self._closing:
+            raise PublishError("producer is closed")
+        if key == "":
+            raise PublishError("an order key must not be empty; use None for an unordered message")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(
+            OutboundMessage(key, payload, dict(headers or {})), loop.create_future(), loop.time()
+        )
+        self._unresolved.add(pending.future)
+        pending.future.add_done_callback(self._unresolved.discard)
+        queue_key = _KEYLESS if key is None else key
+        self._queues.setdefault(queue_key, deque()).append(pending)
+        self._ready.setdefault(queue_key, None)
+        self._wake.set()
+        return pending.future
+
+    async def publish(
+        self, key: str | None, payload: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
+        await self.send(key, payload, headers)
+
+    async def flush(self) -> None:
+        """Wait until every message sent so far is stored (or has failed)."""
+        while self._unresolved:
+            await asyncio.gather(*list(self._unresolved), return_exceptions=True)
+
+    # --- routing -----------------------------------------------------------------------------
+    async def refresh_routing(self, hint: str = "") -> RoutingTable:
+        """Learn the newest routing table from the hinted shard, then from any known endpoint."""
+        candidates = [hint] if hint else []
+        if self.table is not None:
+            candidates += sorted(self.table.endpoints.values())
+        errors = []
+        for endpoint in dict.fromkeys(candidates + self.bootstrap):
+            try:
+                table = await self.transport.routing(endpoint)
+            except TransportError as error:
+                errors.append(str(error))
+                continue
+            if self.table is None or table.epoch >= self.table.epoch:
+                self.table = table
+            return self.table
+        raise PublishError(f"no broker answered for the routing table: {errors}")
+
+    def _endpoint_for(self, key: str) -> str:
+        table = self.table
+        assert table is not None
+        if key == _KEYLESS:
+            return min(sorted(table.endpoints.values()), key=lambda e: self._backlogs.get(e, 0))
+        return table.endpoint(table.owner(key, slot_of(key, table.num_slots)))
+
+    # --- dispatch ----------------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        backlog_task = asyncio.create_task(self._backlog_loop())
+        try:
+            while not (self._closing and not self._unresolved):
+                await self._wait_for_work()
+                self._launch_batches()
+        finally:
+            backlog_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await backlog_task
+
+    async def _wait_for_work(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self._next_backoff_in())
+        self._wake.clear()
+        queued = sum(len(self._queues[k]) for k in self._ready)
+        if 0 < queued < self.options.max_batch_messages and not self._closing:
+            # Linger: let a batch fill a little before paying a round trip for it.
+            await asyncio.sleep(self.options.linger_s)
+
+    def _next_backoff_in(self) -> float | None:
+        if not self._backoff_until:
+            # While closing, re-check now and then: the last batch task may end after our wake-up.
+            return 0.01 if self._closing else None
+        now = asyncio.get_running_loop().time()
+        return max(0.0, min(self._backoff_until.values()) - now)
+
+    def _launch_batches(self) -> None:
+        for endpoint, batch in self._collect_batches().items():
+            lane = next((lane for lane in self._lanes if not lane.busy), None)
+            if lane is None:
+                self._requeue(batch, retry=batch)
+                continue
+            lane.busy = True
+            self._inflight[endpoint] = self._inflight.get(endpoint, 0) + 1
+            task = asyncio.create_task(self._send(lane, endpoint, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _collect_batches(self) -> dict[str, list[_Pending]]:
+        """One batch per shard with a free slot: ready keys' queued messages, each key in order."""
+        now = asyncio.get_running_loop().time()
+        free_lanes = sum(not lane.busy for lane in self._lanes)
+        batches: dict[str, list[_Pending]] = {}
+        for key in list(self._ready):
+            if self._backoff_until.get(key, 0.0) > now:
+                continue
+            self._backoff_until.pop(key, None)
+            endpoint = self._endpoint_for(key)
+            batch = batches.get(endpoint)
+            if batch is None:
+                if (
+                    len(batches) >= free_lanes
+                    or self._inflight.get(endpoint, 0) >= self.options.max_inflight_batches_per_shard
+                ):
+                    continue
+                batch = batches[endpoint] = []
+            if self._take(key, batch):
+                # An ordered key leaves the ready set until its batch is answered.
+                del self._ready[key]
+        return {e: b for e, b in batches.items() if b}
+
+    def _take(self, key: str, batch: list[_Pending]) -> bool:
+        """Move the key's queued messages into the batch; True when the key is now in flight."""
+        options = self.options
+        queue = self._queues[key]
+        size = sum(p.message.size for p in batch)
+        if batch and len(batch) + len(queue) > options.max_batch_messages and key != _KEYLESS:
+            return False  # never split a key across two concurrent batches
+        while queue and len(batch) < options.max_batch_messages and size < options.max_batch_bytes:
+            pending = queue.popleft()
+            batch.append(pending)
+            size += pending.message.size
+        if not queue:
+            del self._queues[key]
+        return key != _KEYLESS or key not in self._queues
+
+    async def _send(self, lane: _Lane, endpoint: str, batch: list[_Pending]) -> None:
+        lane.sequence += 1
+        outcome = await self._publish_until_answered(lane, endpoint, batch)
+        self._inflight[endpoint] -= 1
+        lane.busy = False
+        self.stats.batches += 1
+        await self._settle(batch, outcome)
+        self._wake.set()
+
+    async def _publish_until_answered(
+        self, lane: _Lane, endpoint: str, batch: list[_Pending]
+    ) -> PublishOutcome:
+        """Same lane, same sequence, same broker until it answers: a lost reply is never a loss."""
+        messages = [p.message for p in batch]
+        loop = asyncio.get_running_loop()
+        delay = 0.005
+        while True:
+            try:
+                return await self.transport.publish(endpoint, lane.producer_id, lane.sequence, messages)
+            except TransportError as error:
+                self.stats.transport_errors += 1
+                if loop.time() - batch[0].first_try > self.options.retry_budget_s:
+                    return PublishOutcome(PublishStatus.REJECTED, reason=f"broker unreachable: {error}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.options.max_backoff_s)
+
+    async def _settle(self, batch: list[_Pending], outcome: PublishOutcome) -> None:
+        now = asyncio.get_running_loop().time()
+        if outcome.status is PublishStatus.OK:
+            self._stored(batch, now)
+            self._requeue(batch, retry=[])
+            return
+        if outcome.status is PublishStatus.REJECTED:
+            for pending in batch:
+                _resolve(pending.future, PublishError(outcome.reason or "rejected by the broker"))
+            self._requeue(batch, retry=[])
+            return
+        expired = [p for p in batch if now - p.first_try > self.options.retry_budget_s]
+        for pending in expired:
+            _resolve(
+                pending.future, PublishError(f"not stored within the retry budget ({outcome.status.value})")
+            )
+        retry = [p for p in batch if p not in expired]
+        for pending in retry:
+            pending.refused_at = pending.refused_at or now
+        if outcome.status is PublishStatus.MOVED:
+            await self._follow_move(outcome, retry, now)
+        else:
+            self._back_off(outcome, retry, now)
+        self._requeue(batch, retry=retry)
+
+    def _stored(self, batch: list[_Pending], now: float) -> None:
+        self.stats.stored += len(batch)
+        for pending in batch:
+            if pending.refused_at is not None:
+                self.stats.stalls.append(now - pending.refused_at)
+            _resolve(pending.future, None)
+
+    def _back_off(self, outcome: PublishOutcome, retry: list[_Pending], now: float) -> None:
+        self.stats.paused += 1
+        delay = min(max(outcome.retry_after_s, 0.001), self.options.max_backoff_s)
+        for key in self._keys_of_slot(retry, outcome.slot):
+            self._backoff_until[key] = now + delay
+
+    async def _follow_move(self, outcome: PublishOutcome, retry: list[_Pending], now: float) -> None:
+        self.stats.moved += 1
+        known = self.table.epoch if self.table is not None else 0
+        if outcome.epoch > known:
+            with contextlib.suppress(PublishError):
+                await self.refresh_routing(outcome.owner_endpoint)
+        learnt = self.table.epoch if self.table is not None else 0
+        if not outcome.epoch > known or learnt < outcome.epoch:
+            # Brokers disagree while a switch propagates: resend in a moment instead of spinning.
+            for key in self._keys_of_slot(retry, outcome.slot):
+                self._backoff_until[key] = now + 0.002
+
+    def _keys_of_slot(self, retry: list[_Pending], slot: int) -> set[str]:
+        keys = {p.message.key for p in retry if p.message.key is not None}
+        table = self.table
+        if slot < 0 or table is None:
+            return keys
+        return {k for k in keys if slot_of(k, table.num_slots) == slot}
+
+    def _requeue(self, batch: list[_Pending], retry: list[_Pending]) -> None:
+        by_key: dict[str, list[_Pending]] = {}
+        for pending in retry:
+            by_key.setdefault(pending.message.key or _KEYLESS, []).append(pending)
+        for key, refused in by_key.items():
+            self._queues.setdefault(key, deque()).extendleft(reversed(refused))
+        for key in {p.message.key or _KEYLESS for p in batch}:
+            if self._queues.get(key):
+                self._ready.setdefault(key, None)
+
+    async def _backlog_loop(self) -> None:
+        while True:
+            table = self.table
+            for endpoint in sorted(table.endpoints.values()) if table else []:
+                with contextlib.suppress(TransportError):
+                    self._backlogs[endpoint] = await self.transport.backlog(endpoint)
+            await asyncio.sleep(self.options.backlog_refresh_s)
+
+
+def _resolve(future: asyncio.Future[None], error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

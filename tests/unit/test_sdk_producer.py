@@ -1,0 +1,122 @@
+"""Producer over the in-memory twin: routing, batching, MOVED / PAUSED, idempotent retries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+import pytest
+from foreshard_broker.client.producer import Producer, ProducerOptions, PublishError
+from foreshard_broker.client.transport import RoutingTable, slot_of
+from foreshard_broker.client.twin import TwinNetwork, TwinTransport
+
+pytestmark = pytest.mark.unit
+
+
+def stored_by_key(network: TwinNetwork) -> dict[str | None, list[bytes]]:
+    """Every stored message, per key, in broker offset order (one list over all shards)."""
+    out: dict[str | None, list[bytes]] = defaultdict(list)
+    for broker in network.brokers.values():
+        for offset in sorted(broker.log):
+            stored = broker.log[offset]
+            out[stored.key].append(stored.payload)
+    return out
+
+
+def moved_table(table: RoutingTable, slot: int, owner: int) -> RoutingTable:
+    owners = list(table.slot_owners)
+    owners[slot] = owner
+    return RoutingTable(table.epoch + 1, table.num_slots, tuple(owners), table.pinned, table.endpoints)
+
+
+async def test_each_key_lands_on_its_slot_owner_in_publish_order() -> None:
+    network = TwinNetwork(shards=3, num_slots=64)
+    async with Producer(TwinTransport(network), network.endpoints) as producer:
+        for i in range(300):
+            producer.send(f"k{i % 30}", f"{i}".encode())
+    per_key = stored_by_key(network)
+    assert sorted(per_key) == sorted(f"k{i}" for i in range(30))
+    for key, payloads in per_key.items():
+        assert payloads == [f"{i}".encode() for i in range(300) if f"k{i % 30}" == key]
+    for broker in network.brokers.values():
+        assert all(broker.table.owner(s.key or "", s.slot) == broker.shard for s in broker.log.values())
+
+
+async def test_lost_publish_replies_are_retried_without_duplicates() -> None:
+    network = TwinNetwork(shards=2, num_slots=16)
+    transport = TwinTransport(network)
+    transport.lose_publish_replies = 5
+    async with Producer(transport, network.endpoints) as producer:
+        await asyncio.gather(*(producer.send("key", f"{i}".encode()) for i in range(50)))
+    assert stored_by_key(network)["key"] == [f"{i}".encode() for i in range(50)]
+    assert producer.stats.transport_errors == 5
+
+
+async def test_a_moved_slot_is_followed_to_its_new_owner_without_reordering() -> None:
+    network = TwinNetwork(shards=2, num_slots=16)
+    key = "order-7"
+    slot = slot_of(key, 16)
+    old = network.broker(f"twin-{slot % 2}")
+    new_owner = 1 - old.shard
+    async with Producer(TwinTransport(network), network.endpoints) as producer:
+        await producer.publish(key, b"0")
+        table = moved_table(old.table, slot, new_owner)
+        for broker in network.brokers.values():
+            broker.set_table(table)
+        await asyncio.gather(*(producer.send(key, f"{i}".encode()) for i in range(1, 20)))
+    assert [s.payload for s in old.log.values()] == [b"0"]
+    assert [s.payload for s in network.broker(f"twin-{new_owner}").log.values()] == [
+        f"{i}".encode() for i in range(1, 20)
+    ]
+    assert producer.stats.moved >= 1
+    assert producer.table is not None and producer.table.epoch == 2
+
+
+async def test_a_paused_slot_holds_its_keys_back_and_other_keys_keep_flowing() -> None:
+    network = TwinNetwork(shards=1, num_slots=16)
+    broker = network.broker("twin-0")
+    held, free = "a", next(k for k in (f"b{i}" for i in range(100)) if slot_of(k, 16) != slot_of("a", 16))
+    broker.paused.add(slot_of(held, 16))
+    async with Producer(TwinTransport(network), network.endpoints) as producer:
+        blocked = producer.send(held, b"x")
+        await producer.publish(free, b"y")
+        await asyncio.sleep(0.05)
+        assert not blocked.done()
+        broker.resume(slot_of(held, 16))
+        await blocked
+    assert [s.key for s in broker.log.values()] == [free, held]
+    assert producer.stats.paused >= 1
+    assert max(producer.stats.stalls) >= 0.04
+
+
+async def test_a_message_that_cannot_be_stored_in_the_retry_budget_fails_its_future() -> None:
+    network = TwinNetwork(shards=1, num_slots=16)
+    network.broker("twin-0").paused.add(slot_of("stuck", 16))
+    options = ProducerOptions(retry_budget_s=0.05)
+    async with Producer(TwinTransport(network), network.endpoints, options=options) as producer:
+        future = producer.send("stuck", b"x")
+        with pytest.raises(PublishError, match="retry budget"):
+            await future
+
+
+async def test_keyless_messages_go_to_the_least_loaded_shard() -> None:
+    network = TwinNetwork(shards=2, num_slots=16)
+    busy = network.broker("twin-0")
+    busy.log.update({i: busy.log.get(i) or _filler(i) for i in range(100)})
+    async with Producer(TwinTransport(network), network.endpoints) as producer:
+        await asyncio.sleep(0.01)  # let the first backlog poll land
+        await asyncio.gather(*(producer.send(None, b"u") for _ in range(10)))
+    assert sum(1 for s in network.broker("twin-1").log.values() if s.key is None) == 10
+
+
+def _filler(offset: int):  # type: ignore[no-untyped-def]
+    from foreshard_broker.client.twin import Stored
+
+    return Stored("filler", b"", 0, offset, 0.0)
+
+
+async def test_an_empty_key_is_refused_before_it_is_sent() -> None:
+    network = TwinNetwork(shards=1, num_slots=16)
+    async with Producer(TwinTransport(network), network.endpoints) as producer:
+        with pytest.raises(PublishError, match="empty"):
+            producer.send("", b"x")
