@@ -1,0 +1,182 @@
+"""Arrival and acknowledgement history from Prometheus, as `Series` of counts per step.
+
+Arrivals are the counter `foreshard_messages_published_total{queue, key | slot}`; acks are
+`foreshard_messages_acked_total{queue, group}`. Each interval's count is
+`sum by (label) (increase(counter[step]))` evaluated at the interval's end: summing increases
+(not raw counters) keeps a restart of one broker from looking like a drop of the whole key,
+and with samples at interval boundaries (as backfilled history has) the increase is exact.
+
+Query building and response parsing are pure functions; `PrometheusHistory` only adds the
+client (prometheus-api-client) and splits long ranges under Prometheus's 11,000-points limit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from foreshard.core.series import Series
+
+ARRIVALS = "foreshard_messages_published_total"
+ACKS = "foreshard_messages_acked_total"
+MAX_POINTS = 10_000  # per series per query; Prometheus refuses more than 11,000
+_META = set(".^$*+?()[]{}|\\")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+class PrometheusUnreachable(RuntimeError):
+    """The query failed (connection, HTTP or PromQL error); the message says which and where."""
+
+
+class RangeQuerier(Protocol):
+    """The one method of prometheus_api_client.PrometheusConnect this adapter uses."""
+
+    def custom_query_range(
+        self, query: str, start_time: datetime, end_time: datetime, step: str
+    ) -> list[dict[str, Any]]: ...
+
+
+def quote(value: str) -> str:
+    """A PromQL string literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def regex_literal(value: str) -> str:
+    """`value` as an RE2 literal; only metacharacters are escaped (RE2 rejects `\\ ` and the like)."""
+    return "".join("\\" + c if c in _META else c for c in value)
+
+
+def matcher(label: str, values: Sequence[str] | None) -> str:
+    """`label="v"` for one value, `label=~"^(a|b)$"` for several, empty for all."""
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{label}={quote(values[0])}"
+    return f"{label}=~{quote('^(' + '|'.join(regex_literal(v) for v in sorted(values)) + ')$')}"
+
+
+def increase_query(
+    metric: str, fixed: Mapping[str, str], by: str, only: Sequence[str] | None, step_s: float
+) -> str:
+    if not _LABEL.fullmatch(by):
+        raise ValueError(f"{by!r} is not a Prometheus label name")
+    matchers = [f"{name}={quote(value)}" for name, value in sorted(fixed.items())]
+    matchers += [m for m in [matcher(by, only)] if m]
+    return f"sum by ({by}) (increase({metric}{{{','.join(matchers)}}}[{duration(step_s)}]))"
+
+
+def arrival_query(queue: str, step_s: float, by: str = "key", only: Sequence[str] | None = None) -> str:
+    """Messages published per interval, per key (or per slot with by="slot")."""
+    return increase_query(ARRIVALS, {"queue": queue}, by, only, step_s)
+
+
+def ack_query(queue: str, step_s: float, groups: Sequence[str] | None = None) -> str:
+    """Messages acknowledged per interval, per consumer group."""
+    return increase_query(ACKS, {"queue": queue}, "group", groups, step_s)
+
+
+def duration(step_s: float) -> str:
+    if step_s <= 0 or step_s != int(step_s):
+        raise ValueError(f"a step must be a positive whole number of seconds, got {step_s}")
+    return f"{int(step_s)}s"
+
+
+def windows(start_s: float, end_s: float, step_s: float) -> list[tuple[float, float]]:
+    """Evaluation times (interval ends) from start_s+step to end_s, split under MAX_POINTS each."""
+    count = math.floor((end_s - start_s) / step_s + 1e-9)
+    out = []
+    for first in range(1, count + 1, MAX_POINTS):
+        last = min(count, first + MAX_POINTS - 1)
+        out.append((start_s + first * step_s, start_s + last * step_s))
+    return out
+
+
+def parse(
+    matrix: Sequence[Mapping[str, Any]], label: str, start_s: float, end_s: float, step_s: float
+) -> dict[str, Series]:
+    """A range-query matrix (values at interval ends) to one Series per label value.
+
+    The grid is every interval from start_s to end_s; intervals without a sample stay NaN
+    (missing is not zero: a scrape gap must not read as silence).
+    """
+    count = math.floor((end_s - start_s) / step_s + 1e-9)
+    out: dict[str, Series] = {}
+    for item in matrix:
+        name = str(item.get("metric", {}).get(label, ""))
+        values = out[name].values if name in out else np.full(count, np.nan)
+        for stamp, text in item.get("values", []):
+            index = round((float(stamp) - start_s) / step_s) - 1
+            if 0 <= index < count:
+                values[index] = float(text)
+        out[name] = Series(name, start_s, step_s, values)
+    return dict(sorted(out.items()))
+
+
+def merge(
+    parts: Sequence[Mapping[str, Series]], start_s: float, step_s: float, count: int
+) -> dict[str, Series]:
+    keys = sorted({key for part in parts for key in part})
+    out = {}
+    for key in keys:
+        values = np.full(count, np.nan)
+        for part in parts:
+            if key in part:
+                present = np.isfinite(part[key].values)
+                values[present] = part[key].values[present]
+        out[key] = Series(key, start_s, step_s, values)
+    return out
+
+
+@dataclass
+class PrometheusHistory:
+    client: RangeQuerier
+
+    def arrivals(
+        self,
+        queue: str,
+        start_s: float,
+        end_s: float,
+        step_s: float,
+        by: str = "key",
+        only: Sequence[str] | None = None,
+    ) -> dict[str, Series]:
+        """Counts per interval per key (or slot) in [start_s, end_s), on the grid anchored at start_s."""
+        return self._fetch(arrival_query(queue, step_s, by, only), by, start_s, end_s, step_s)
+
+    def acks(
+        self, queue: str, start_s: float, end_s: float, step_s: float, groups: Sequence[str] | None = None
+    ) -> dict[str, Series]:
+        """Acknowledged messages per interval per consumer group."""
+        return self._fetch(ack_query(queue, step_s, groups), "group", start_s, end_s, step_s)
+
+    def _fetch(
+        self, query: str, label: str, start_s: float, end_s: float, step_s: float
+    ) -> dict[str, Series]:
+        count = math.floor((end_s - start_s) / step_s + 1e-9)
+        parts = []
+        for first, last in windows(start_s, end_s, step_s):
+            try:
+                matrix = self.client.custom_query_range(query, _time(first), _time(last), duration(step_s))
+            except Exception as error:  # the client raises requests, urllib3 and its own errors alike
+                raise PrometheusUnreachable(
+                    f"range query failed ({type(error).__name__}: {error}): {query}"
+                ) from error
+            parts.append(parse(matrix, label, start_s, end_s, step_s))
+        return merge(parts, start_s, step_s, count)
+
+
+def connect(url: str, timeout_s: int = 30) -> PrometheusHistory:
+    """A history reader for the Prometheus at `url` (no request is made until a query)."""
+    from prometheus_api_client import PrometheusConnect
+
+    return PrometheusHistory(PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_s))
+
+
+def _time(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
