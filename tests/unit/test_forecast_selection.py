@@ -33,7 +33,7 @@ def test_a_random_walk_selects_a_fast_level() -> None:
 
 def test_intermittent_keys_get_tsb_among_the_candidates() -> None:
     rng = np.random.default_rng(7)
-    y = (rng.random(2000) < 0.1) * rng.integers(1, 5, 2000).astype(np.float64)
+    y = np.where(rng.random(2000) < 0.1, rng.integers(1, 5, 2000), 0).astype(np.float64)
     fitted = selection.fit(y, 0, 300.0, 3)
     assert any(name.startswith(TSB) for name in fitted.scores)
 
