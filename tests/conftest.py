@@ -1,0 +1,63 @@
+"""Session fixtures for the real parts: the local control plane and Prometheus.
+
+Each starts once per test session, on free loopback ports, and is stopped at the end; nothing is
+mocked. Tests that need them request the fixture; the others never pay for it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from foreshard import traces
+from foreshard.core.series import Series
+from foreshard.localcluster.cluster import LocalCluster
+from foreshard.localcluster.prometheus import PrometheusServer, backfill
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_TRACES = REPO.parent / "shared" / "data" / "traces"
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), preferred_ports=False)
+    cluster.start()
+    try:
+        cluster.kubectl("apply", "-f", str(REPO / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def canonical_traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The shared traces converted to one canonical directory per queue."""
+    return traces.prepare_shared(SHARED_TRACES, tmp_path_factory.mktemp("traces"))
+
+
+class BackfilledPrometheus:
+    def __init__(self, server: PrometheusServer, queues: dict[str, list[Series]], shifts: dict[str, float]):
+        self.server, self.queues, self.shifts = server, queues, shifts
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture(scope="session")
+def prometheus_with_traces(
+    tmp_path_factory: pytest.TempPathFactory, canonical_traces: dict[str, Path]
+) -> Iterator[BackfilledPrometheus]:
+    """Real Prometheus holding the tweet, ELB and taxi traces, shifted so each ends now."""
+    workdir = tmp_path_factory.mktemp("prometheus")
+    queues = {name: traces.read_directory(canonical_traces[name]) for name in ("tweets", "elb", "nyc_taxi")}
+    now = time.time() // 60 * 60
+    shifts = backfill(queues, workdir / "data", end_at_s=now)
+    (workdir / "shifts.json").write_text(json.dumps(shifts))
+    with PrometheusServer(workdir) as server:
+        yield BackfilledPrometheus(server, queues, shifts)
