@@ -184,3 +184,15 @@ class PrefetchAgent:
         if room_messages <= 0 or room_bytes <= 0:
             return FetchSize(0, 0)
         return FetchSize(room_messages, room_bytes)
+
+
+class FixedPrefetch(PrefetchAgent):
+    """A static prefetch count (RabbitMQ-style), for comparison with the adaptive agent."""
+
+    def __init__(self, policy: PrefetchPolicy, count: int, concurrency: int = 1) -> None:
+        super().__init__(policy, concurrency)
+        self.count = count
+
+    def target_messages(self, now: float) -> int:
+        by_bytes = int(self.policy.max_bytes // self.message_bytes())
+        return max(1, min(self.count, by_bytes))

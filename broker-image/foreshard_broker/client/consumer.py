@@ -1,0 +1,338 @@
+"""Consumer: group membership, one fetch loop per broker, a keyed buffer and concurrent handlers.
+
+    brokers --fetch (sized by the Prefetch Agent)--> KeyedBuffer --receive()--> application
+       ^                                                                           |
+       +------------- AckCoordinator (batched acks, rate + processing time) <--ack--+
+
+Messages reach the application with concurrency across keys and never within a key: a key is
+*checked out* from the buffer until its message is acked or nacked.  The buffer's bound counts every
+message the consumer holds (buffered and being processed) plus what fetches in flight may still
+bring, so ``PrefetchPolicy.max_bytes`` is a hard ceiling, not an average.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from foreshard_broker.client.acks import AckCoordinator, consumer_metrics
+from foreshard_broker.client.prefetch import FetchSize, FixedPrefetch, PrefetchAgent, PrefetchPolicy
+from foreshard_broker.client.transport import Delivery, FetchRequest, RoutingTable, Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerClosed(Exception):
+    """The consumer was closed; no more messages."""
+
+
+@dataclass(frozen=True)
+class ConsumerOptions:
+    concurrency: int = 8
+    prefetch: PrefetchPolicy = field(default_factory=PrefetchPolicy)
+    # A static prefetch count instead of the adaptive agent (for comparisons).
+    fixed_prefetch: int | None = None
+    fetch_wait_s: float = 0.5
+    routing_refresh_s: float = 1.0
+
+
+@dataclass
+class Message:
+    """A message handed to the application; call :meth:`ack` or :meth:`nack` exactly once."""
+
+    delivery: Delivery
+    endpoint: str
+    received_at: float
+    handed_at: float = 0.0
+    _consumer: Consumer | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> str | None:
+        return self.delivery.key
+
+    @property
+    def payload(self) -> bytes:
+        return self.delivery.payload
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.delivery.headers
+
+    def ack(self) -> None:
+        if self._consumer is not None:
+            self._consumer.settle(self, ok=True)
+
+    def nack(self) -> None:
+        if self._consumer is not None:
+            self._consumer.settle(self, ok=False)
+
+
+class KeyedBuffer:
+    """Held messages, handed out one per key at a time, in arrival order across keys."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[Message]] = {}
+        self._ready: deque[str] = deque()
+        self._checked_out: set[str] = set()
+        self.held_messages = 0
+        self.held_bytes = 0
+        self.peak_bytes = 0
+        self.peak_messages = 0
+
+    @staticmethod
+    def slot_key(message: Message) -> str:
+        key = message.delivery.key
+        # Keyless messages are independent of each other: each gets a key of its own.
+        return f"\0{message.endpoint}/{message.delivery.receipt}" if key is None else key
+
+    def put(self, message: Message) -> None:
+        key = self.slot_key(message)
+        queue = self._queues.setdefault(key, deque())
+        queue.append(message)
+        if len(queue) == 1 and key not in self._checked_out:
+            self._ready.append(key)
+        self.held_messages += 1
+        self.held_bytes += message.delivery.size
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+        self.peak_messages = max(self.peak_messages, self.held_messages)
+
+    def take(self) -> Message | None:
+        if not self._ready:
+            return None
+        key = self._ready.popleft()
+        queue = self._queues[key]
+        message = queue.popleft()
+        if not queue:
+            del self._queues[key]
+        self._checked_out.add(key)
+        return message
+
+    def release(self, message: Message) -> None:
+        key = self.slot_key(message)
+        self._checked_out.discard(key)
+        self.held_messages -= 1
+        self.held_bytes -= message.delivery.size
+        if key in self._queues:
+            self._ready.append(key)
+
+    def drain(self) -> list[Message]:
+        """Remove every message not checked out (to hand them back to the brokers)."""
+        out = [m for queue in self._queues.values() for m in queue]
+        self._queues.clear()
+        self._ready.clear()
+        for message in out:
+            self.held_messages -= 1
+            self.held_bytes -= message.delivery.size
+        return out
+
+
+Handler = Callable[[Message], Awaitable[None]]
+
+
+class Consumer:
+    """Asyncio consumer of one group.
+
+    ``async with Consumer(transport, endpoints, "billing") as c: await c.run(handler)`` or, message by
+    message, ``m = await c.receive(); ...; m.ack()``.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        bootstrap: Sequence[str],
+        group: str,
+        consumer_id: str | None = None,
+        options: ConsumerOptions | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.transport = transport
+        self.bootstrap = list(bootstrap)
+        self.group = group
+        self.consumer_id = consumer_id or uuid.uuid4().hex
+        self.options = options or ConsumerOptions()
+        self.agent = _make_agent(self.options)
+        self.acks = AckCoordinator(transport, group, self.consumer_id, self.agent, consumer_metrics(registry))
+        self.buffer = KeyedBuffer()
+        self.table: RoutingTable | None = None
+        self._reserved = [0, 0]  # messages, bytes that fetches in flight may still bring
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._idle_loops: set[str] = set()
+        self._changed = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._refresh_routing()
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def close(self) -> None:
+        """Stop fetching, hand unprocessed messages back, and send the last acks."""
+        self._closing = True
+        self._notify()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        loops = list(self._loops.values())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*loops, return_exceptions=True), self.options.fetch_wait_s + 1
+            )
+        for message in self.buffer.drain():
+            self.acks.nack(message.endpoint, message.delivery.receipt)
+        await self.acks.flush()
+
+    def set_forecast(self, rate_per_s: float | None) -> None:
+        """The operator's forecast of this consumer's consumption rate, in messages per second."""
+        self.agent.set_forecast(rate_per_s)
+
+    # --- application side --------------------------------------------------------------------
+    async def receive(self) -> Message:
+        """The next message whose key is not being processed; raises ConsumerClosed when closed."""
+        while True:
+            message = self.buffer.take()
+            if message is not None:
+                message.handed_at = self._now()
+                message._consumer = self
+                return message
+            if self._closing:
+                raise ConsumerClosed("consumer closed")
+            changed = self._changed
+            await changed.wait()
+
+    def settle(self, message: Message, ok: bool) -> None:
+        if message._consumer is not self:
+            return  # settled twice, or never handed out: ignore rather than corrupt the counts
+        message._consumer = None
+        self.buffer.release(message)
+        now = self._now()
+        if ok:
+            self.acks.ack(message.endpoint, message.delivery.receipt, now - message.handed_at, now)
+        else:
+            self.acks.nack(message.endpoint, message.delivery.receipt)
+        self.acks.publish_gauges(now, self.buffer.held_messages, self.buffer.held_bytes)
+        self._notify()
+
+    async def run(self, handler: Handler) -> None:
+        """Run ``concurrency`` workers until the consumer is closed; a raising handler nacks."""
+        workers = [asyncio.create_task(self._work(handler)) for _ in range(self.options.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for worker in workers:
+                worker.cancel()
+
+    async def _work(self, handler: Handler) -> None:
+        while True:
+            try:
+                message = await self.receive()
+            except ConsumerClosed:
+                return
+            try:
+                await handler(message)
+            except Exception:
+                log.exception("handler failed; message nacked for redelivery")
+                message.nack()
+            else:
+                message.ack()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- brokers side ------------------------------------------------------------------------
+    async def _refresh_routing(self) -> None:
+        endpoints = sorted(self.table.endpoints.values()) if self.table else []
+        for endpoint in dict.fromkeys(endpoints + self.bootstrap):
+            try:
+                table = await self.transport.routing(endpoint)
+            except TransportError:
+                continue
+            if self.table is None or table.epoch >= self.table.epoch:
+                self.table = table
+            break
+        for endpoint in sorted(self.table.endpoints.values()) if self.table else self.bootstrap:
+            if endpoint not in self._loops:
+                self._loops[endpoint] = asyncio.create_task(self._fetch_loop(endpoint))
+
+    async def _supervise(self) -> None:
+        """Follow the routing table, so a new shard is fetched from as soon as it appears."""
+        while True:
+            await asyncio.sleep(self.options.routing_refresh_s)
+            await self._refresh_routing()
+
+    def _fetch_size(self, endpoint: str) -> FetchSize:
+        """This loop's share of the room left under the agent's target and the byte bound."""
+        held_messages = self.buffer.held_messages + self._reserved[0]
+        held_bytes = self.buffer.held_bytes + self._reserved[1]
+        room = self.agent.next_fetch(self._now(), held_messages, held_bytes)
+        if room.max_messages <= 0:
+            return room
+        waiting = max(1, len(self._idle_loops | {endpoint}))
+        return FetchSize(math.ceil(room.max_messages / waiting), room.max_bytes // waiting)
+
+    async def _fetch_loop(self, endpoint: str) -> None:
+        with contextlib.suppress(TransportError):
+            await self.transport.create_group(endpoint, self.group)
+        while not self._closing:
+            self._idle_loops.add(endpoint)
+            size = self._fetch_size(endpoint)
+            if size.max_messages <= 0 or size.max_bytes <= 0:
+                await self._changed.wait()
+                continue
+            self._idle_loops.discard(endpoint)
+            await self._fetch_once(endpoint, size)
+
+    async def _fetch_once(self, endpoint: str, size: FetchSize) -> None:
+        request = FetchRequest(
+            self.group, self.consumer_id, size.max_messages, size.max_bytes, self.options.fetch_wait_s
+        )
+        self._reserved[0] += size.max_messages
+        self._reserved[1] += size.max_bytes
+        started = self._now()
+        try:
+            deliveries = await self.transport.fetch(endpoint, request)
+        except TransportError as error:
+            log.debug("fetch from %s failed: %s", endpoint, error)
+            deliveries = []
+            await asyncio.sleep(0.05)
+        finally:
+            self._reserved[0] -= size.max_messages
+            self._reserved[1] -= size.max_bytes
+        now = self._now()
+        got_bytes = sum(d.size for d in deliveries)
+        self.agent.record_fetch(now, now - started, size.max_messages, len(deliveries), got_bytes)
+        bound = self.options.prefetch.max_bytes
+        for delivery in deliveries:
+            if self.buffer.held_bytes + self._reserved[1] + delivery.size > bound:
+                # A broker may send one message above the asked bytes; the bound is hard, so it goes back.
+                self.acks.nack(endpoint, delivery.receipt)
+                continue
+            self.buffer.put(Message(delivery, endpoint, now))
+        if deliveries:
+            self._notify()
+
+
+def _make_agent(options: ConsumerOptions) -> PrefetchAgent:
+    if options.fixed_prefetch is not None:
+        return FixedPrefetch(options.prefetch, options.fixed_prefetch, options.concurrency)
+    return PrefetchAgent(options.prefetch, options.concurrency)
