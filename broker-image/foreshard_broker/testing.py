@@ -60,7 +60,7 @@ class BrokerProcess:
             self.args(), stdout=subprocess.PIPE, stderr=log, env={**os.environ, **self.env}
         )
         log.close()
-        line = _read_line(self.process, timeout)
+        line = read_announcement(self.process, timeout)
         announced = json.loads(line)
         self.grpc_port, self.http_port = announced["grpc_port"], announced["http_port"]
         return self
@@ -94,7 +94,7 @@ class BrokerProcess:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
 
-def _read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+def read_announcement(process: subprocess.Popen[bytes], timeout: float) -> str:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     buffer = b""

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import psutil
 
 from foreshard_broker.routing import RoutingTable
 from foreshard_broker.server import errors
 from foreshard_broker.server.admin import Admin, GroupPending, Selector
+from foreshard_broker.server.load import ProcessStats
 from foreshard_broker.server.service import abort, guarded
 from foreshard_broker.storage import Message
 from foreshard_broker.wire import pb, pb_grpc
@@ -38,8 +37,7 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
     def __init__(self, admin: Admin) -> None:
         self.admin = admin
         self.broker = admin.broker
-        self.process = psutil.Process(os.getpid())
-        self.process.cpu_percent()  # first call primes the counter
+        self.process = ProcessStats()
 
     def _selector(self, request: Any) -> Selector:
         return self.admin.selector(request.slots, request.keys)
@@ -159,11 +157,8 @@ def load_metrics_pb(service: AdminService, top_keys: int) -> Any:
                 backlog_bytes=backlog_bytes, arrived_total=r.arrived, arrived_bytes_total=r.arrived_bytes,
             )  # fmt: skip
     out.slots.extend(slots[slot] for slot in sorted(slots))
-    with service.process.oneshot():
-        times = service.process.cpu_times()
-        out.process_cpu_seconds = times.user + times.system
-        out.process_cpu_percent = service.process.cpu_percent()
-        out.process_rss_bytes = service.process.memory_info().rss
+    cpu_seconds, cpu_percent, rss = service.process.sample()
+    out.process_cpu_seconds, out.process_cpu_percent, out.process_rss_bytes = cpu_seconds, cpu_percent, rss
     out.retained_messages = len(state.retained)
     out.retained_bytes = state.retained_bytes
     return out

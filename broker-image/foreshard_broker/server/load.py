@@ -7,6 +7,8 @@ cheap and makes every rate an honest average over a known window.
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -86,3 +88,31 @@ class LoadTracker:
                 )
             )
         return elapsed, out
+
+
+class ProcessStats:
+    """CPU and memory of this process from the OS (no third-party dependency)."""
+
+    def __init__(self) -> None:
+        self._last = (time.monotonic(), _cpu_seconds())
+
+    def sample(self) -> tuple[float, float, int]:
+        """(CPU seconds so far, CPU percent since the previous sample, resident bytes)."""
+        now, cpu = time.monotonic(), _cpu_seconds()
+        then, cpu_then = self._last
+        self._last = (now, cpu)
+        percent = 100.0 * (cpu - cpu_then) / max(now - then, 1e-6)
+        return cpu, percent, _rss_bytes()
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: fall back to the peak (kilobytes on Linux, bytes on macOS)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
