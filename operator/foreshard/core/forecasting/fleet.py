@@ -116,7 +116,10 @@ def update(fleet: Fleet, values: FloatArray) -> Fleet:
 def predict(fleet: Fleet, horizon: int) -> tuple[FloatArray, FloatArray]:
     """Point forecasts (keys x horizon) and quantiles (keys x quantiles x horizon), counts per step."""
     path = fleet.level[:, None] + seasonal(fleet, np.arange(horizon, dtype=np.int64))
-    point = np.where(fleet.log[:, None], np.expm1(path), path)
+    point = path.copy()
+    point[fleet.log] = np.expm1(
+        np.minimum(path[fleet.log], 700.0)
+    )  # only log rows: raw counts overflow expm1
     point = np.maximum(np.nan_to_num(point, nan=0.0, posinf=0.0), 0.0)
     shifts = fleet.shifts[:, :, :horizon]
     if shifts.shape[2] < horizon:
