@@ -133,8 +133,8 @@ class PrefetchAgent:
     def record_fetch(self, now: float, round_trip_s: float, asked: int, got: int, got_bytes: int) -> None:
         """One fetch answered; a full answer means the broker still holds a backlog for us."""
         self._backlog_seen = got >= asked
-        if got >= asked:
-            # A short answer may include the broker's long-poll wait, which is not a round trip.
+        if got:
+            # An empty answer is mostly the broker's long-poll wait, not a round trip.
             self._round_trip.add(now, max(round_trip_s, 0.0))
         if got:
             self._size.add(now, got_bytes / got)
