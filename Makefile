@@ -21,6 +21,7 @@ cluster-down: down
 
 ## What CI runs: static checks, then every test layer against the real components.
 test: bootstrap check
+	@$(PY) -m foreshard.cli traces prepare-shared >/dev/null
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 check: lint typecheck layers
