@@ -52,7 +52,9 @@ def test_the_slot_count_cannot_change_after_creation(local_cluster: LocalCluster
     body["metadata"]["name"] = "immutable-slots"
     local_cluster.kubectl("apply", "-n", "default", "-f", "-", stdin=yaml.safe_dump(body))
     body["spec"]["slots"] = 2048
-    result = local_cluster.kubectl("apply", "-n", "default", "-f", "-", stdin=yaml.safe_dump(body), check=False)
+    result = local_cluster.kubectl(
+        "apply", "-n", "default", "-f", "-", stdin=yaml.safe_dump(body), check=False
+    )
     assert result.returncode != 0
     assert "slots is immutable; create a new queue to change the slot count" in result.stderr
 

@@ -39,11 +39,15 @@ def get(cluster: LocalCluster, kind: str, name: str) -> dict[str, Any] | None:
 
 
 @pytest.fixture(scope="module")
-def operator(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def operator(
+    local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
     local_cluster.kubectl("apply", "-k", str(REPO / "manifests"))
     local_cluster.kubectl("create", "namespace", NAMESPACE)
     workdir = tmp_path_factory.mktemp("operator")
-    config = service_account_kubeconfig(local_cluster, "foreshard-system", "foreshard-operator", workdir / "kc")
+    config = service_account_kubeconfig(
+        local_cluster, "foreshard-system", "foreshard-operator", workdir / "kc"
+    )
     metrics_port = free_port()
     log = workdir / "operator.log"
     with log.open("w") as handle:

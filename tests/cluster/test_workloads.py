@@ -34,13 +34,16 @@ def stateful_set(name: str, replicas: int) -> str:
 
 
 def pods(cluster: LocalCluster, app: str) -> dict[str, tuple[str, bool]]:
-    listed = json.loads(cluster.kubectl("get", "pods", "-n", "default", "-l", f"app={app}", "-o", "json").stdout)
+    listed = json.loads(
+        cluster.kubectl("get", "pods", "-n", "default", "-l", f"app={app}", "-o", "json").stdout
+    )
     result = {}
     for pod in listed["items"]:
         if pod["metadata"].get("deletionTimestamp"):
             continue
         ready = any(
-            c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in pod.get("status", {}).get("conditions", [])
         )
         result[pod["metadata"]["name"]] = (pod.get("status", {}).get("phase", ""), ready)
     return result
@@ -64,8 +67,10 @@ def test_a_stateful_set_scaled_to_three_has_three_running_ready_pods_then_shrink
     names = {"web-0", "web-1", "web-2"}
 
     took = wait_for(
-        lambda: set(pods(local_cluster, "web")) == names
-        and all(phase == "Running" and ready for phase, ready in pods(local_cluster, "web").values()),
+        lambda: (
+            set(pods(local_cluster, "web")) == names
+            and all(phase == "Running" and ready for phase, ready in pods(local_cluster, "web").values())
+        ),
         60,
     )
     assert took < 60
