@@ -72,8 +72,14 @@ def test_status_is_not_writable_through_the_main_resource(local_cluster: LocalCl
 
 def test_kubectl_explain_shows_field_descriptions(local_cluster: LocalCluster) -> None:
     explained = subprocess.run(
-        [str(local_cluster.toolchain.path("kubectl")), f"--kubeconfig={local_cluster.kubeconfig}",
-         "explain", "shardallocation.spec.minShards"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            str(local_cluster.toolchain.path("kubectl")),
+            f"--kubeconfig={local_cluster.kubeconfig}",
+            "explain",
+            "shardallocation.spec.minShards",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "Fewest shard pods" in explained

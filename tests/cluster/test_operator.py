@@ -52,11 +52,20 @@ def operator(
     log = workdir / "operator.log"
     with log.open("w") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "foreshard.cli", "run", "--metrics-port", str(metrics_port),
-             "--liveness-port", str(free_port({metrics_port} and None, {metrics_port}))],
+            [
+                sys.executable,
+                "-m",
+                "foreshard.cli",
+                "run",
+                "--metrics-port",
+                str(metrics_port),
+                "--liveness-port",
+                str(free_port(None, {metrics_port})),
+            ],
             env={**os.environ, "KUBECONFIG": str(config), "FORESHARD_RESYNC_SECONDS": "2"},
-            stdout=handle, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield {"log": log, "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "process": process}
     finally:
@@ -96,15 +105,17 @@ def test_the_operator_creates_owns_and_resizes_the_shard_stateful_set(
     assert (owner["kind"], owner["name"], owner["controller"]) == ("ShardAllocation", "payments", True)
     assert get(local_cluster, "service", "payments-shard") is not None
 
-    local_cluster.kubectl("patch", "shalloc", "payments", "-n", NAMESPACE, "--type=merge", "-p",
-                          '{"spec": {"minShards": 3}}')  # fmt: skip
+    local_cluster.kubectl(
+        "patch", "shalloc", "payments", "-n", NAMESPACE, "--type=merge", "-p", '{"spec": {"minShards": 3}}'
+    )
     wait_for(lambda: ready_with(3), 60, "3 ready shards after raising minShards")
 
     shown = local_cluster.kubectl("get", "shalloc", "payments", "-n", NAMESPACE).stdout
     assert shown.split("\n")[1].split()[:4] == ["payments", "True", "3", "3"]  # NAME READY SHARDS TARGET
 
-    events = local_cluster.kubectl("get", "events", "-n", NAMESPACE, "--field-selector",
-                                   "involvedObject.kind=ShardAllocation").stdout  # fmt: skip
+    events = local_cluster.kubectl(
+        "get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.kind=ShardAllocation"
+    ).stdout
     assert "Scaled" in events and "Shards 2 -> 3." in events
 
     with urllib.request.urlopen(operator["metrics"], timeout=5) as response:

@@ -30,6 +30,8 @@ def test_the_api_server_reports_the_pinned_kubernetes_version(local_cluster: Loc
 def test_the_kubebox_replace_block_matches_the_upstream_go_mod() -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "kubebox" / "sync_gomod.py"), "--check"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -49,14 +49,24 @@ def test_a_gap_in_a_trace_stays_a_gap_rather_than_a_zero(prometheus_with_traces:
     shift = prometheus_with_traces.shifts["elb"]
     end_of = lambda i: elb.start_s + shift + (i + 1) * elb.step_s  # noqa: E731
     url = prometheus_with_traces.url
-    one_step = range_query(url, "increase(foreshard_messages_published_total{queue='elb'}[5m])",
-                           end_of(m - 1), end_of(m + 1), elb.step_s)[elb.key]  # fmt: skip
+    one_step = range_query(
+        url,
+        "increase(foreshard_messages_published_total{queue='elb'}[5m])",
+        end_of(m - 1),
+        end_of(m + 1),
+        elb.step_s,
+    )[elb.key]
     # The interval before the gap reads back; the missing interval has no sample, so neither it
     # nor the next one has a one-step increase: absent, never a made-up zero.
     assert one_step == [elb.values[m - 1]]
     # Over two steps the counter still carries the next interval's real count.
-    two_steps = range_query(url, "increase(foreshard_messages_published_total{queue='elb'}[10m])",
-                            end_of(m + 1), end_of(m + 1), elb.step_s)[elb.key]  # fmt: skip
+    two_steps = range_query(
+        url,
+        "increase(foreshard_messages_published_total{queue='elb'}[10m])",
+        end_of(m + 1),
+        end_of(m + 1),
+        elb.step_s,
+    )[elb.key]
     assert two_steps == [elb.values[m + 1]]
 
 
@@ -66,7 +76,10 @@ def test_the_history_ends_now(prometheus_with_traces: Any) -> None:
     end = latest.end_s + prometheus_with_traces.shifts["tweets"]
     assert abs(end - prometheus_with_traces.backfilled_at) < 60
     got = range_query(
-        prometheus_with_traces.url, f"increase(foreshard_messages_published_total{{key='{latest.key}'}}[5m])",
-        end - 3 * latest.step_s, end, latest.step_s,
-    )  # fmt: skip
+        prometheus_with_traces.url,
+        f"increase(foreshard_messages_published_total{{key='{latest.key}'}}[5m])",
+        end - 3 * latest.step_s,
+        end,
+        latest.step_s,
+    )
     assert got[latest.key] == list(latest.values[-4:])

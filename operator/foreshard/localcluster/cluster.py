@@ -335,7 +335,10 @@ def service_account_kubeconfig(cluster: LocalCluster, namespace: str, account: s
         "clusters": [
             {
                 "name": "foreshard-local",
-                "cluster": {"server": cluster.server, "certificate-authority": str(cluster.workdir / "pki" / "ca.crt")},
+                "cluster": {
+                    "server": cluster.server,
+                    "certificate-authority": str(cluster.workdir / "pki" / "ca.crt"),
+                },
             }
         ],
         "users": [{"name": account, "user": {"token": token}}],
