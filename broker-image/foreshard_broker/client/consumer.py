@@ -165,6 +165,7 @@ class Consumer:
         self._reserved = [0, 0]  # messages, bytes that fetches in flight may still bring
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._idle_loops: set[str] = set()
+        self._needs: dict[str, int] = {}
         self._changed = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
@@ -281,12 +282,20 @@ class Consumer:
             await self._refresh_routing()
 
     def _fetch_size(self, endpoint: str) -> FetchSize:
-        """This loop's share of the room left under the agent's target and the byte bound."""
+        """This loop's share of the room left under the agent's target and the byte bound.
+
+        A loop that had to hand back a message too large for its share (``_needs``) gets the whole
+        room once it is large enough, and the other loops start nothing until then, so their
+        reservations drain and the large message cannot starve.
+        """
         held_messages = self.buffer.held_messages + self._reserved[0]
         held_bytes = self.buffer.held_bytes + self._reserved[1]
         room = self.agent.next_fetch(self._now(), held_messages, held_bytes)
-        if room.max_messages <= 0:
-            return room
+        need = self._needs.get(endpoint)
+        if need is not None:
+            return room if room.max_bytes >= need else FetchSize(0, 0)
+        if room.max_messages <= 0 or self._needs:
+            return FetchSize(0, 0)
         waiting = max(1, len(self._idle_loops | {endpoint}))
         return FetchSize(math.ceil(room.max_messages / waiting), room.max_bytes // waiting)
 
@@ -321,15 +330,26 @@ class Consumer:
         now = self._now()
         got_bytes = sum(d.size for d in deliveries)
         self.agent.record_fetch(now, now - started, size.max_messages, len(deliveries), got_bytes)
-        bound = self.options.prefetch.max_bytes
+        self._needs.pop(endpoint, None)
         for delivery in deliveries:
-            if self.buffer.held_bytes + self._reserved[1] + delivery.size > bound:
-                # A broker may send one message above the asked bytes; the bound is hard, so it goes back.
-                self.acks.nack(endpoint, delivery.receipt)
-                continue
-            self.buffer.put(Message(delivery, endpoint, now))
+            self._admit(endpoint, delivery, now)
         if deliveries:
             self._notify()
+
+    def _admit(self, endpoint: str, delivery: Delivery, now: float) -> None:
+        bound = self.options.prefetch.max_bytes
+        if self.buffer.held_bytes + self._reserved[1] + delivery.size <= bound:
+            self.buffer.put(Message(delivery, endpoint, now))
+            return
+        # A broker sends one message even when it is larger than the asked bytes; the bound is
+        # hard, so the message goes back and this loop waits for room for it.
+        self.acks.nack(endpoint, delivery.receipt)
+        if delivery.size > bound:
+            log.error(
+                "a %d-byte message exceeds the %d-byte prefetch bound; raise max_bytes", delivery.size, bound
+            )
+        else:
+            self._needs[endpoint] = max(self._needs.get(endpoint, 0), delivery.size)
 
 
 def _make_agent(options: ConsumerOptions) -> PrefetchAgent:
