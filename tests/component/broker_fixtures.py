@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from foreshard_broker.client.broker_client import AdminClient, BrokerClient
 from foreshard_broker.testing import BrokerProcess
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+
 from foreshard_broker.client.broker_client import AdminClient, BrokerClient, publish_request
 from foreshard_broker.client.broker_errors import BrokerCallError
 from foreshard_broker.routing import RoutingTable

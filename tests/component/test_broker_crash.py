@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from foreshard_broker.client.broker_client import AdminClient, BrokerClient, publish_request
 from foreshard_broker.client.broker_errors import BrokerCallError
 from foreshard_broker.testing import BrokerProcess

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+
 from foreshard_broker.client.broker_client import BrokerClient, publish_request
 from foreshard_broker.client.broker_errors import BrokerCallError
 from foreshard_broker.testing import BrokerProcess

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+
 from foreshard_broker.client.broker_client import AdminClient, BrokerClient, copy_backlog
 from foreshard_broker.client.broker_errors import BrokerCallError, StaleEpochError
 from foreshard_broker.routing import RoutingTable, slot_of

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from foreshard_broker.testing import read_announcement
 
 pytestmark = pytest.mark.component

@@ -7,14 +7,15 @@ import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from foreshard_broker import protogen
 from foreshard_broker.routing import RoutingTable, slot_of
 from foreshard_broker.server.broker import Broker
-from foreshard_broker.server.config import BrokerConfig
+from foreshard_broker.server.config import Batch, BrokerConfig
 from foreshard_broker.server.groups import ConsumerGroup
 from foreshard_broker.storage import MemoryStorage, Message
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 pytestmark = pytest.mark.unit
 
@@ -66,13 +67,13 @@ async def test_a_restarted_broker_replays_messages_acks_and_producer_sequences()
     broker = Broker(BrokerConfig(), storage)
     broker.open()
     await broker.create_group("g", latest=False)
-    await broker.publish("p", 1, [("k", b"1", {}), ("k", b"2", {}), ("", b"free", {})])
+    await broker.publish("p", 1, Batch.of([("k", b"1"), ("k", b"2"), ("", b"free")]))
     first = await broker.fetch("g", "c", 10, 0, 0)
     await broker.ack("g", [d.message.offset for d in first if d.message.payload == b"1"])
     await storage.close()
     again = Broker(BrokerConfig(), storage)
     again.open()
-    assert (await again.publish("p", 1, [("k", b"1", {})])).duplicate
+    assert (await again.publish("p", 1, Batch.of([("k", b"1")]))).duplicate
     delivered = await again.fetch("g", "c", 10, 0, 0)
     assert sorted(d.message.payload for d in delivered) == [b"2", b"free"]
     assert again.state.next_offset == 3
@@ -81,9 +82,9 @@ async def test_a_restarted_broker_replays_messages_acks_and_producer_sequences()
 async def test_a_group_created_latest_skips_the_backlog() -> None:
     broker = Broker(BrokerConfig(), MemoryStorage())
     broker.open()
-    await broker.publish("p", 1, [("k", b"old", {})])
+    await broker.publish("p", 1, Batch.of([("k", b"old")]))
     await broker.create_group("late", latest=True)
-    await broker.publish("p", 2, [("k", b"new", {})])
+    await broker.publish("p", 2, Batch.of([("k", b"new")]))
     assert [d.message.payload for d in await broker.fetch("late", "c", 10, 0, 0)] == [b"new"]
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from foreshard_broker.storage import (
     AckRecord,
     BatchRecord,

@@ -14,19 +14,19 @@ import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from foreshard_broker.routing import KEYLESS_SLOT, RoutingTable
 from foreshard_broker.server import errors, validation
-from foreshard_broker.server.config import BrokerConfig
+from foreshard_broker.server.config import Batch, BrokerConfig
 from foreshard_broker.server.groups import ConsumerGroup, Delivery
 from foreshard_broker.server.load import LoadTracker
 from foreshard_broker.server.state import BrokerState
 from foreshard_broker.storage import AckRecord, BatchRecord, GroupRecord, Message, Storage
+from foreshard_broker.storage.base import NO_HEADERS
 
 log = logging.getLogger("foreshard_broker.broker")
-Item = tuple[str, bytes, Mapping[str, str]]
 
 
 Refusal = tuple[int, "errors.Moved | errors.Paused"]  # (index in the batch, reason)
@@ -55,6 +55,7 @@ class Broker:
         self.failed: str | None = None
         self._changed: dict[str, asyncio.Event] = {}
         self._unpublished: deque[tuple[asyncio.Future[None], BatchRecord]] = deque()
+        self._owns_everything: RoutingTable | None = None  # cache: the table for which that holds
         self.observe_publish: Callable[[float], None] = lambda seconds: None
         self.observe_deliveries: Callable[[list[int]], None] = lambda publish_times_ms: None
 
@@ -69,25 +70,25 @@ class Broker:
         )
 
     # ------------------------------------------------------------------ publish
-    async def publish(self, producer_id: str, sequence: int, items: Sequence[Item]) -> Stored:
+    async def publish(self, producer_id: str, sequence: int, batch: Batch) -> Stored:
         """Store the messages this shard owns and has not paused; the rest come back as refusals."""
         started = time.perf_counter()
         self._check_writable()
-        nbytes = validation.check_batch(self.limits, producer_id, items)
+        nbytes = validation.check_batch(self.limits, producer_id, batch)
         if producer_id:
             last = self.state.producers.get(producer_id)
             if last is not None and sequence <= last:
                 await self.barrier()  # the original may still be in flight: answer once it is durable
-                return Stored(0, len(items), duplicate=True)
-        slots, refusals = self._route(items)
+                return Stored(0, len(batch.keys), duplicate=True)
+        slots, refusals = self._route(batch.keys)
         if refusals:
             refused = {index for index, _ in refusals}
-            items = [item for index, item in enumerate(items) if index not in refused]
+            batch = batch.without(refused)
             slots = [slot for index, slot in enumerate(slots) if index not in refused]
-            nbytes = sum(len(payload) for _, payload, _ in items)
-        if not items:
+            nbytes = sum(map(len, batch.payloads))
+        if not batch.keys:
             return Stored(self.state.next_offset, 0, refusals=refusals)
-        durable, record = self._accept(producer_id, sequence, items, slots, nbytes)
+        durable, record = self._accept(producer_id, sequence, batch, slots, nbytes)
         try:
             await durable
         except Exception as error:
@@ -97,7 +98,7 @@ class Broker:
         return Stored(record.messages[0].offset, len(record.messages), refusals=refusals)
 
     def _accept(
-        self, producer_id: str, sequence: int, items: Sequence[Item], slots: list[int], nbytes: int
+        self, producer_id: str, sequence: int, batch: Batch, slots: list[int], nbytes: int
     ) -> tuple[asyncio.Future[None], BatchRecord]:
         if self.state.retained_bytes + nbytes > self.limits.max_retained_bytes:
             raise errors.Overloaded(
@@ -106,9 +107,12 @@ class Broker:
             )
         first = self.state.next_offset
         now_ms = int(time.time() * 1000)
+        headers = batch.headers or [NO_HEADERS] * len(slots)
         messages = [
-            Message(first + i, key, slot, payload, headers, now_ms)
-            for i, ((key, payload, headers), slot) in enumerate(zip(items, slots, strict=True))
+            Message(offset, key, slot, payload, header, now_ms)
+            for offset, key, slot, payload, header in zip(
+                range(first, first + len(slots)), batch.keys, slots, batch.payloads, headers, strict=True
+            )
         ]
         self.state.next_offset = first + len(messages)
         if producer_id:
@@ -130,30 +134,36 @@ class Broker:
         if self.draining:
             raise errors.Draining("shard is draining and accepts no new messages; refresh routing")
 
-    def _route(self, items: Sequence[Item]) -> tuple[list[int], list[Refusal]]:
+    def _route(self, keys: list[str]) -> tuple[list[int], list[Refusal]]:
         """Slot of every message, and the messages this shard may not take (MOVED / PAUSED)."""
-        table, me, n = self.routing, self.config.shard, self.config.num_slots
-        owners, pinned = table.slot_owners, table.pinned
-        fenced = bool(self.paused_slots or self.paused_keys)
-        crc = zlib.crc32
-        slots = []
+        n, crc = self.config.num_slots, zlib.crc32
+        slots = [crc(key.encode()) % n if key else KEYLESS_SLOT for key in keys]
+        table, me = self.routing, self.config.shard
+        if self._owns_everything is not table:
+            self._owns_everything = table if self._check_owns_everything(table) else None
+        if self._owns_everything is table and not (self.paused_slots or self.paused_keys):
+            return slots, []  # the common case: nothing to refuse, no per-message lookups
         refusals: list[Refusal] = []
-        for index, (key, _, _) in enumerate(items):
+        owners, pinned = table.slot_owners, table.pinned
+        for index, (key, slot) in enumerate(zip(keys, slots, strict=True)):
             if not key:
-                slots.append(KEYLESS_SLOT)
                 continue
-            slot = crc(key.encode()) % n
-            slots.append(slot)
             owner = pinned.get(key, owners[slot]) if pinned else owners[slot]
             if owner != me:
                 refusals.append((index, errors.Moved(slot, key, owner, table.endpoint(owner), table.epoch)))
-            elif fenced:
-                paused = self._paused(key, slot)
-                if paused is not None:
-                    refusals.append((index, paused))
+                continue
+            paused = self._paused(key, slot)
+            if paused is not None:
+                refusals.append((index, paused))
         return slots, refusals
 
+    def _check_owns_everything(self, table: RoutingTable) -> bool:
+        me = self.config.shard
+        return not table.pinned and all(owner == me for owner in table.slot_owners)
+
     def _paused(self, key: str, slot: int) -> errors.Paused | None:
+        if not (self.paused_slots or self.paused_keys):
+            return None
         retry = self.paused_keys.get(key)
         if retry is None and key not in self.routing.pinned:
             retry = self.paused_slots.get(slot)
@@ -172,9 +182,7 @@ class Broker:
         self._wake_all()
 
     def _count_arrivals(self, messages: list[Message]) -> None:
-        arrived = self.load.arrived
-        for message in messages:
-            arrived(message.key, 1, len(message.payload))
+        self.load.arrived_many(messages)
 
     async def barrier(self) -> None:
         """Everything accepted so far is durable and visible."""

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 import grpc
 
 from foreshard_broker.server import errors
-from foreshard_broker.server.broker import Broker, Item
+from foreshard_broker.server.broker import Broker
+from foreshard_broker.server.config import Batch
 from foreshard_broker.storage.base import NO_HEADERS
 from foreshard_broker.wire import ERROR_TRAILER, pb, pb_grpc
 
@@ -77,8 +78,14 @@ async def guarded(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T
         raise AssertionError("unreachable: abort raises") from error
 
 
-def items_of(request: Any) -> list[Item]:
-    return [(m.key, m.payload, dict(m.headers) if m.headers else NO_HEADERS) for m in request.messages]
+def batch_of(request: Any) -> Batch:
+    messages = request.messages
+    headers = [m.headers for m in messages]
+    return Batch(
+        [m.key for m in messages],
+        [m.payload for m in messages],
+        [dict(h) if h else NO_HEADERS for h in headers] if any(headers) else None,
+    )
 
 
 class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
@@ -89,7 +96,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
     async def publish_one(self, request: Any) -> Any:
         response = pb.PublishResponse(sequence=request.sequence)
         try:
-            stored = await self.broker.publish(request.producer_id, request.sequence, items_of(request))
+            stored = await self.broker.publish(request.producer_id, request.sequence, batch_of(request))
         except errors.BrokerError as error:
             response.failure.code = status_of(error).value[0]
             response.failure.message = str(error)

@@ -4,41 +4,49 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from foreshard_broker.server.config import Limits
+from foreshard_broker.server.config import Batch, Limits
 from foreshard_broker.server.errors import InvalidInput
 
 
-def check_batch(
-    limits: Limits, producer_id: str, items: Sequence[tuple[str, bytes, Mapping[str, str]]]
-) -> int:
-    """Validate one publish batch; returns its payload bytes."""
-    if not items:
+def check_batch(limits: Limits, producer_id: str, batch: Batch) -> int:
+    """Validate one publish batch; returns its payload bytes. Vectorised: this runs per message."""
+    count = len(batch.keys)
+    if not count:
         raise InvalidInput("publish batch has no messages; send at least one")
-    if len(items) > limits.max_batch_messages:
+    if count > limits.max_batch_messages:
         raise InvalidInput(
-            f"publish batch has {len(items)} messages; the limit is {limits.max_batch_messages}, split it"
+            f"publish batch has {count} messages; the limit is {limits.max_batch_messages}, split it"
         )
     if len(producer_id) > limits.max_producer_id_bytes:
         raise InvalidInput(f"producer_id is longer than {limits.max_producer_id_bytes} bytes")
-    max_message, max_key = limits.max_message_bytes, limits.max_key_bytes
-    total = 0
-    for index, (key, payload, headers) in enumerate(items):
-        size = len(payload)
-        if size > max_message:
-            raise InvalidInput(f"message {index} has {size} payload bytes; the limit is {max_message}")
-        if len(key) * 4 > max_key and len(key.encode()) > max_key:
-            raise InvalidInput(
-                f"message {index} has a key of {len(key.encode())} bytes; the limit is {max_key}"
-            )
-        if headers:
-            _check_headers(limits, index, headers)
-        total += size
+    sizes = list(map(len, batch.payloads))
+    if max(sizes) > limits.max_message_bytes:
+        index = next(i for i, size in enumerate(sizes) if size > limits.max_message_bytes)
+        raise InvalidInput(
+            f"message {index} has {sizes[index]} payload bytes; the limit is {limits.max_message_bytes}"
+        )
+    if max(map(len, batch.keys)) * 4 > limits.max_key_bytes:
+        _check_keys(limits, batch.keys)
+    if batch.headers is not None:
+        for index, headers in enumerate(batch.headers):
+            if headers:
+                _check_headers(limits, index, headers)
+    total = sum(sizes)
     if total > limits.max_batch_bytes:
         raise InvalidInput(
             f"publish batch carries {total} bytes; the limit is {limits.max_batch_bytes}, split it"
         )
-    _check_distinct_keys(limits, (key for key, _, _ in items), len(items))
+    _check_distinct_keys(limits, batch.keys, count)
     return total
+
+
+def _check_keys(limits: Limits, keys: Sequence[str]) -> None:
+    for index, key in enumerate(keys):
+        size = len(key.encode())
+        if size > limits.max_key_bytes:
+            raise InvalidInput(
+                f"message {index} has a key of {size} bytes; the limit is {limits.max_key_bytes}"
+            )
 
 
 def _check_distinct_keys(limits: Limits, keys: Iterable[str], count: int) -> None:

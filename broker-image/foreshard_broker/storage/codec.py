@@ -1,14 +1,17 @@
 """Binary encoding of log records. Little-endian, length-prefixed; see docs/broker.md.
 
 Frame:   u32 body_length | u32 crc32(body) | body
-Body:    u8 type | fields...
+Body:    u8 type | fields...   (batch bodies are columnar, see `_encode_batch`)
 """
 
 from __future__ import annotations
 
+import array
+import json
 import struct
+import sys
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from foreshard_broker.storage.base import (
     NO_HEADERS,
@@ -22,13 +25,13 @@ from foreshard_broker.storage.base import (
 )
 
 FRAME = struct.Struct("<II")
-_MSG = struct.Struct("<QIqiQIIH")  # offset, slot, time, origin shard, origin offset, key, payload, headers
-_BATCH = struct.Struct("<BHQI")  # type, producer id length, sequence, message count
+_BATCH = struct.Struct("<BHQIQB")  # type, producer id length, sequence, count, first offset, flags
 _LIST = struct.Struct("<BHI")  # type, name length, number of u64 offsets
 _GROUP = struct.Struct("<BHQ")
-_HEADER = struct.Struct("<HI")
 _U64 = struct.Struct("<Q")
 T_BATCH, T_ACK, T_GROUP, T_RELEASE = 1, 2, 3, 4
+F_IMPORTED, F_HEADERS = 1, 2
+NATIVE_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def frame(record: Record) -> bytes:
@@ -53,36 +56,53 @@ def _pack_u64s(values: list[int]) -> bytes:
 
 
 def _encode_batch(record: BatchRecord) -> bytes:
+    """Columnar: fixed-width arrays (slots, times, lengths) then the key and payload blobs.
+
+    Offsets are consecutive inside a batch, so only the first is stored. Building arrays with
+    C-level `map` / `join` instead of a struct per message is what keeps publish cheap.
+    """
+    messages = record.messages
     producer = record.producer_id.encode()
-    parts = [_BATCH.pack(T_BATCH, len(producer), record.sequence, len(record.messages)), producer]
-    pack = _MSG.pack
-    for m in record.messages:
-        key = m.key.encode()
-        parts.append(
-            pack(
-                m.offset,
-                m.slot,
-                m.publish_time_ms,
-                m.origin_shard,
-                m.origin_offset,
-                len(key),
-                len(m.payload),
-                len(m.headers),
-            )
-        )
-        parts.append(key)
-        parts.append(m.payload)
-        if m.headers:
-            parts.append(_encode_headers(m.headers))
+    keys = [m.key.encode() for m in messages]
+    payloads = [m.payload for m in messages]
+    imported = any(m.origin_shard >= 0 for m in messages)
+    with_headers = any(m.headers for m in messages)
+    first = messages[0].offset if messages else 0
+    if messages and messages[-1].offset != first + len(messages) - 1:
+        raise StorageError("batch offsets must be consecutive")
+    flags = (F_IMPORTED if imported else 0) | (F_HEADERS if with_headers else 0)
+    parts = [
+        _BATCH.pack(T_BATCH, len(producer), record.sequence, len(messages), first, flags),
+        producer,
+        _array("I", [m.slot for m in messages]),
+        _array("q", [m.publish_time_ms for m in messages]),
+        _array("I", list(map(len, keys))),
+        _array("I", list(map(len, payloads))),
+    ]
+    if imported:
+        parts.append(_array("i", [m.origin_shard for m in messages]))
+        parts.append(_array("Q", [m.origin_offset for m in messages]))
+    if with_headers:
+        blob = json.dumps([dict(m.headers) for m in messages]).encode()
+        parts += [_U64.pack(len(blob)), blob]
+    parts += [b"".join(keys), b"".join(payloads)]
     return b"".join(parts)
 
 
-def _encode_headers(headers: Mapping[str, str]) -> bytes:
-    parts = []
-    for name, value in headers.items():
-        n, v = name.encode(), value.encode()
-        parts += [_HEADER.pack(len(n), len(v)), n, v]
-    return b"".join(parts)
+def _array(code: str, values: list[int]) -> bytes:
+    packed = array.array(code, values)
+    if NATIVE_BIG_ENDIAN:
+        packed.byteswap()  # the log is little-endian on every host
+    return packed.tobytes()
+
+
+def _unarray(code: str, body: bytes, pos: int, count: int) -> tuple[array.array[int], int]:
+    values = array.array(code)
+    end = pos + values.itemsize * count
+    values.frombytes(body[pos:end])
+    if NATIVE_BIG_ENDIAN:
+        values.byteswap()
+    return values, end
 
 
 def decode(body: bytes) -> Record:
@@ -103,36 +123,35 @@ def decode(body: bytes) -> Record:
 
 
 def _decode_batch(body: bytes) -> BatchRecord:
-    _, plen, sequence, count = _BATCH.unpack_from(body)
+    _, plen, sequence, count, first, flags = _BATCH.unpack_from(body)
     pos = _BATCH.size
     producer = body[pos : pos + plen].decode()
     pos += plen
+    slots, pos = _unarray("I", body, pos, count)
+    times, pos = _unarray("q", body, pos, count)
+    key_lens, pos = _unarray("I", body, pos, count)
+    payload_lens, pos = _unarray("I", body, pos, count)
+    shards: Sequence[int] = [-1] * count
+    origins: Sequence[int] = [0] * count
+    if flags & F_IMPORTED:
+        shards, pos = _unarray("i", body, pos, count)
+        origins, pos = _unarray("Q", body, pos, count)
+    headers: list[Mapping[str, str]] = [NO_HEADERS] * count
+    if flags & F_HEADERS:
+        (size,) = _U64.unpack_from(body, pos)
+        headers = [h or NO_HEADERS for h in json.loads(body[pos + 8 : pos + 8 + size])]
+        pos += 8 + size
     messages = []
-    unpack = _MSG.unpack_from
-    for _ in range(count):
-        offset, slot, ts, oshard, ooffset, klen, plen_, nheaders = unpack(body, pos)
-        pos += _MSG.size
-        key = body[pos : pos + klen].decode()
-        pos += klen
-        payload = body[pos : pos + plen_]
-        pos += plen_
-        headers: Mapping[str, str] = NO_HEADERS
-        if nheaders:
-            headers, pos = _decode_headers(body, pos, nheaders)
-        messages.append(Message(offset, key, slot, payload, headers, ts, oshard, ooffset))
+    payload_pos = pos + sum(key_lens)
+    for i in range(count):
+        key = body[pos : pos + key_lens[i]].decode()
+        pos += key_lens[i]
+        payload = body[payload_pos : payload_pos + payload_lens[i]]
+        payload_pos += payload_lens[i]
+        messages.append(
+            Message(first + i, key, slots[i], payload, headers[i], times[i], shards[i], origins[i])
+        )
     return BatchRecord(producer, sequence, messages)
-
-
-def _decode_headers(body: bytes, pos: int, count: int) -> tuple[dict[str, str], int]:
-    headers = {}
-    for _ in range(count):
-        nlen, vlen = _HEADER.unpack_from(body, pos)
-        pos += _HEADER.size
-        name = body[pos : pos + nlen].decode()
-        pos += nlen
-        headers[name] = body[pos : pos + vlen].decode()
-        pos += vlen
-    return headers, pos
 
 
 def read_frames(data: bytes) -> Iterator[tuple[int, Record]]:
