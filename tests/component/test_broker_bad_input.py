@@ -43,6 +43,13 @@ CASES: dict[str, tuple[Call, grpc.StatusCode, str]] = {
     "an overlong key": (lambda d, a: d.publish("p", 1, [("k" * 33, b"x")]), INVALID, "key of 33 bytes"),
     "too many keys in one request": (
         lambda d, a: d.publish("p", 1, [(f"k{i}", b"x") for i in range(60)]), INVALID, "60 distinct keys"),
+    "keys and payloads of different lengths": (
+        lambda d, a: d.publish_request(pb.PublishRequest(sequence=1, keys=["a", "b"], payloads=[b""])),
+        INVALID, "2 keys but 1 payloads"),
+    "headers for only some messages": (
+        lambda d, a: d.publish_request(
+            pb.PublishRequest(sequence=1, keys=["a", "b"], payloads=[b"", b""], headers=[pb.Headers()])),
+        INVALID, "1 header entries for 2 messages"),
     "an unknown group": (lambda d, a: d.fetch("nobody", "c"), NOT_FOUND, "group 'nobody' does not exist"),
     "an empty group name": (lambda d, a: a.create_group(""), INVALID, "group name is empty"),
     "a too long wait": (lambda d, a: d.fetch("g", "c", wait_ms=999_999), INVALID, "wait_ms=999999 exceeds"),

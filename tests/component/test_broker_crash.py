@@ -78,7 +78,7 @@ async def _stream(run: Run, client: BrokerClient, requests: list[Any], done: lis
         assert response.WhichOneof("outcome") == "stored", response
         assert response.sequence == request.sequence, "answers come back in request order"
         run.duplicates += response.stored.duplicate
-        run.acked.extend(m.payload for m in request.messages)
+        run.acked.extend(request.payloads)
         run.progress.set()
         done[0] += 1
     await stream.close()

@@ -117,7 +117,7 @@ async def test_restart_keeps_stored_messages_acks_and_producer_sequences(
     process = start_broker(sync="group")
     client = clients.data(process)
     await clients.admin(process).create_group("g")
-    await client.publish("p", 7, [("a", b"1"), ("a", b"2"), ("b", b"3")])
+    await client.publish("p", 7, [("a", b"1", {}), ("a", b"2", {"trace": "t-2"}), ("b", b"3", {})])
     got = await client.fetch("g", "c", max_messages=10)
     acked = [m.offset for m in got if m.payload == b"1"]
     await client.ack("g", acked)
@@ -127,7 +127,7 @@ async def test_restart_keeps_stored_messages_acks_and_producer_sequences(
     duplicate = await client.publish("p", 7, [("a", b"1"), ("a", b"2"), ("b", b"3")])
     assert duplicate.stored.duplicate, "the producer sequence must survive a restart"
     remaining = await client.fetch("g", "c", max_messages=10, wait_ms=1000)
-    assert sorted(m.payload for m in remaining) == [b"2", b"3"]
+    assert sorted((m.payload, dict(m.headers)) for m in remaining) == [(b"2", {"trace": "t-2"}), (b"3", {})]
 
 
 def http_get(url: str) -> tuple[int, str]:

@@ -28,13 +28,16 @@ DEFAULT_OPTIONS = (
 
 
 def publish_request(producer_id: str, sequence: int, messages: Iterable[OutMessage]) -> Any:
-    request = pb.PublishRequest(producer_id=producer_id, sequence=sequence)
-    add = request.messages.add
-    for message in messages:
-        if len(message) == 3:
-            add(key=message[0], payload=message[1], headers=message[2])
-        else:
-            add(key=message[0], payload=message[1])
+    """Build a columnar PublishRequest from (key, payload[, headers]) tuples."""
+    items = list(messages)
+    request = pb.PublishRequest(
+        producer_id=producer_id,
+        sequence=sequence,
+        keys=[item[0] for item in items],
+        payloads=[item[1] for item in items],
+    )
+    if any(len(item) == 3 and item[2] for item in items):
+        request.headers.extend(pb.Headers(entries=item[2] if len(item) == 3 else {}) for item in items)
     return request
 
 

@@ -79,13 +79,20 @@ async def guarded(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T
 
 
 def batch_of(request: Any) -> Batch:
-    messages = request.messages
-    headers = [m.headers for m in messages]
-    return Batch(
-        [m.key for m in messages],
-        [m.payload for m in messages],
-        [dict(h) if h else NO_HEADERS for h in headers] if any(headers) else None,
-    )
+    """Columns straight from the request; headers only materialised when the batch has any."""
+    keys, payloads = list(request.keys), list(request.payloads)
+    if len(payloads) != len(keys):
+        raise errors.InvalidInput(
+            f"publish batch has {len(keys)} keys but {len(payloads)} payloads; send one each"
+        )
+    if not request.headers:
+        return Batch(keys, payloads)
+    if len(request.headers) != len(keys):
+        raise errors.InvalidInput(
+            f"publish batch has {len(request.headers)} header entries for {len(keys)} messages; "
+            "send none or one per message"
+        )
+    return Batch(keys, payloads, [dict(h.entries) if h.entries else NO_HEADERS for h in request.headers])
 
 
 class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
