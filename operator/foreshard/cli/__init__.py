@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "foreshard.cli.forecast_eval",
     "foreshard.cli.simulate",
     "foreshard.cli.run",
+    "foreshard.cli.demo",
 )
 
 

@@ -75,6 +75,8 @@ class LocalCluster:
     preferred_ports: bool = True
     processes: list[Managed] = field(default_factory=list)
     ports: Ports | None = None
+    # Seconds from the start of start() until each component was ready (for the startup benchmark).
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def kubeconfig(self) -> Path:
@@ -98,16 +100,22 @@ class LocalCluster:
 
     def start(self) -> None:
         self.toolchain.ensure()
+        began = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ports = Ports.choose(self.preferred_ports)
         certs = pki.create(self.workdir / "pki")
+        steps = (
+            ("etcd", self._start_etcd),
+            ("apiserver", lambda: self._start_apiserver(certs)),
+            ("kubeconfigs", lambda: self._write_kubeconfigs(certs)),
+            ("controllers", self._start_controllers),
+            ("kwok", self._start_kwok),
+            ("nodes", self._create_nodes),
+        )
         try:
-            self._start_etcd()
-            self._start_apiserver(certs)
-            self._write_kubeconfigs(certs)
-            self._start_controllers()
-            self._start_kwok()
-            self._create_nodes()
+            for name, step in steps:
+                step()
+                self.timings[name] = round(time.monotonic() - began, 2)
         except BaseException:
             self.stop()
             raise

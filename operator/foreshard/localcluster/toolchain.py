@@ -140,8 +140,23 @@ class Toolchain:
         self._install(go, f"sigs.k8s.io/kwok/cmd/kwok@{self.versions.kwok}", flags)
 
     def _build_helm(self, go: str) -> None:
-        flags = f"-s -w -X helm.sh/helm/v3/internal/version.version={self.versions.helm}"
-        self._install(go, f"helm.sh/helm/v3/cmd/helm@{self.versions.helm}", flags)
+        # As helm's own Makefile does: stamp the Kubernetes version its client libraries speak,
+        # or `helm template` assumes v1.20 and refuses charts that need a newer cluster.
+        module = f"helm.sh/helm/v3@{self.versions.helm}"
+        gomod = Path(
+            json.loads(_go(go, ["mod", "download", "-json", module], cwd=KUBEBOX))["GoMod"]
+        ).read_text()
+        client = next(
+            line.split()[1] for line in gomod.splitlines() if line.strip().startswith("k8s.io/client-go ")
+        )
+        minor = client.split(".")[1]
+        stamps = [f"-X helm.sh/helm/v3/internal/version.version={self.versions.helm}"]
+        for package in ("pkg/lint/rules", "pkg/chartutil"):
+            stamps += [
+                f"-X helm.sh/helm/v3/{package}.k8sVersionMajor=1",
+                f"-X helm.sh/helm/v3/{package}.k8sVersionMinor={minor}",
+            ]
+        self._install(go, f"helm.sh/helm/v3/cmd/helm@{self.versions.helm}", " ".join(["-s", "-w", *stamps]))
 
     def _install(self, go: str, package: str, ldflags: str) -> None:
         _go(go, ["install", "-trimpath", "-ldflags", ldflags, package], cwd=KUBEBOX, gobin=self.bin_dir)

@@ -1,0 +1,40 @@
+"""Copies that must not drift: the chart's CRDs and RBAC rules against crds/ and manifests/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "foreshard"
+
+
+@pytest.mark.parametrize("crd", sorted((REPO / "crds").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_chart_carries_an_identical_copy_of_each_crd(crd: Path) -> None:
+    copy = CHART / "files" / "crds" / crd.name
+    assert copy.exists(), f"{copy} is missing: copy crds/ into the chart"
+    assert copy.read_text() == crd.read_text(), f"{copy} differs from {crd}: copy crds/ into the chart"
+
+
+def test_the_chart_has_no_crd_that_crds_lacks() -> None:
+    assert {p.name for p in (CHART / "files" / "crds").glob("*.yaml")} == {
+        p.name for p in (REPO / "crds").glob("*.yaml")
+    }
+
+
+def test_the_chart_grants_exactly_the_rules_of_the_manifests() -> None:
+    manifests = list(yaml.safe_load_all((REPO / "manifests" / "rbac.yaml").read_text()))
+    role = next(d for d in manifests if d["kind"] == "ClusterRole")
+    assert yaml.safe_load((CHART / "files" / "rules.yaml").read_text()) == role["rules"]
+
+
+def test_every_value_is_covered_by_the_schema() -> None:
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values) == set(schema["properties"])
