@@ -327,14 +327,14 @@ class Consumer:
         finally:
             self._reserved[0] -= size.max_messages
             self._reserved[1] -= size.max_bytes
+            self._notify()  # the released reservation may be what another fetch loop waits for
         now = self._now()
         got_bytes = sum(d.size for d in deliveries)
         self.agent.record_fetch(now, now - started, size.max_messages, len(deliveries), got_bytes)
         self._needs.pop(endpoint, None)
         for delivery in deliveries:
             self._admit(endpoint, delivery, now)
-        if deliveries:
-            self._notify()
+        self._notify()
 
     def _admit(self, endpoint: str, delivery: Delivery, now: float) -> None:
         bound = self.options.prefetch.max_bytes

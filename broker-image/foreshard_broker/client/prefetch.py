@@ -23,6 +23,7 @@ Using the acknowledgement rate alone would lock a starved consumer into a fracti
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -75,6 +76,27 @@ class Ewma:
 
 
 @dataclass
+class WindowedMin:
+    """Minimum of the last ``size`` samples.
+
+    Fetch round trips are only ever inflated by noise (a long-poll that waited for the first
+    message, a busy broker), never shortened, so the recent minimum is the honest estimate.
+    """
+
+    size: int = 32
+    samples: deque[float] = field(default_factory=deque)
+
+    def add(self, sample: float) -> None:
+        self.samples.append(sample)
+        if len(self.samples) > self.size:
+            self.samples.popleft()
+
+    @property
+    def value(self) -> float | None:
+        return min(self.samples) if self.samples else None
+
+
+@dataclass
 class RateMeter:
     """Events per second, estimated over buckets of ``bucket_s`` and smoothed over ``horizon_s``.
 
@@ -117,7 +139,7 @@ class PrefetchAgent:
         self.policy = policy
         self.concurrency = max(1, concurrency)
         self.acks = RateMeter(policy.horizon_s)
-        self._round_trip = Ewma(policy.horizon_s)
+        self._round_trip = WindowedMin()
         self._processing = Ewma(policy.horizon_s)
         self._size = Ewma(policy.horizon_s)
         self._forecast_rate: float | None = None
@@ -135,7 +157,7 @@ class PrefetchAgent:
         self._backlog_seen = got >= asked
         if got:
             # An empty answer is mostly the broker's long-poll wait, not a round trip.
-            self._round_trip.add(now, max(round_trip_s, 0.0))
+            self._round_trip.add(max(round_trip_s, 0.0))
         if got:
             self._size.add(now, got_bytes / got)
 

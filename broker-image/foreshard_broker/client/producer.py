@@ -101,6 +101,8 @@ class Producer:
         self.stats = ProducerStats()
         self._queues: dict[str, deque[_Pending]] = {}
         self._ready: OrderedDict[str, None] = OrderedDict()
+        # Ordered keys with a batch in flight: never in `_ready`, so they cannot be sent twice.
+        self._in_flight: set[str] = set()
         self._backoff_until: dict[str, float] = {}
         self._inflight: dict[str, int] = {}
         self._backlogs: dict[str, int] = {}
@@ -145,7 +147,8 @@ class Producer:
         pending.future.add_done_callback(self._unresolved.discard)
         queue_key = _KEYLESS if key is None else key
         self._queues.setdefault(queue_key, deque()).append(pending)
-        self._ready.setdefault(queue_key, None)
+        if queue_key not in self._in_flight:
+            self._ready.setdefault(queue_key, None)
         self._wake.set()
         return pending.future
 
@@ -245,6 +248,7 @@ class Producer:
             if self._take(key, batch):
                 # An ordered key leaves the ready set until its batch is answered.
                 del self._ready[key]
+                self._in_flight.add(key)
         return {e: b for e, b in batches.items() if b}
 
     def _take(self, key: str, batch: list[_Pending]) -> bool:
@@ -352,6 +356,7 @@ class Producer:
         for key, refused in by_key.items():
             self._queues.setdefault(key, deque()).extendleft(reversed(refused))
         for key in {p.message.key or _KEYLESS for p in batch}:
+            self._in_flight.discard(key)
             if self._queues.get(key):
                 self._ready.setdefault(key, None)
 

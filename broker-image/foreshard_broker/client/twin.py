@@ -93,7 +93,7 @@ class TwinBroker:
     # --- data path ---------------------------------------------------------------------------
     def publish(self, producer: str, sequence: int, messages: Sequence[OutboundMessage]) -> PublishOutcome:
         slots = [self._slot(m.key) for m in messages]
-        if sequence <= self.last_sequence.get(producer, 0):
+        if producer and sequence <= self.last_sequence.get(producer, 0):
             # Checked before ownership, like the real broker: a retry of a batch stored before the
             # slot moved away must be answered "stored", not MOVED (which would make a duplicate).
             return PublishOutcome(PublishStatus.OK, reason="duplicate")
@@ -107,7 +107,8 @@ class TwinBroker:
                 return PublishOutcome(
                     PublishStatus.PAUSED, retry_after_s=0.005, epoch=self.table.epoch, slot=slot
                 )
-        self.last_sequence[producer] = sequence
+        if producer:  # an empty producer id opts out of de-duplication, as on the real broker
+            self.last_sequence[producer] = sequence
         now = self.clock()
         for message, slot in zip(messages, slots, strict=True):
             self._store(Stored(message.key, message.payload, slot, next(self._offsets), now))
