@@ -1,8 +1,20 @@
-"""Target shard count: enough for the planned rate at the planning utilisation."""
+"""Target shard count: the planning quantile over [now + lead, now + horizon], with headroom.
+
+Scale-out follows the forecast peak of that window at once (pods take a lead time to serve).
+Scale-in is allowed only after the stabilization window has seen nothing higher and when the
+forecast over [now, now + horizon] agrees, because removal is immediate and return is not.
+An untrusted forecast falls back to reactive sizing on the observed rate.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from foreshard.core.forecasting.types import Forecast
 
 
 def shards_for_rate(rate: float, capacity: float, utilization: float, minimum: int = 1) -> int:
@@ -14,3 +26,74 @@ def shards_for_rate(rate: float, capacity: float, utilization: float, minimum: i
         raise ValueError(f"capacity and utilization must be positive; got {capacity}, {utilization}")
     # the rounding guard keeps float noise (2.0000000001 shards) from costing a whole shard
     return max(minimum, math.ceil(round(max(rate, 0.0) / (capacity * utilization), 9)))
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    capacity: float  # messages/s per shard
+    lead_s: float = 120.0
+    horizon_s: float = 3600.0
+    quantile: float = 0.9
+    headroom: float = 0.2  # plan for rate * (1 + headroom)
+    min_shards: int = 1
+    max_shards: int = 256
+
+    @property
+    def utilization(self) -> float:
+        return 1.0 / (1.0 + self.headroom)
+
+
+@dataclass(frozen=True)
+class TargetDecision:
+    target: int
+    reason: str  # stable CamelCase: ScaleOut, ScaleIn, Hold, ReactiveFallback
+    forecast_peak: float  # messages/s the target is sized for
+    message: str
+
+
+def window_peak(forecast: Forecast, now_s: float, begin_s: float, end_s: float, quantile: float) -> float:
+    """Peak rate (messages/s) of the quantile path over the intervals touching [begin, end]."""
+    path = forecast.quantile(quantile) if quantile in forecast.quantiles else forecast.mean
+    starts = forecast.start_s + forecast.step_s * np.arange(len(path))
+    inside = (starts + forecast.step_s > now_s + begin_s) & (starts <= now_s + end_s)
+    return float(path[inside].max() / forecast.step_s) if inside.any() else 0.0
+
+
+def _clamp(shards: int, policy: TargetPolicy) -> int:
+    return min(max(shards, policy.min_shards), policy.max_shards)
+
+
+def plan_target(
+    forecast: Forecast | None,
+    now_s: float,
+    current: int,
+    observed_rate: float,
+    recent_targets: Sequence[int],
+    policy: TargetPolicy,
+) -> TargetDecision:
+    """The shard count to run now; `recent_targets`: this function's answers in the stabilization window."""
+    reactive = _clamp(shards_for_rate(observed_rate, policy.capacity, policy.utilization), policy)
+    if forecast is None or not forecast.trusted:
+        why = "no forecast" if forecast is None else f"forecast {forecast.model or 'model'} is not trusted"
+        return TargetDecision(
+            reactive,
+            "ReactiveFallback",
+            observed_rate,
+            f"{why}: sized {reactive} shards on {observed_rate:.1f} msg/s",
+        )
+    ahead = window_peak(forecast, now_s, policy.lead_s, policy.horizon_s, policy.quantile)
+    hold = max(window_peak(forecast, now_s, 0.0, policy.horizon_s, policy.quantile), observed_rate)
+    up = _clamp(max(shards_for_rate(ahead, policy.capacity, policy.utilization), reactive), policy)
+    if up > current:
+        return TargetDecision(up, "ScaleOut", ahead, _sentence("scale out", current, up, ahead, policy))
+    down = _clamp(max([shards_for_rate(hold, policy.capacity, policy.utilization), *recent_targets]), policy)
+    if down < current:
+        return TargetDecision(down, "ScaleIn", hold, _sentence("scale in", current, down, hold, policy))
+    return TargetDecision(current, "Hold", hold, _sentence("hold", current, current, hold, policy))
+
+
+def _sentence(verb: str, current: int, target: int, peak: float, policy: TargetPolicy) -> str:
+    return (
+        f"{verb} {current} -> {target} shards: q{policy.quantile:g} peak {peak:.1f} msg/s over the next "
+        f"{policy.horizon_s:g}s at {policy.capacity:g} msg/s per shard with {policy.headroom:.0%} headroom"
+    )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from foreshard.core.simulation.engine import SimConfig, SimResult, simulate
+from foreshard.core.simulation.envelope import Forecaster, planning_envelope
 from foreshard.core.simulation.policies import (
     Envelope,
     KedaLag,
@@ -30,6 +31,8 @@ HPA_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)  # target utilisation
 KEDA_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)  # lag threshold per replica, in units of capacity x one sync
 PREDICTIVE_GRID = (0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)  # planning load factor (1 / (1 + headroom))
 STATIC_GRID = (0.9, 0.99, 1.0)  # quantile of the trace's rate
+PLANNING_HORIZON_S = 10_800.0  # the forecast window a plan covers: one step per daily ramp
+PLANNING_QUANTILE = 0.75
 HPA_REFERENCE = 0.7
 PREDICTIVE_DEFAULT = 1.0
 POLICIES = ("predictive", "reactive-hpa", "keda-lag", "static-peak")
@@ -43,7 +46,8 @@ class Point:
     violation_minutes: float
 
 
-def make_policy(name: str, knob: float, workload: Workload, capacity: float, envelope: Envelope) -> Policy:
+def make_policy(name: str, knob: float, workload: Workload, config: SimConfig, envelope: Envelope) -> Policy:
+    capacity = config.capacity
     if name == "reactive-hpa":
         return ReactiveHpa(capacity, knob)
     if name == "keda-lag":
@@ -51,7 +55,7 @@ def make_policy(name: str, knob: float, workload: Workload, capacity: float, env
     if name == "static-peak":
         return StaticPeak(capacity, knob, workload.trace_rates())
     if name == "predictive":
-        return PredictivePolicy(capacity, knob, envelope)
+        return PredictivePolicy(capacity, knob, envelope, config.lead_s)
     raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
 
 
@@ -74,7 +78,7 @@ def sweep(
     results: dict[str, list[SimResult]] = {}
     for name in policies:
         for knob in grid_of(name):
-            result = simulate(workload, make_policy(name, knob, workload, config.capacity, envelope), config)
+            result = simulate(workload, make_policy(name, knob, workload, config, envelope), config)
             results.setdefault(name, []).append(result)
             if progress is not None:
                 progress(name, knob, result)
@@ -119,7 +123,9 @@ def violation_ratio(predictive: Sequence[Point], hpa: Sequence[Point]) -> float:
 
 
 def shard_hours_ratio(predictive: Sequence[Point], hpa: Sequence[Point]) -> float:
-    return float(np.mean([ratio(shard_hours_for(predictive, p.violation_minutes), p.shard_hours) for p in hpa]))
+    return float(
+        np.mean([ratio(shard_hours_for(predictive, p.violation_minutes), p.shard_hours) for p in hpa])
+    )
 
 
 def points(results: Sequence[SimResult]) -> list[Point]:
@@ -137,9 +143,31 @@ def report(results: dict[str, list[SimResult]]) -> dict[str, object]:
     }
     if "predictive" in results and "reactive-hpa" in results:
         predictive, hpa = results["predictive"], results["reactive-hpa"]
-        body["violation_ratio_vs_reactive_hpa"] = violation_ratio(points(predictive), points(hpa))
-        body["shard_hours_ratio_vs_reactive_hpa"] = shard_hours_ratio(points(predictive), points(hpa))
-        body["scale_events_ratio_vs_reactive_hpa"] = ratio(
-            at_knob(predictive, PREDICTIVE_DEFAULT).scale_events, at_knob(hpa, HPA_REFERENCE).scale_events
-        )
+        ratios = {
+            "violation_ratio_vs_reactive_hpa": violation_ratio(points(predictive), points(hpa)),
+            "shard_hours_ratio_vs_reactive_hpa": shard_hours_ratio(points(predictive), points(hpa)),
+            "scale_events_ratio_vs_reactive_hpa": ratio(
+                at_knob(predictive, PREDICTIVE_DEFAULT).scale_events, at_knob(hpa, HPA_REFERENCE).scale_events
+            ),
+        }
+        # JSON has no infinity: a failed ratio is written as null and named in ratio_failures
+        body.update({k: (v if math.isfinite(v) else None) for k, v in ratios.items()})
+        body["ratio_failures"] = sorted(k for k, v in ratios.items() if not math.isfinite(v))
     return body
+
+
+def compare_queue(
+    workload: Workload,
+    config: SimConfig,
+    policies: Sequence[str] = POLICIES,
+    forecaster: Forecaster | None = None,
+    progress: Callable[[str, float, SimResult], None] | None = None,
+) -> tuple[dict[str, list[SimResult]], dict[str, object]]:
+    """Sweep every policy on one queue; returns the runs and the comparison's JSON body."""
+    envelope = Envelope.none(len(workload.arrivals))
+    if "predictive" in policies:
+        envelope = planning_envelope(
+            workload, config.lead_s, PLANNING_HORIZON_S, PLANNING_QUANTILE, forecaster=forecaster
+        )
+    results = sweep(workload, config, envelope, policies, progress)
+    return results, report(results)

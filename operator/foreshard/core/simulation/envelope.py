@@ -17,14 +17,18 @@ Two sources, both causal (a step only sees trace steps completed before it):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from foreshard.core.forecasting.types import Forecast
 from foreshard.core.series import FloatArray, Series
 from foreshard.core.simulation.policies import Envelope
 from foreshard.core.simulation.workload import Workload
 
+IntArray = npt.NDArray[np.int64]
+AnyFloats = npt.NDArray[np.floating[Any]]
 Forecaster = Callable[..., Forecast]  # forecast(history, horizon_steps, quantiles, *, events=())
 
 DAY_S = 86_400.0
@@ -36,7 +40,9 @@ def _candidate_lags(step_s: float) -> list[int]:
     day = round(DAY_S / step_s)
     if day < 2 or abs(day * step_s - DAY_S) > 1e-6:
         return []  # no whole number of steps per day: no seasonal candidates
-    return sorted({day * k for k in range(1, DAYS_BACK + 1)} | {7 * day * k for k in range(1, WEEKS_BACK + 1)})
+    return sorted(
+        {day * k for k in range(1, DAYS_BACK + 1)} | {7 * day * k for k in range(1, WEEKS_BACK + 1)}
+    )
 
 
 def seasonal_forecasts(counts: FloatArray, step_s: float, horizon_steps: int, quantile: float) -> FloatArray:
@@ -86,17 +92,21 @@ def forecaster_forecasts(
 
 
 def envelope(workload: Workload, table: FloatArray, lead_s: float, horizon_s: float) -> Envelope:
-    """Per simulator step, the peak forecast rate over [t + lead, t + horizon] and [t, t + horizon]."""
+    """Per simulator step, the forecast rate at t + lead and its peaks over [t + lead, t + horizon]
+    and [t, t + horizon]."""
     trace_step, substeps = workload.trace_step_s, workload.substeps
     times = workload.step_s * np.arange(len(workload.arrivals))
-    origin = np.arange(len(workload.arrivals)) // substeps  # trace steps completed before t
+    origin = np.arange(len(workload.arrivals), dtype=np.int64) // substeps  # trace steps completed before t
     return Envelope(
+        due=_peak(table, origin, times + lead_s, times + lead_s, trace_step),
         ahead=_peak(table, origin, times + lead_s, times + horizon_s, trace_step),
         hold=_peak(table, origin, times, times + horizon_s, trace_step),
     )
 
 
-def _peak(table: FloatArray, origin: FloatArray, begin_s: FloatArray, end_s: FloatArray, step: float) -> FloatArray:
+def _peak(
+    table: FloatArray, origin: IntArray, begin_s: AnyFloats, end_s: AnyFloats, step: float
+) -> FloatArray:
     horizon = table.shape[1]
     first = np.floor(begin_s / step).astype(np.int64) - origin + 1  # horizon of the step holding begin
     last = np.minimum(np.floor(end_s / step).astype(np.int64) - origin + 1, horizon)

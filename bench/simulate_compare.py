@@ -1,0 +1,139 @@
+"""The issue's acceptance sweep: every shared queue, lead times 120 s and 300 s, all policies.
+
+Prepares the canonical queues if needed, runs each (queue, lead) in a pool of two processes,
+prints a table, writes bench/results/simulate_compare.json and one PNG of curves per lead,
+and prints the summary as JSON on the last line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from foreshard import traces
+from foreshard.core.simulation.compare import compare_queue
+from foreshard.core.simulation.engine import SimConfig
+from foreshard.core.simulation.workload import workload_from_series
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT / ".." / "shared" / "data" / "traces"
+QUEUES = ("nyc_taxi", "taylor", "tweets", "elb", "azure_llm")
+SEASONAL = ("nyc_taxi", "elb", "taylor")
+LEADS = (120.0, 300.0)
+RESULTS = ROOT / "bench" / "results"
+
+
+def run_one(queue: str, lead: float, directory: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    workload = workload_from_series(queue, traces.read_directory(Path(directory)))
+    config = SimConfig(workload.default_capacity(), lead_s=lead)
+    _, body = compare_queue(workload, config)
+    body.update(
+        queue=queue, lead_s=lead, capacity=config.capacity, seconds=round(time.perf_counter() - started, 1)
+    )
+    return body
+
+
+def _within(value: float | None, limit: float) -> bool:
+    return value is not None and value <= limit  # None: a failed ratio (zero denominator)
+
+
+def verdict(row: dict[str, Any]) -> bool:
+    """The issue's targets; the LLM log is held only to the shard-hour and scale-event ones."""
+    limit = 0.4 if row["queue"] in SEASONAL else 1.0
+    violations_ok = row["queue"] == "azure_llm" or _within(row["violation_ratio_vs_reactive_hpa"], limit)
+    return (
+        violations_ok
+        and _within(row["shard_hours_ratio_vs_reactive_hpa"], 1.0)
+        and _within(row["scale_events_ratio_vs_reactive_hpa"], 0.5)
+    )
+
+
+def _cell(value: float | None, width: int) -> str:
+    return f"{value:{width}.3f}" if value is not None else f"{'FAILED':>{width}s}"
+
+
+def main() -> int:
+    build = ROOT / "build" / "traces"
+    if not all((build / q).is_dir() for q in QUEUES):
+        traces.prepare_shared(SHARED.resolve(), build)
+    jobs = [(q, lead) for q in QUEUES for lead in LEADS]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(run_one, q, lead, str(build / q)) for q, lead in jobs]
+        rows = []
+        for future in futures:
+            rows.append(future.result())
+            print(
+                f"done {rows[-1]['queue']} lead {rows[-1]['lead_s']:g}s in {rows[-1]['seconds']}s",
+                file=sys.stderr,
+            )
+    print(f"{'queue':10s} {'lead':>5s} {'viol.ratio':>10s} {'sh.ratio':>9s} {'events':>7s}  pass")
+    for row in rows:
+        row["pass"] = verdict(row)
+        print(
+            f"{row['queue']:10s} {row['lead_s']:5.0f} {_cell(row['violation_ratio_vs_reactive_hpa'], 10)} "
+            f"{_cell(row['shard_hours_ratio_vs_reactive_hpa'], 9)} "
+            f"{_cell(row['scale_events_ratio_vs_reactive_hpa'], 7)}  {'yes' if row['pass'] else 'NO'}"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "simulate_compare.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot_curves(rows)
+    summary = {
+        f"{r['queue']}@{r['lead_s']:g}s": {
+            k: (round(r[k], 3) if r[k] is not None else None)
+            for k in (
+                "violation_ratio_vs_reactive_hpa",
+                "shard_hours_ratio_vs_reactive_hpa",
+                "scale_events_ratio_vs_reactive_hpa",
+            )
+        }
+        for r in rows
+    }
+    print(
+        json.dumps(
+            {
+                "seconds": round(time.perf_counter() - started, 1),
+                "all_pass": all(r["pass"] for r in rows),
+                "ratios": summary,
+            }
+        )
+    )
+    return 0
+
+
+def plot_curves(rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for lead in LEADS:
+        chosen = [r for r in rows if r["lead_s"] == lead]
+        figure, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.8))
+        for axis, row in zip(axes, chosen, strict=True):
+            for name, points in row["policies"].items():
+                ordered = sorted(points, key=lambda p: p["shard_hours"])
+                axis.plot(
+                    [p["shard_hours"] for p in ordered],
+                    [p["slo_violation_minutes"] for p in ordered],
+                    marker="o",
+                    label=name,
+                )
+            axis.set_title(f"{row['queue']} (lead {lead:g}s)")
+            axis.set_xlabel("shard-hours")
+            axis.set_ylabel("SLO-violation minutes")
+            axis.set_xscale("log")
+            axis.set_yscale("symlog", linthresh=1)
+        axes[0].legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(RESULTS / f"simulate_curves_lead{lead:g}.png", dpi=110)
+        plt.close(figure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
