@@ -39,27 +39,29 @@ class BrokerState:
             self.apply_release(record.offsets)
 
     def apply_batch(self, record: BatchRecord) -> None:
+        messages = record.messages
         if record.producer_id:
             self.producers[record.producer_id] = record.sequence
-        groups = list(self.groups.values())
-        retained, holders = self.retained, self.holders
+        if not messages:
+            return
+        offsets = [m.offset for m in messages]
+        # Bulk dict updates run in C; only the per-key counters need a Python loop.
+        self.retained.update(zip(offsets, messages, strict=True))
         backlog, backlog_bytes = self.key_backlog, self.key_backlog_bytes
-        for message in record.messages:
-            offset = message.offset
-            retained[offset] = message
+        for message in messages:
             key = message.key
             backlog[key] = backlog.get(key, 0) + 1
             backlog_bytes[key] = backlog_bytes.get(key, 0) + len(message.payload)
-            if message.origin_shard >= 0:
-                self.imported[(message.origin_shard, message.origin_offset)] = offset
-            count = 0
-            for group in groups:
-                if offset >= group.from_offset:
-                    group.add(message)
-                    count += 1
-            holders[offset] = count
-        if record.messages:
-            self.next_offset = max(self.next_offset, record.messages[-1].offset + 1)
+        if messages[0].origin_shard >= 0:  # imported batches are never mixed with local ones
+            self.imported.update(((m.origin_shard, m.origin_offset), m.offset) for m in messages)
+        groups = [group for group in self.groups.values() if offsets[-1] >= group.from_offset]
+        for group in groups:
+            add = group.add
+            for message in messages:
+                if message.offset >= group.from_offset:
+                    add(message)
+        self.holders.update(dict.fromkeys(offsets, len(groups)))
+        self.next_offset = max(self.next_offset, offsets[-1] + 1)
 
     def account(self, messages: Iterable[Message]) -> None:
         """Count accepted (not yet visible) bytes against the memory limit before they are stored."""
