@@ -9,8 +9,8 @@ directories and stopped at the end:
                          driven by redis-benchmark (C client; redis-py shown for reference)
   redis always           redis-benchmark, one client, unpipelined XADD, appendfsync always
   nats js async          JetStream file store, publish_async with 4000 acks outstanding
-  p99 at half load       Foreshard publish->ack latency of 100-message batches sent at half the
-                         measured batched rate
+  p99 at half load       Foreshard publish->ack latency of the same 1000-message batches, sent
+                         open-loop at half the measured batched rate to a fresh broker
 
 Prints a table, then ONE JSON line (the last line). `--profile` also runs the batched case with
 the broker under cProfile and writes the top functions to bench/results/broker_profile.txt.
@@ -223,7 +223,7 @@ async def measure_foreshard(work: Path, profile: bool) -> dict[str, Any]:
         broker.terminate()
     broker = start_broker(work / "fs-latency", "group")  # fresh: not holding the run above
     try:
-        latencies = await foreshard_latency(broker.endpoint, out["batched"] / 2, SECONDS)
+        latencies = await foreshard_latency(broker.endpoint, out["batched"] / 2, SECONDS, batch=1000)
         out["p50_ms"], out["p99_ms"] = percentile(latencies, 0.5), percentile(latencies, 0.99)
     finally:
         broker.terminate()
