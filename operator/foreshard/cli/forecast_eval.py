@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--plot", type=Path, help="PNG with forecast, p90 band and actuals for --keys")
     parser.add_argument("--keys", default="", help="comma-separated keys to plot (default: the first three)")
     parser.add_argument("--max-origins", type=int, default=200, help="forecast origins per series")
-    parser.add_argument("--refits", type=int, default=10, help="staggered refits per series")
+    parser.add_argument("--refits", type=int, default=20, help="staggered refits per series")
     parser.add_argument("--test-share", type=float, default=0.2, help="share of each series held out")
     parser.set_defaults(func=run)
 

@@ -111,7 +111,7 @@ def foreshard_paths(
 
 
 def evaluate_paths(
-    series: Series, horizon: int, test_share: float = 0.2, max_origins: int = 200, refits: int = 5
+    series: Series, horizon: int, test_share: float = 0.2, max_origins: int = 200, refits: int = 20
 ) -> Paths:
     y = series.cleaned().values
     origins = origins_for(len(y), test_share, max_origins)
@@ -125,7 +125,7 @@ def evaluate_paths(
 
 
 def evaluate(
-    series: Series, horizon: int, test_share: float = 0.2, max_origins: int = 200, refits: int = 5
+    series: Series, horizon: int, test_share: float = 0.2, max_origins: int = 200, refits: int = 20
 ) -> SeriesResult:
     paths = evaluate_paths(series, horizon, test_share, max_origins, refits)
     y = series.cleaned().values

@@ -31,6 +31,8 @@ MAX_VALIDATION = 2000  # steps; recent behaviour is what the next forecasts face
 MAX_ORIGINS = 400  # backtest origins per fit, evenly spaced over the validation window
 PROFILE_SEASONS = {1: 28, 7: 6}  # days per season -> how many recent seasons the profile spans
 INTERMITTENT_ZEROS = 0.3  # share of empty intervals above which TSB joins the candidates
+ENSEMBLE_SIZES = (3, 5, 8)
+ENSEMBLE_PREFERENCE = 1.05
 RESIDUAL_LEVELS = np.linspace(0.0, 1.0, 201)  # stored so any quantile can be read later
 
 
@@ -176,10 +178,13 @@ def fit(y: FloatArray, phase_base: int, step_s: float, horizon: int) -> Fitted:
     ranked = _best_per_family(y, _profiles(y[: origins[0]], phase_base, step_s), phase_base, origins, actual)
     chosen_score, forecasts = ranked[0][0], ranked[0][2]
     chosen: tuple[Spec, ...] = (ranked[0][1],)
-    if len(ranked) >= 3:
-        members = np.median(np.stack([item[2] for item in ranked[:3]]), axis=0)
-        if _mae(members, actual) < chosen_score:
-            chosen, forecasts = tuple(item[1] for item in ranked[:3]), members
+    for size in ENSEMBLE_SIZES:
+        if len(ranked) < size:
+            continue
+        members = np.median(np.stack([item[2] for item in ranked[:size]]), axis=0)
+        if _mae(members, actual) < chosen_score * ENSEMBLE_PREFERENCE:
+            chosen_score = _mae(members, actual)
+            chosen, forecasts = tuple(item[1] for item in ranked[:size]), members
     scores = {item[1].name: item[0] for item in ranked}
     table, samples = residual_table(forecasts, actual)
     return Fitted(chosen, _profiles(y, phase_base, step_s), table, samples, scores, len(origins))
