@@ -110,7 +110,10 @@ async def read_back(process: BrokerProcess) -> list[tuple[str, bytes]]:
 
 @pytest.mark.timeout(180)
 async def test_sigkill_during_publishing_loses_and_duplicates_nothing_acknowledged(tmp_path: Any) -> None:
-    process = BrokerProcess(tmp_path / "crash", sync="group").start()
+    # Small segments: crashes also hit segment rotation and its checkpoint records.
+    process = BrokerProcess(
+        tmp_path / "crash", sync="group", extra_args=["--segment-bytes", "2000000"]
+    ).start()
     try:
         admin = AdminClient(process.endpoint)
         await admin.create_group("audit")

@@ -15,7 +15,7 @@ from foreshard_broker.routing import RoutingTable, slot_of
 from foreshard_broker.server.broker import Broker
 from foreshard_broker.server.config import Batch, BrokerConfig
 from foreshard_broker.server.groups import ConsumerGroup
-from foreshard_broker.storage import MemoryStorage, Message
+from foreshard_broker.storage import MemoryStorage, Message, SegmentLogStorage
 
 pytestmark = pytest.mark.unit
 
@@ -95,3 +95,28 @@ def test_committed_generated_protobuf_code_matches_the_proto(tmp_path: Path) -> 
     assert names == sorted(path.name for path in committed.glob("*.py")), "generated file set changed"
     stale = [name for name in names if not filecmp.cmp(tmp_path / name, committed / name, shallow=False)]
     assert not stale, f"stale generated code {stale}: run `python -m foreshard_broker.protogen`"
+
+
+async def test_compaction_deletes_acknowledged_segments_and_a_restart_keeps_what_matters(
+    tmp_path: Path,
+) -> None:
+    storage = SegmentLogStorage(tmp_path, sync="none", segment_bytes=4000)
+    broker = Broker(BrokerConfig(), storage)
+    broker.open()
+    await broker.create_group("g", latest=False)
+    for sequence in range(1, 41):
+        await broker.publish("p", sequence, Batch.of([(f"k{sequence % 3}", b"x" * 200)] * 5))
+    while deliveries := await broker.fetch("g", "c", 1000, 0, 0):
+        await broker.ack("g", [d.message.offset for d in deliveries if d.message.offset < 150])
+        if all(d.message.offset >= 150 for d in deliveries):
+            break
+    segments_before = len(list(tmp_path.glob("*.seg")))
+    assert broker.compact() > 0
+    assert len(list(tmp_path.glob("*.seg"))) < segments_before
+    await storage.close()
+    again = Broker(BrokerConfig(), SegmentLogStorage(tmp_path, sync="none", segment_bytes=4000))
+    again.open()
+    assert again.state.next_offset == 200, "offsets never restart after compaction"
+    assert (await again.publish("p", 40, Batch.of([("k1", b"dup")]))).duplicate
+    pending = sorted(m.offset for m in again.group("g").unacked(lambda m: True))
+    assert pending == list(range(150, 200)), "every unacknowledged message survives compaction"

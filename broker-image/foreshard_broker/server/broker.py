@@ -62,6 +62,7 @@ class Broker:
 
     def open(self) -> None:
         """Replay the log; must run inside the event loop before serving."""
+        self.storage.checkpoint = self.state.checkpoint
         self.state.rebuild(self.storage.replay())
         for name in self.state.groups:
             self._changed[name] = asyncio.Event()
@@ -190,6 +191,13 @@ class Broker:
 
     def _count_arrivals(self, messages: list[Message]) -> None:
         self.load.arrived_many(messages)
+
+    def compact(self) -> int:
+        """Let storage drop what no retained or still-unpublished message needs; returns bytes freed."""
+        lowest = self.state.lowest_retained()
+        if self._unpublished:
+            lowest = min(lowest, self._unpublished[0][1].messages[0].offset)
+        return self.storage.compact(lowest)
 
     async def barrier(self) -> None:
         """Everything accepted so far is durable and visible."""

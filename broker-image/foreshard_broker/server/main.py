@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--shard", default=env("FORESHARD_BROKER_SHARD", "auto"), help="ordinal, or auto (HOSTNAME suffix)")
     add("--slots", type=int, default=int(env("FORESHARD_BROKER_SLOTS", "1024")))
     add("--sync", choices=["group", "always", "none"], default=env("FORESHARD_BROKER_SYNC", "group"))
+    add("--segment-bytes", type=int, default=int(env("FORESHARD_BROKER_SEGMENT_BYTES", str(64 << 20))))
     add("--linger-ms", type=float, default=float(env("FORESHARD_BROKER_LINGER_MS", "0")))
     add("--ack-deadline", type=float, default=float(env("FORESHARD_BROKER_ACK_DEADLINE", "30")))
     add("--grace", type=float, default=float(env("FORESHARD_BROKER_GRACE", "10")))
@@ -92,7 +93,9 @@ async def serve(args: argparse.Namespace) -> int:
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
     config = BrokerConfig(shard_ordinal(args.shard), args.slots, args.ack_deadline, limits=limits)
     data_dir = Path(args.data_dir)
-    storage = SegmentLogStorage(data_dir / "log", sync=args.sync, linger=args.linger_ms / 1000)
+    storage = SegmentLogStorage(
+        data_dir / "log", sync=args.sync, segment_bytes=args.segment_bytes, linger=args.linger_ms / 1000
+    )
     broker = Broker(config, storage)
     admin = Admin(broker, data_dir / "routing.json")
     broker.open()
@@ -151,8 +154,15 @@ async def _run_until_signal(broker: Broker) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    last_compaction = time.monotonic()
     while not stop.is_set():
-        broker.load.tick(time.monotonic())
+        now = time.monotonic()
+        broker.load.tick(now)
+        if now - last_compaction >= 10:
+            last_compaction = now
+            freed = broker.compact()
+            if freed:
+                log.info("compacted", extra={"freed_bytes": freed})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from foreshard_broker.server.groups import ConsumerGroup
-from foreshard_broker.storage import AckRecord, BatchRecord, GroupRecord, Message, Record
+from foreshard_broker.storage import (
+    AckRecord,
+    BatchRecord,
+    CheckpointRecord,
+    GroupRecord,
+    Message,
+    Record,
+    ReleaseRecord,
+)
 
 
 class BrokerState:
@@ -35,8 +43,31 @@ class BrokerState:
             self.apply_acks(record.group, record.offsets)
         elif isinstance(record, GroupRecord):
             self.apply_group(record.group, record.from_offset)
-        else:
+        elif isinstance(record, ReleaseRecord):
             self.apply_release(record.offsets)
+        else:
+            self.apply_checkpoint(record)
+
+    def apply_checkpoint(self, record: CheckpointRecord) -> None:
+        """Merge (never lower) the state a checkpoint carries: replay may start at one."""
+        self.next_offset = max(self.next_offset, record.next_offset)
+        for name, from_offset in record.groups.items():
+            self.apply_group(name, from_offset)
+        for producer, sequence in record.producers.items():
+            self.producers[producer] = max(sequence, self.producers.get(producer, sequence))
+        self.imported.update(record.imported)
+
+    def checkpoint(self) -> CheckpointRecord:
+        retained = self.retained
+        return CheckpointRecord(
+            self.next_offset,
+            {name: group.from_offset for name, group in self.groups.items()},
+            dict(self.producers),
+            {origin: local for origin, local in self.imported.items() if local in retained},
+        )
+
+    def lowest_retained(self) -> int:
+        return next(iter(self.retained), self.next_offset)
 
     def apply_batch(self, record: BatchRecord) -> None:
         messages = record.messages

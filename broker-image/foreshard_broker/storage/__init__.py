@@ -3,6 +3,7 @@
 from foreshard_broker.storage.base import (
     AckRecord,
     BatchRecord,
+    CheckpointRecord,
     GroupRecord,
     Message,
     Record,
@@ -16,6 +17,7 @@ from foreshard_broker.storage.segment_log import SegmentLogStorage, SyncMode
 __all__ = [
     "AckRecord",
     "BatchRecord",
+    "CheckpointRecord",
     "GroupRecord",
     "MemoryStorage",
     "Message",

@@ -8,7 +8,7 @@ append records durably, in call order, and hand them back in the same order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -102,7 +102,21 @@ class ReleaseRecord:
     offsets: list[int]
 
 
-Record = BatchRecord | AckRecord | GroupRecord | ReleaseRecord
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """State that must outlive deleted segments; first record of every segment after the first.
+
+    Replaying from any checkpoint onwards rebuilds the broker once every message in the segments
+    before it has been acknowledged by every group (see SegmentLogStorage.compact).
+    """
+
+    next_offset: int
+    groups: dict[str, int]  # group -> from_offset
+    producers: dict[str, int]  # producer id -> last stored sequence
+    imported: dict[tuple[int, int], int]  # (source shard, source offset) -> local offset, retained only
+
+
+Record = BatchRecord | AckRecord | GroupRecord | ReleaseRecord | CheckpointRecord
 
 
 class StorageError(RuntimeError):
@@ -117,6 +131,9 @@ class Storage(Protocol):
     once, before the first append.
     """
 
+    # Supplies the state written at the start of each new segment (set by the broker).
+    checkpoint: Callable[[], CheckpointRecord] | None
+
     def replay(self) -> Iterator[Record]: ...
 
     def append(self, record: Record) -> asyncio.Future[None]: ...
@@ -126,3 +143,10 @@ class Storage(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    def compact(self, lowest_retained_offset: int) -> int:
+        """Drop storage no longer needed once offsets below `lowest_retained_offset` are all acked.
+
+        Returns the number of bytes freed (0 for implementations that never compact).
+        """
+        ...

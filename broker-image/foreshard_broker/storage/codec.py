@@ -17,6 +17,7 @@ from foreshard_broker.storage.base import (
     NO_HEADERS,
     AckRecord,
     BatchRecord,
+    CheckpointRecord,
     GroupRecord,
     Message,
     Record,
@@ -29,7 +30,7 @@ _BATCH = struct.Struct("<BHQIQB")  # type, producer id length, sequence, count, 
 _LIST = struct.Struct("<BHI")  # type, name length, number of u64 offsets
 _GROUP = struct.Struct("<BHQ")
 _U64 = struct.Struct("<Q")
-T_BATCH, T_ACK, T_GROUP, T_RELEASE = 1, 2, 3, 4
+T_BATCH, T_ACK, T_GROUP, T_RELEASE, T_CHECKPOINT = 1, 2, 3, 4, 5
 F_IMPORTED, F_HEADERS = 1, 2
 NATIVE_BIG_ENDIAN = sys.byteorder == "big"
 
@@ -48,6 +49,20 @@ def encode(record: Record) -> bytes:
     if isinstance(record, GroupRecord):
         name = record.group.encode()
         return _GROUP.pack(T_GROUP, len(name), record.from_offset) + name
+    if isinstance(record, CheckpointRecord):
+        return (
+            bytes([T_CHECKPOINT])
+            + json.dumps(
+                {
+                    "next_offset": record.next_offset,
+                    "groups": record.groups,
+                    "producers": record.producers,
+                    "imported": [
+                        [shard, origin, local] for (shard, origin), local in record.imported.items()
+                    ],
+                }
+            ).encode()
+        )
     return _LIST.pack(T_RELEASE, 0, len(record.offsets)) + _pack_u64s(record.offsets)
 
 
@@ -119,6 +134,10 @@ def decode(body: bytes) -> Record:
     if kind == T_GROUP:
         _, name_len, from_offset = _GROUP.unpack_from(body)
         return GroupRecord(body[_GROUP.size : _GROUP.size + name_len].decode(), from_offset)
+    if kind == T_CHECKPOINT:
+        raw = json.loads(body[1:])
+        imported = {(shard, origin): local for shard, origin, local in raw["imported"]}
+        return CheckpointRecord(raw["next_offset"], raw["groups"], raw["producers"], imported)
     raise StorageError(f"unknown record type {kind}")
 
 

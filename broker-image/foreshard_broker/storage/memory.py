@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from foreshard_broker.storage.base import Record, StorageError
+from foreshard_broker.storage.base import CheckpointRecord, Record, StorageError
 
 
 class MemoryStorage:
     def __init__(self) -> None:
         self.records: list[Record] = []
         self._closed = False
+        self.checkpoint: Callable[[], CheckpointRecord] | None = None
 
     def replay(self) -> Iterator[Record]:
         self._closed = False  # a broker restarted over the same object reopens it
@@ -30,3 +31,6 @@ class MemoryStorage:
 
     async def close(self) -> None:
         self._closed = True
+
+    def compact(self, lowest_retained_offset: int) -> int:
+        return 0  # nothing to free: the records live as long as the object

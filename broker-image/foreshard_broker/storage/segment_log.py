@@ -1,4 +1,4 @@
-"""Durable segment log with group commit.
+"""Durable segment log with group commit and prefix compaction.
 
 Records are framed (length + CRC32) and appended to numbered segment files. A single flusher task
 writes whatever accumulated while the previous fsync ran, then fsyncs once for all of it (group
@@ -6,9 +6,14 @@ commit): under load many batches share one fsync, and an idle broker syncs a lon
 an acknowledged publish is on disk within one fsync time plus at most `linger` seconds.
 
 Sync modes:
-  group   one fsync per flush covering every record appended meanwhile (default)
-  always  one write + fsync per appended record, never shared between records
+  group   one fdatasync per flush covering every record appended meanwhile (default)
+  always  one write + fdatasync per appended record, never shared between records
   none    write to the OS page cache only (tests; survives a process crash, not a power loss)
+
+Segments and compaction: the event loop decides where a segment ends and starts every new segment
+with a CheckpointRecord from `checkpoint` (groups, producer sequences, next offset). Once every
+message of a prefix of segments has been acknowledged, `compact` deletes that prefix; replay then
+starts at a checkpoint and loses nothing that is still needed.
 
 Recovery: segments are read in order; a torn or corrupt tail of the LAST segment (a crash during a
 write) is truncated; damage anywhere else is a StorageError, because silently skipping it would
@@ -19,15 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from foreshard_broker.storage.base import Record, StorageError
+from foreshard_broker.storage.base import BatchRecord, CheckpointRecord, Record, StorageError
 from foreshard_broker.storage.codec import frame, read_frames
 
 SyncMode = Literal["group", "always", "none"]
 SUFFIX = ".seg"
+ROTATE = bytes(bytearray(b"<rotate>"))  # sentinel chunk, compared by identity: next segment starts here
+Pending = tuple[bytes, asyncio.Future[None] | None]
 
 
 class SegmentLogStorage:
@@ -42,28 +49,39 @@ class SegmentLogStorage:
         self.sync = sync
         self.segment_bytes = segment_bytes
         self.linger = linger
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self.checkpoint: Callable[[], CheckpointRecord] | None = None
+        self._pending: list[Pending] = []
         self._wakeup = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._fd = -1
-        self._size = 0
-        self._index = 0
+        self._index = 0  # segment the writer appends to
         self._failure: BaseException | None = None
         self._closing = False
         self._busy = False  # a flush is running in a worker thread
+        # Loop-side view: where segments end, and the highest message offset each one holds.
+        self._loop_index = 0
+        self._loop_size = 0
+        self._max_offset: dict[int, int] = {}
 
     # ------------------------------------------------------------------ recovery
     def replay(self) -> Iterator[Record]:
         self.directory.mkdir(parents=True, exist_ok=True)
         segments = sorted(self.directory.glob("*" + SUFFIX))
         for number, path in enumerate(segments):
-            yield from self._replay_segment(path, last=number == len(segments) - 1)
-        self._index = int(segments[-1].stem) if segments else 0
+            index = int(path.stem)
+            self._max_offset[index] = -1
+            for record in self._replay_segment(path, last=number == len(segments) - 1):
+                self._track(index, record)
+                yield record
         if not segments:
-            self._open_segment(1)
+            self._index = 1
+            self._open(1)
         else:
+            self._index = int(segments[-1].stem)
             self._fd = os.open(segments[-1], os.O_WRONLY | os.O_APPEND)
-            self._size = segments[-1].stat().st_size
+        self._loop_index = self._index
+        self._loop_size = os.fstat(self._fd).st_size
+        self._max_offset.setdefault(self._index, -1)
 
     def _replay_segment(self, path: Path, last: bool) -> Iterator[Record]:
         data = path.read_bytes()
@@ -77,14 +95,18 @@ class SegmentLogStorage:
                 torn.truncate(good)
                 os.fsync(torn.fileno())
 
-    def _open_segment(self, index: int) -> None:
+    def _track(self, index: int, record: Record) -> None:
+        if isinstance(record, BatchRecord) and record.messages:
+            self._max_offset[index] = max(self._max_offset.get(index, -1), record.messages[-1].offset)
+
+    def _open(self, index: int) -> None:
+        """Writer side: close the current segment (synced) and create the next one."""
         if self._fd >= 0:
             os.fsync(self._fd)
             os.close(self._fd)
         self._index = index
         path = self.directory / f"{index:08d}{SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._size = 0
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # the new file's directory entry must survive a crash too
@@ -97,30 +119,42 @@ class SegmentLogStorage:
             raise StorageError(f"log write failed earlier: {self._failure}")
         if self._closing:
             raise StorageError("storage is closing")
+        data = frame(record)
+        if self._loop_size and self._loop_size + len(data) > self.segment_bytes:
+            self._rotate()
+        self._loop_size += len(data)
+        self._track(self._loop_index, record)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.sync == "always" and not self._pending and not self._busy:
             # Nothing queued: write and fsync right here. Blocking the loop for one fsync is what
             # this mode asks for, and it saves a thread hand-off on every publish.
-            self._write_now(frame(record), done)
+            self._write_now([data], done)
             return done
-        self._pending.append((frame(record), done))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop(), name="segment-log-flusher")
-        self._wakeup.set()
+        self._enqueue(data, done)
         return done
 
-    async def barrier(self) -> None:
-        if self._pending or self._flusher is not None:
-            await self.append_marker()
+    def _rotate(self) -> None:
+        """Loop side: the next segment starts here, with a checkpoint as its first record."""
+        self._loop_index += 1
+        self._max_offset[self._loop_index] = -1
+        self._loop_size = 0
+        self._enqueue(ROTATE, None)
+        if self.checkpoint is not None:
+            data = frame(self.checkpoint())
+            self._loop_size += len(data)
+            self._enqueue(data, None)
 
-    async def append_marker(self) -> None:
-        """Wait for everything queued so far: an empty future queued behind them."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((b"", done))
+    def _enqueue(self, data: bytes, done: asyncio.Future[None] | None) -> None:
+        self._pending.append((data, done))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name="segment-log-flusher")
         self._wakeup.set()
-        await done
+
+    async def barrier(self) -> None:
+        if self._pending or self._busy:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._enqueue(b"", done)  # an empty chunk queued behind everything before it
+            await done
 
     async def _flush_loop(self) -> None:
         while True:
@@ -130,26 +164,15 @@ class SegmentLogStorage:
                 await asyncio.sleep(self.linger)
             batch, self._pending = self._pending, []
             if batch:
-                await self._flush(batch)
+                self._busy = True
+                try:
+                    await self._flush(batch)
+                finally:
+                    self._busy = False
             if self._closing and not self._pending:
                 return
 
-    def _write_now(self, data: bytes, done: asyncio.Future[None]) -> None:
-        try:
-            self._write([data], True)
-        except OSError as error:
-            self._failure = error
-            raise StorageError(f"log write failed: {error}") from error
-        done.set_result(None)
-
-    async def _flush(self, batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
-        self._busy = True
-        try:
-            await self._flush_batch(batch)
-        finally:
-            self._busy = False
-
-    async def _flush_batch(self, batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
+    async def _flush(self, batch: list[Pending]) -> None:
         try:
             if self.sync == "always":
                 for data, done in batch:
@@ -160,24 +183,61 @@ class SegmentLogStorage:
         except OSError as error:  # a failed fsync cannot be retried safely: fail everything after it
             self._failure = error
             for _, done in batch:
-                if not done.done():
+                if done is not None and not done.done():
                     done.set_exception(StorageError(f"log write failed: {error}"))
             return
         for _, done in batch:
             _resolve(done)
 
+    def _write_now(self, chunks: list[bytes], done: asyncio.Future[None]) -> None:
+        try:
+            self._write(chunks, True)
+        except OSError as error:
+            self._failure = error
+            raise StorageError(f"log write failed: {error}") from error
+        done.set_result(None)
+
     def _write(self, chunks: list[bytes], sync: bool) -> None:
-        data = b"".join(chunks)
-        if data:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            self._size += len(data)
-        if sync and data:
+        """Writer side (worker thread or inline): write the chunks, rotating at ROTATE markers."""
+        run: list[bytes] = []
+        for chunk in chunks:
+            if chunk is ROTATE:
+                self._write_run(run, sync)
+                run = []
+                self._open(self._index + 1)
+            else:
+                run.append(chunk)
+        self._write_run(run, sync)
+
+    def _write_run(self, run: list[bytes], sync: bool) -> None:
+        data = b"".join(run)
+        if not data:
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        if sync:
             os.fdatasync(self._fd)
-        if self._size >= self.segment_bytes:
-            self._open_segment(self._index + 1)
+
+    # ------------------------------------------------------------------ compaction
+    def compact(self, lowest_retained_offset: int) -> int:
+        """Delete the longest prefix of closed segments whose messages are all below the offset.
+
+        The segment after a deleted prefix starts with a checkpoint (every segment but the first
+        does), so replay stays complete. Runs on the loop; the writer never touches closed segments.
+        """
+        freed = 0
+        active = min(self._loop_index, self._index)
+        for index in sorted(self._max_offset):
+            if index >= active or self._max_offset[index] >= lowest_retained_offset:
+                break
+            if self.checkpoint is None:
+                break  # without checkpoints the prefix holds state that replay still needs
+            path = self.directory / f"{index:08d}{SUFFIX}"
+            freed += path.stat().st_size if path.exists() else 0
+            path.unlink(missing_ok=True)
+            del self._max_offset[index]
+        return freed
 
     async def close(self) -> None:
         self._closing = True
@@ -191,6 +251,6 @@ class SegmentLogStorage:
             self._fd = -1
 
 
-def _resolve(done: asyncio.Future[None]) -> None:
-    if not done.done():
+def _resolve(done: asyncio.Future[None] | None) -> None:
+    if done is not None and not done.done():
         done.set_result(None)
