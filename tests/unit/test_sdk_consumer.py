@@ -7,12 +7,13 @@ import random
 from collections import defaultdict
 
 import pytest
+from prometheus_client import CollectorRegistry
+
 from foreshard_broker.client.consumer import Consumer, ConsumerOptions, Message
 from foreshard_broker.client.mover import MoveError, move_slot
 from foreshard_broker.client.prefetch import PrefetchPolicy
 from foreshard_broker.client.producer import Producer
 from foreshard_broker.client.twin import TwinNetwork, TwinTransport
-from prometheus_client import CollectorRegistry
 
 pytestmark = pytest.mark.unit
 

@@ -6,6 +6,7 @@ import asyncio
 from collections import defaultdict
 
 import pytest
+
 from foreshard_broker.client.producer import Producer, ProducerOptions, PublishError
 from foreshard_broker.client.transport import RoutingTable, slot_of
 from foreshard_broker.client.twin import TwinNetwork, TwinTransport

@@ -135,6 +135,9 @@ class KeyedBuffer:
 
 
 Handler = Callable[[Message], Awaitable[None]]
+_NOTHING = FetchSize(0, 0)
+# Fetches in flight per shard: enough to keep the pipe full at long round trips.
+_MAX_OUTSTANDING = 4
 
 
 class Consumer:
@@ -164,8 +167,10 @@ class Consumer:
         self.table: RoutingTable | None = None
         self._reserved = [0, 0]  # messages, bytes that fetches in flight may still bring
         self._loops: dict[str, asyncio.Task[None]] = {}
-        self._idle_loops: set[str] = set()
+        self._outstanding: dict[str, int] = {}
+        self._fetches: set[asyncio.Task[None]] = set()
         self._needs: dict[str, int] = {}
+        self._dry: set[str] = set()
         self._changed = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
@@ -282,41 +287,58 @@ class Consumer:
             await self._refresh_routing()
 
     def _fetch_size(self, endpoint: str) -> FetchSize:
-        """This loop's share of the room left under the agent's target and the byte bound.
+        """The next fetch this shard's loop may send now, or zero messages.
 
-        A loop that had to hand back a message too large for its share (``_needs``) gets the whole
-        room once it is large enough, and the other loops start nothing until then, so their
-        reservations drain and the large message cannot starve.
+        Fetches are pipelined like a TCP window: held + reserved (asked, not yet answered) never
+        exceeds the agent's target, and a new fetch goes out as soon as a useful chunk of room
+        frees up, without waiting for the previous answer.  The room is shared between shards
+        that have messages; a shard that came back empty gets one small probe.  A loop that had
+        to hand back a message too large for its share (``_needs``) gets the whole room once it is
+        large enough, and the other loops start nothing until then, so the large message cannot
+        starve.
         """
         held_messages = self.buffer.held_messages + self._reserved[0]
         held_bytes = self.buffer.held_bytes + self._reserved[1]
-        room = self.agent.next_fetch(self._now(), held_messages, held_bytes)
+        now = self._now()
+        room = self.agent.next_fetch(now, held_messages, held_bytes)
         need = self._needs.get(endpoint)
         if need is not None:
-            return room if room.max_bytes >= need else FetchSize(0, 0)
-        if room.max_messages <= 0 or self._needs:
-            return FetchSize(0, 0)
-        waiting = max(1, len(self._idle_loops | {endpoint}))
-        return FetchSize(math.ceil(room.max_messages / waiting), room.max_bytes // waiting)
+            return room if room.max_bytes >= need and not self._outstanding.get(endpoint) else _NOTHING
+        outstanding = self._outstanding.get(endpoint, 0)
+        if room.max_messages <= 0 or self._needs or outstanding >= _MAX_OUTSTANDING:
+            return _NOTHING
+        sharing = max(1, len([e for e in self._loops if e not in self._dry]))
+        share = math.ceil(room.max_messages / sharing)
+        if endpoint in self._dry:
+            share = min(share, self.options.concurrency)
+            if outstanding:
+                return _NOTHING
+        if outstanding and share < math.ceil(self.agent.target_messages(now) / 8):
+            return _NOTHING  # wait for a worthwhile chunk rather than send many tiny fetches
+        return FetchSize(share, room.max_bytes // sharing)
 
     async def _fetch_loop(self, endpoint: str) -> None:
         with contextlib.suppress(TransportError):
             await self.transport.create_group(endpoint, self.group)
         while not self._closing:
-            self._idle_loops.add(endpoint)
             size = self._fetch_size(endpoint)
             if size.max_messages <= 0 or size.max_bytes <= 0:
                 await self._changed.wait()
                 continue
-            self._idle_loops.discard(endpoint)
-            await self._fetch_once(endpoint, size)
+            # Reserve before the task runs, so the next size computed here already counts it.
+            self._reserved[0] += size.max_messages
+            self._reserved[1] += size.max_bytes
+            self._outstanding[endpoint] = self._outstanding.get(endpoint, 0) + 1
+            task = asyncio.create_task(self._fetch_once(endpoint, size))
+            self._fetches.add(task)
+            task.add_done_callback(self._fetches.discard)
+        if self._fetches:
+            await asyncio.gather(*list(self._fetches), return_exceptions=True)
 
     async def _fetch_once(self, endpoint: str, size: FetchSize) -> None:
         request = FetchRequest(
             self.group, self.consumer_id, size.max_messages, size.max_bytes, self.options.fetch_wait_s
         )
-        self._reserved[0] += size.max_messages
-        self._reserved[1] += size.max_bytes
         started = self._now()
         try:
             deliveries = await self.transport.fetch(endpoint, request)
@@ -327,14 +349,18 @@ class Consumer:
         finally:
             self._reserved[0] -= size.max_messages
             self._reserved[1] -= size.max_bytes
-            self._notify()  # the released reservation may be what another fetch loop waits for
+            self._outstanding[endpoint] -= 1
         now = self._now()
         got_bytes = sum(d.size for d in deliveries)
         self.agent.record_fetch(now, now - started, size.max_messages, len(deliveries), got_bytes)
         self._needs.pop(endpoint, None)
+        if deliveries:
+            self._dry.discard(endpoint)
+        else:
+            self._dry.add(endpoint)
         for delivery in deliveries:
             self._admit(endpoint, delivery, now)
-        self._notify()
+        self._notify()  # new messages, and the released reservation may be what a loop waits for
 
     def _admit(self, endpoint: str, delivery: Delivery, now: float) -> None:
         bound = self.options.prefetch.max_bytes

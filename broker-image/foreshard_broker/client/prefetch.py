@@ -5,16 +5,21 @@ to fetch.  Nothing here reads a clock or does I/O, so tests and the benchmark dr
 
 The buffer must cover the messages the application will consume while the next fetch is in flight:
 
-    target = ceil(demand_rate * fetch_round_trip * safety_margin) + concurrency
+    target = ceil(demand_rate * fetch_round_trip * margin) + 2 * concurrency
 
 * ``demand_rate`` is the predicted consumption rate.  When the broker still has a backlog (the last
   fetch came back full) the application will consume as fast as it can, i.e. at its measured
-  capacity ``concurrency / processing_time``; when the broker ran dry the demand is the measured
-  acknowledgement rate.  The operator's forecast, when given, raises the estimate (capped by the
-  capacity: fetching more than the application can eat in a round trip only costs memory).
-* ``concurrency`` keeps one message ready for every worker, so a worker never waits for a round trip.
+  capacity ``concurrency / processing_time``; when the broker ran dry (a fetch came back empty) the
+  demand is the measured acknowledgement rate.  The operator's forecast, when given, raises the
+  estimate (capped by the capacity: fetching more than the application can eat in a round trip
+  only costs memory).
+* ``margin`` is the policy's safety margin widened by the variability of processing times (see
+  :meth:`PrefetchAgent.margin`).
+* ``2 * concurrency`` covers the messages being processed plus one ready for every worker, so a
+  worker never waits for a round trip.
 * The target is bounded by ``max_messages`` and by ``max_bytes`` (through the mean message size), and
-  shrinks with the demand estimate, which decays when acknowledgements slow down.
+  shrinks with the demand estimate, which decays when acknowledgements slow down.  The room it
+  leaves grows at most twofold per fetch (slow start).
 
 Using the acknowledgement rate alone would lock a starved consumer into a fraction of its capacity
 (a small buffer caps the ack rate, which keeps the buffer small); the capacity term breaks that loop.
@@ -65,12 +70,16 @@ class Ewma:
     horizon_s: float
     value: float | None = None
     last_at: float | None = None
+    count: int = 0
 
     def add(self, now: float, sample: float) -> None:
+        self.count += 1
         if self.value is None or self.last_at is None:
             self.value, self.last_at = sample, now
             return
-        weight = 1.0 - math.exp(-max(now - self.last_at, 1e-6) / self.horizon_s)
+        # The first samples are averaged plainly: one lucky 0.1 ms processing time must not
+        # pass for the application's capacity and flood the buffer.
+        weight = max(1.0 - math.exp(-max(now - self.last_at, 1e-6) / self.horizon_s), 1.0 / self.count)
         self.value += weight * (sample - self.value)
         self.last_at = now
 
@@ -141,20 +150,27 @@ class PrefetchAgent:
         self.acks = RateMeter(policy.horizon_s)
         self._round_trip = WindowedMin()
         self._processing = Ewma(policy.horizon_s)
+        self._processing_sq = Ewma(policy.horizon_s)
         self._size = Ewma(policy.horizon_s)
         self._forecast_rate: float | None = None
         self._backlog_seen = True
+        self.ramp = True
 
     # --- observations -------------------------------------------------------------------------
     def record_acks(self, now: float, count: int) -> None:
         self.acks.add(now, count)
 
     def record_processing(self, now: float, seconds: float) -> None:
-        self._processing.add(now, max(seconds, 0.0))
+        seconds = max(seconds, 0.0)
+        self._processing.add(now, seconds)
+        self._processing_sq.add(now, seconds * seconds)
 
     def record_fetch(self, now: float, round_trip_s: float, asked: int, got: int, got_bytes: int) -> None:
-        """One fetch answered; a full answer means the broker still holds a backlog for us."""
-        self._backlog_seen = got >= asked
+        """One fetch answered.  Only an empty answer (a long-poll that found nothing) says the broker
+        ran dry: a short answer is common with a backlog (keys held by unacked messages, byte
+        bounds, several fetch loops sharing the room), and reading it as "no backlog" would lock
+        the buffer into a fraction of the application's capacity."""
+        self._backlog_seen = got > 0
         if got:
             # An empty answer is mostly the broker's long-poll wait, not a round trip.
             self._round_trip.add(max(round_trip_s, 0.0))
@@ -191,11 +207,28 @@ class PrefetchAgent:
         value = self._size.value
         return float(self.policy.initial_message_bytes) if value is None else max(value, 1.0)
 
+    def margin(self) -> float:
+        """Safety margin, widened by how much consumption over one round trip can vary.
+
+        Over a round trip each worker processes ``n = round_trip / mean_processing`` messages; the
+        relative spread of that count is about ``cv / sqrt(n)`` (cv: coefficient of variation of the
+        processing time).  Two spreads on top of the base margin keep bursty handlers fed without
+        paying for it when handlers are steady or round trips long.
+        """
+        mean, mean_sq = self._processing.value, self._processing_sq.value
+        if mean is None or mean_sq is None or mean <= 0:
+            return self.policy.safety_margin
+        cv = math.sqrt(max(mean_sq - mean * mean, 0.0)) / mean
+        per_round_trip = max(1.0, self.round_trip_s() / mean)
+        return self.policy.safety_margin + 2.0 * cv / math.sqrt(per_round_trip)
+
     def target_messages(self, now: float) -> int:
         """Messages to hold (buffered plus being processed plus asked for)."""
         policy = self.policy
-        wanted = math.ceil(self.demand_rate(now) * self.round_trip_s() * policy.safety_margin)
-        wanted += self.concurrency
+        wanted = math.ceil(self.demand_rate(now) * self.round_trip_s() * self.margin())
+        # Every worker busy plus one message ready for each: processing times vary, and a worker
+        # that finishes early must not wait a round trip.
+        wanted += 2 * self.concurrency
         by_bytes = int(policy.max_bytes // self.message_bytes())
         return max(policy.min_messages, min(wanted, policy.max_messages, max(by_bytes, 1)))
 
@@ -203,6 +236,10 @@ class PrefetchAgent:
         """The next fetch's size, given what is already held or reserved for fetches in flight."""
         room_bytes = self.policy.max_bytes - held_bytes
         room_messages = self.target_messages(now) - held_messages
+        if self.ramp:
+            # Slow start: at most double what is held per step, so a noisy early estimate cannot
+            # fill the whole budget in one fetch.
+            room_messages = min(room_messages, max(held_messages, 2 * self.concurrency))
         if room_messages <= 0 or room_bytes <= 0:
             return FetchSize(0, 0)
         return FetchSize(room_messages, room_bytes)
@@ -214,6 +251,7 @@ class FixedPrefetch(PrefetchAgent):
     def __init__(self, policy: PrefetchPolicy, count: int, concurrency: int = 1) -> None:
         super().__init__(policy, concurrency)
         self.count = count
+        self.ramp = False
 
     def target_messages(self, now: float) -> int:
         by_bytes = int(self.policy.max_bytes // self.message_bytes())
