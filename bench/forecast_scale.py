@@ -24,6 +24,7 @@ import sys
 import time
 
 import numpy as np
+
 from foreshard.core.forecasting import fleet, selection
 from foreshard.core.forecasting.models import estimate_profile, transform
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from foreshard.adapters.prometheus import PrometheusHistory, PrometheusUnreachable, connect
 from foreshard.core.forecasting import forecast
 from foreshard.core.series import Series

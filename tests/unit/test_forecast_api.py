@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from foreshard.core.forecasting import Forecast, InsufficientHistory, ScheduledEvent, fit, forecast, predict
-from foreshard.core.series import Series
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from foreshard.core.forecasting import Forecast, InsufficientHistory, ScheduledEvent, fit, forecast, predict
+from foreshard.core.series import Series
 
 pytestmark = pytest.mark.unit
 

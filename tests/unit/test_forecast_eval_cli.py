@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from foreshard.cli import main
 from foreshard.cli.forecast_eval import horizon_steps, parse_duration
 from foreshard.core.forecasting import evaluation

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from foreshard.core.forecasting.events import ScheduledEvent, learn_multiplier, multipliers
 from foreshard.core.series import Series
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from foreshard.core.forecasting import feedback
 from foreshard.core.forecasting.feedback import Feedback
 

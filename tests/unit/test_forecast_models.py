@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from foreshard.core.forecasting import models
 from foreshard.core.forecasting.models import LEVEL, SNAIVE, TSB, Spec
 

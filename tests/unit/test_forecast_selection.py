@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from foreshard.core.forecasting import intervals, selection
 from foreshard.core.forecasting.models import TSB
 
