@@ -1,0 +1,175 @@
+"""The real :class:`AdminTransport`: the SDK's seam mapped onto the low-level gRPC broker client.
+
+One channel pair (data, admin) per endpoint, opened on first use.  Broker answers become SDK values:
+a publish outcome oneof becomes a :class:`PublishOutcome`; an unreachable broker or any other failed
+call becomes :class:`TransportError`, except an unknown group on fetch, which creates the group
+(reading from the earliest message) and fetches again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from foreshard_broker.client.broker_client import AdminClient, BrokerClient, copy_backlog
+from foreshard_broker.client.broker_errors import BrokerCallError
+from foreshard_broker.client.transport import (
+    Delivery,
+    FetchRequest,
+    OutboundMessage,
+    PublishOutcome,
+    PublishStatus,
+    RoutingTable,
+    TransportError,
+)
+
+T = TypeVar("T")
+
+# Failures worth retrying the same batch for, after a short wait (overload, draining, restarting).
+_RETRYABLE = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
+_RETRY_AFTER_S = 0.05
+_PAUSE_RETRY_AFTER_MS = 5
+
+
+async def _guard(call: Awaitable[T], endpoint: str) -> T:
+    try:
+        return await call
+    except BrokerCallError as error:
+        raise TransportError(f"{endpoint}: {error}") from error
+    except grpc.aio.AioRpcError as error:
+        raise TransportError(f"{endpoint}: {error.code().name}: {error.details()}") from error
+
+
+def outcome_of(response: Any) -> PublishOutcome:
+    """A PublishResponse's oneof as a PublishOutcome."""
+    kind = response.WhichOneof("outcome")
+    if kind == "stored":
+        return PublishOutcome(PublishStatus.OK, reason="duplicate" if response.stored.duplicate else "")
+    if kind == "moved":
+        moved = response.moved
+        return PublishOutcome(
+            PublishStatus.MOVED, moved.owner_shard, moved.owner_endpoint, moved.epoch, slot=moved.slot
+        )
+    if kind == "paused":
+        paused = response.paused
+        return PublishOutcome(
+            PublishStatus.PAUSED,
+            epoch=paused.epoch,
+            retry_after_s=paused.retry_after_ms / 1000,
+            slot=paused.slot,
+        )
+    failure = response.failure
+    code = _status_code(failure.code)
+    if code in _RETRYABLE:
+        return PublishOutcome(PublishStatus.PAUSED, retry_after_s=_RETRY_AFTER_S, reason=failure.message)
+    return PublishOutcome(PublishStatus.REJECTED, reason=f"{code.name}: {failure.message}")
+
+
+def _status_code(number: int) -> grpc.StatusCode:
+    return next((code for code in grpc.StatusCode if code.value[0] == number), grpc.StatusCode.UNKNOWN)
+
+
+def delivery_of(message: Any) -> Delivery:
+    return Delivery(
+        message.key or None,
+        message.payload,
+        message.slot,
+        message.offset,
+        str(message.offset),
+        dict(message.headers),
+        message.attempt,
+        message.publish_time_ms / 1000,
+    )
+
+
+class GrpcTransport:
+    """:class:`AdminTransport` over real brokers, addressed by ``host:port``."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, BrokerClient] = {}
+        self._admin: dict[str, AdminClient] = {}
+
+    def data(self, endpoint: str) -> BrokerClient:
+        client = self._data.get(endpoint)
+        if client is None:
+            client = self._data[endpoint] = BrokerClient(endpoint)
+        return client
+
+    def admin(self, endpoint: str) -> AdminClient:
+        client = self._admin.get(endpoint)
+        if client is None:
+            client = self._admin[endpoint] = AdminClient(endpoint)
+        return client
+
+    async def close(self) -> None:
+        for client in [*self._data.values(), *self._admin.values()]:
+            await client.close()
+        self._data.clear()
+        self._admin.clear()
+
+    # --- data --------------------------------------------------------------------------------
+    async def routing(self, endpoint: str) -> RoutingTable:
+        return await _guard(self.admin(endpoint).get_routing(), endpoint)
+
+    async def publish(
+        self, endpoint: str, producer_id: str, sequence: int, messages: Sequence[OutboundMessage]
+    ) -> PublishOutcome:
+        items = [(m.key or "", m.payload, m.headers) for m in messages]
+        response = await _guard(self.data(endpoint).publish(producer_id, sequence, items), endpoint)
+        return outcome_of(response)
+
+    async def fetch(self, endpoint: str, request: FetchRequest) -> list[Delivery]:
+        client = self.data(endpoint)
+        wait_ms = int(request.wait_s * 1000)
+        call = client.fetch(request.group, request.consumer, request.max_messages, request.max_bytes, wait_ms)
+        try:
+            messages = await call
+        except BrokerCallError as error:
+            if error.code is not grpc.StatusCode.NOT_FOUND:
+                raise TransportError(f"{endpoint}: {error}") from error
+            await self.create_group(endpoint, request.group)
+            return []
+        except grpc.aio.AioRpcError as error:
+            raise TransportError(f"{endpoint}: {error.code().name}") from error
+        return [delivery_of(message) for message in messages]
+
+    async def ack(self, endpoint: str, group: str, consumer: str, receipts: Sequence[str]) -> None:
+        await _guard(self.data(endpoint).ack(group, [int(r) for r in receipts]), endpoint)
+
+    async def nack(self, endpoint: str, group: str, consumer: str, receipts: Sequence[str]) -> None:
+        await _guard(self.data(endpoint).nack(group, [int(r) for r in receipts]), endpoint)
+
+    async def create_group(self, endpoint: str, group: str) -> None:
+        await _guard(self.admin(endpoint).create_group(group), endpoint)
+
+    async def backlog(self, endpoint: str) -> int:
+        metrics = await _guard(self.admin(endpoint).load_metrics(top_keys=1), endpoint)
+        return int(metrics.retained_messages)
+
+    # --- admin -------------------------------------------------------------------------------
+    async def pause(self, endpoint: str, slot: int) -> int:
+        response = await _guard(
+            self.admin(endpoint).pause([slot], retry_after_ms=_PAUSE_RETRY_AFTER_MS), endpoint
+        )
+        return int(response.inflight)
+
+    async def resume(self, endpoint: str, slot: int) -> None:
+        await _guard(self.admin(endpoint).resume([slot]), endpoint)
+
+    async def copy_backlog(self, source: str, target: str, slot: int, from_offset: int) -> int:
+        _, next_offset = await _guard(
+            copy_backlog(self.admin(source), self.admin(target), [slot], [], from_offset), source
+        )
+        return next_offset
+
+    async def copy_group_state(self, source: str, target: str, slot: int) -> None:
+        state = await _guard(self.admin(source).export_group_state([slot]), source)
+        await _guard(self.admin(target).import_group_state(state), target)
+
+    async def update_routing(self, endpoint: str, table: RoutingTable) -> None:
+        await _guard(self.admin(endpoint).update_routing(table), endpoint)
+
+    async def release(self, endpoint: str, slot: int) -> None:
+        await _guard(self.admin(endpoint).release([slot]), endpoint)
