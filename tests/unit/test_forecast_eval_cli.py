@@ -103,3 +103,18 @@ def test_a_series_shorter_than_a_day_is_scored_without_seasonal_naive() -> None:
     result = evaluation.evaluate(Series("short", 0.0, 60.0, y), 5)
     assert "seasonal_naive" not in result.mase
     assert np.isfinite(result.mase["foreshard"])
+
+
+def test_a_series_too_short_to_evaluate_is_skipped_and_said_so(
+    traces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_trace(traces / "q", "tiny", np.array([1.0, 2.0, 3.0]))
+    assert main(["forecast-eval", "--traces", str(traces), "--json", "--max-origins", "10"]) == 0
+    out = capsys.readouterr()
+    assert "skipped: tiny" in out.err
+    assert json.loads(out.out.strip().splitlines()[-1])["series"] == 2
+
+
+def test_a_directory_of_only_tiny_series_is_an_error(tmp_path: Path) -> None:
+    write_trace(tmp_path, "tiny", np.array([1.0, 2.0, 3.0]))
+    assert main(["forecast-eval", "--traces", str(tmp_path)]) == 2

@@ -19,6 +19,7 @@ from typing import Any
 from foreshard import traces
 from foreshard.core.forecasting import evaluation
 from foreshard.core.forecasting.evaluation import BASELINES, FORESHARD, SeriesResult
+from foreshard.core.forecasting.types import InsufficientHistory
 from foreshard.core.series import Series
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
@@ -60,9 +61,13 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for number, item in enumerate(series, start=1):
         started = time.process_time()
-        result = evaluation.evaluate(
-            item, horizon_steps(args.horizon, item.step_s), args.test_share, args.max_origins, args.refits
-        )
+        try:
+            result = evaluation.evaluate(
+                item, horizon_steps(args.horizon, item.step_s), args.test_share, args.max_origins, args.refits
+            )
+        except InsufficientHistory as error:
+            print(f"[{number}/{len(series)}] skipped: {error}", file=sys.stderr, flush=True)
+            continue
         results.append(result)
         print(
             f"[{number}/{len(series)}] {item.key}: ratio {result.ratio_vs_best_baseline:.3f} "
@@ -70,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+    if not results:
+        print("forecast-eval: no series long enough to evaluate", file=sys.stderr)
+        return 2
     summary = evaluation.summarise(results, args.horizon)
     print(table(results, summary))
     if args.plot:

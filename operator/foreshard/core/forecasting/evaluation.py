@@ -22,6 +22,7 @@ import numpy as np
 from foreshard.core.forecasting import models, selection
 from foreshard.core.forecasting.intervals import quantile_paths
 from foreshard.core.forecasting.models import IntArray
+from foreshard.core.forecasting.types import InsufficientHistory
 from foreshard.core.series import FloatArray, Series
 
 FORESHARD = "foreshard"
@@ -29,6 +30,7 @@ NAIVE = "naive"
 SEASONAL_NAIVE = "seasonal_naive"
 SES = "ses"
 BASELINES = (NAIVE, SEASONAL_NAIVE, SES)
+MIN_EVALUATION = 10  # intervals: a few to fit on, a few to score
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,8 @@ def evaluate_paths(
     series: Series, horizon: int, test_share: float = 0.2, max_origins: int = 200, refits: int = 20
 ) -> Paths:
     y = series.cleaned().values
+    if len(y) < MIN_EVALUATION:
+        raise InsufficientHistory(f"{series.key}: {len(y)} intervals; an evaluation needs {MIN_EVALUATION}")
     origins = origins_for(len(y), test_share, max_origins)
     targets = models.target_index(origins, horizon)
     actual = np.where(targets < len(y), y[np.clip(targets, 0, len(y) - 1)], np.nan)
