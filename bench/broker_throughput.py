@@ -132,6 +132,23 @@ async def foreshard_latency(endpoint: str, rate: float, seconds: float, batch: i
     return latencies
 
 
+def fsync_latency(directory: Path, rounds: int = 200) -> list[float]:
+    """fdatasync of a 290 kB append (one 1000-message batch) on the benchmark's disk, in ms."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    samples = []
+    try:
+        for _ in range(rounds):
+            os.write(fd, PAYLOAD * 1100)
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            samples.append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return samples
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -227,6 +244,14 @@ async def measure_foreshard(work: Path, profile: bool) -> dict[str, Any]:
         out["p50_ms"], out["p99_ms"] = percentile(latencies, 0.5), percentile(latencies, 0.99)
     finally:
         broker.terminate()
+    broker = start_broker(work / "fs-latency-nosync", "none")  # the same without the disk: broker cost
+    try:
+        latencies = await foreshard_latency(broker.endpoint, out["batched"] / 2, SECONDS, batch=1000)
+        out["p99_nosync_ms"] = percentile(latencies, 0.99)
+    finally:
+        broker.terminate()
+    syncs = fsync_latency(work)
+    out["fsync_p50_ms"], out["fsync_p99_ms"] = percentile(syncs, 0.5), percentile(syncs, 0.99)
     broker = start_broker(work / "fs-always", "always")
     try:
         out["fsync_each"] = await foreshard_unbatched(broker.endpoint, SECONDS)
@@ -292,6 +317,14 @@ def table(result: dict[str, float], fs: dict[str, Any], others: dict[str, float]
         ("NATS JetStream async, file (nats-py)", result["nats_js_async_msgs_s"], "msgs/s"),
         ("Foreshard p50 publish->ack, half load", round(fs["p50_ms"], 3), "ms"),
         ("Foreshard p99 publish->ack, half load", result["p99_publish_ack_ms_at_half_load"], "ms"),
+        ("  same, --sync none (broker cost only)", round(fs["p99_nosync_ms"], 3), "ms"),
+        ("  disk: fdatasync of 290 kB, p50", round(fs["fsync_p50_ms"], 3), "ms"),
+        ("  disk: fdatasync of 290 kB, p99", round(fs["fsync_p99_ms"], 3), "ms"),
+        (
+            "machine load average (1 min) at the end",
+            round(os.getloadavg()[0], 2),
+            f"on {os.cpu_count()} CPUs",
+        ),
     ]
     lines = [f"{'case':<46}{'value':>12}  unit", "-" * 64]
     lines += [f"{name:<46}{value:>12,}  {unit}" for name, value, unit in rows]

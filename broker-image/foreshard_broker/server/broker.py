@@ -64,6 +64,11 @@ class Broker:
         """Replay the log; must run inside the event loop before serving."""
         self.storage.checkpoint = self.state.checkpoint
         self.state.rebuild(self.storage.replay())
+        # Replayed messages are not new arrivals: count from here on, into the load tracker.
+        self.state.arrived, self.state.arrived_bytes = (
+            self.load.totals.arrived,
+            self.load.totals.arrived_bytes,
+        )
         for name in self.state.groups:
             self._changed[name] = asyncio.Event()
         log.info(
@@ -186,11 +191,7 @@ class Broker:
                 self.failed = str(durable.exception())
                 continue
             self.state.apply_batch(record)
-            self._count_arrivals(record.messages)
         self._wake_all()
-
-    def _count_arrivals(self, messages: list[Message]) -> None:
-        self.load.arrived_many(messages)
 
     def compact(self) -> int:
         """Let storage drop what no retained or still-unpublished message needs; returns bytes freed."""

@@ -11,11 +11,9 @@ import os
 import resource
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from foreshard_broker.routing import KEYLESS_SLOT, slot_of
-from foreshard_broker.storage import Message
 
 
 @dataclass
@@ -46,18 +44,6 @@ class LoadTracker:
         self._snapshots: deque[tuple[float, Totals]] = deque()
         self._slots: dict[str, int] = {}
         self.tick(time.monotonic())
-
-    def arrived(self, key: str, count: int, nbytes: int) -> None:
-        totals = self.totals
-        totals.arrived[key] = totals.arrived.get(key, 0) + count
-        totals.arrived_bytes[key] = totals.arrived_bytes.get(key, 0) + nbytes
-
-    def arrived_many(self, messages: Iterable[Message]) -> None:
-        arrived, arrived_bytes = self.totals.arrived, self.totals.arrived_bytes
-        for message in messages:
-            key = message.key
-            arrived[key] = arrived.get(key, 0) + 1
-            arrived_bytes[key] = arrived_bytes.get(key, 0) + len(message.payload)
 
     def acked(self, key: str) -> None:
         acked = self.totals.acked

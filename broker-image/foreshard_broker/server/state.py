@@ -33,6 +33,9 @@ class BrokerState:
         self.retained_bytes = 0
         self.key_backlog: dict[str, int] = {}
         self.key_backlog_bytes: dict[str, int] = {}
+        # Arrival totals per key; the broker points these at its LoadTracker once replay is done.
+        self.arrived: dict[str, int] = {}
+        self.arrived_bytes: dict[str, int] = {}
         # Called with every message a group acknowledged (load metrics hook).
         self.on_ack: Callable[[Message], None] = lambda message: None
 
@@ -79,10 +82,14 @@ class BrokerState:
         # Bulk dict updates run in C; only the per-key counters need a Python loop.
         self.retained.update(zip(offsets, messages, strict=True))
         backlog, backlog_bytes = self.key_backlog, self.key_backlog_bytes
-        for message in messages:
+        arrived, arrived_bytes = self.arrived, self.arrived_bytes
+        for message in messages:  # one pass for all per-key counters: this loop is the hot spot
             key = message.key
+            size = len(message.payload)
             backlog[key] = backlog.get(key, 0) + 1
-            backlog_bytes[key] = backlog_bytes.get(key, 0) + len(message.payload)
+            backlog_bytes[key] = backlog_bytes.get(key, 0) + size
+            arrived[key] = arrived.get(key, 0) + 1
+            arrived_bytes[key] = arrived_bytes.get(key, 0) + size
         if messages[0].origin_shard >= 0:  # imported batches are never mixed with local ones
             self.imported.update(((m.origin_shard, m.origin_offset), m.offset) for m in messages)
         groups = [group for group in self.groups.values() if offsets[-1] >= group.from_offset]
