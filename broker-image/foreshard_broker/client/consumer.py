@@ -276,7 +276,9 @@ class Consumer:
             if self.table is None or table.epoch >= self.table.epoch:
                 self.table = table
             break
-        for endpoint in sorted(self.table.endpoints.values()) if self.table else self.bootstrap:
+        known = sorted(self.table.endpoints.values()) if self.table else []
+        # A standalone broker (no routing pushed yet) has a table without endpoints: the bootstrap.
+        for endpoint in known or self.bootstrap:
             if endpoint not in self._loops:
                 self._loops[endpoint] = asyncio.create_task(self._fetch_loop(endpoint))
 

@@ -180,12 +180,17 @@ class Producer:
             return self.table
         raise PublishError(f"no broker answered for the routing table: {errors}")
 
+    def endpoints(self) -> list[str]:
+        """Every shard's endpoint; a standalone broker (a table without endpoints) is the bootstrap."""
+        table = self.table
+        return sorted(table.endpoints.values()) if table and table.endpoints else list(self.bootstrap)
+
     def _endpoint_for(self, key: str) -> str:
         table = self.table
         assert table is not None
         if key == _KEYLESS:
-            return min(sorted(table.endpoints.values()), key=lambda e: self._backlogs.get(e, 0))
-        return table.endpoint(table.owner(key, slot_of(key, table.num_slots)))
+            return min(self.endpoints(), key=lambda e: self._backlogs.get(e, 0))
+        return table.endpoint(table.owner(key, slot_of(key, table.num_slots))) or self.bootstrap[0]
 
     # --- dispatch ----------------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
@@ -362,8 +367,7 @@ class Producer:
 
     async def _backlog_loop(self) -> None:
         while True:
-            table = self.table
-            for endpoint in sorted(table.endpoints.values()) if table else []:
+            for endpoint in self.endpoints():
                 with contextlib.suppress(TransportError):
                     self._backlogs[endpoint] = await self.transport.backlog(endpoint)
             await asyncio.sleep(self.options.backlog_refresh_s)
