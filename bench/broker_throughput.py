@@ -9,8 +9,9 @@ directories and stopped at the end:
                          driven by redis-benchmark (C client; redis-py shown for reference)
   redis always           redis-benchmark, one client, unpipelined XADD, appendfsync always
   nats js async          JetStream file store, publish_async with 4000 acks outstanding
-  p99 at half load       Foreshard publish->ack latency of the same 1000-message batches, sent
-                         open-loop at half the measured batched rate to a fresh broker
+  p99 at half load       Foreshard publish->ack latency of 250-message batches on one Publish
+                         stream, sent open-loop at half the measured batched rate to a fresh
+                         broker (and again with --sync none, to separate disk from broker cost)
 
 Prints a table, then ONE JSON line (the last line). `--profile` also runs the batched case with
 the broker under cProfile and writes the top functions to bench/results/broker_profile.txt.
@@ -44,6 +45,7 @@ PAYLOAD = os.urandom(128).hex().encode()  # 256 bytes
 KEYS = [f"key-{n}" for n in range(1000)]
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 RESULTS = ROOT / "bench" / "results"
+LATENCY_BATCH = 250  # messages per batch in the half-load latency runs
 
 
 def free_port() -> int:
@@ -109,25 +111,29 @@ async def foreshard_unbatched(endpoint: str, seconds: float) -> float:
 
 
 async def foreshard_latency(endpoint: str, rate: float, seconds: float, batch: int = 100) -> list[float]:
-    """Open-loop: send `batch`-message batches at `rate` msgs/s; return each batch's publish->ack ms."""
+    """Open loop on one Publish stream: `batch`-message batches at `rate` msgs/s; publish->ack ms each."""
     client = BrokerClient(endpoint)
-    request = publish_request("bench-latency", 0, [(KEYS[n], PAYLOAD) for n in range(batch)])
+    stream = client.publish_stream()
+    producer = f"bench-latency-{os.getpid()}-{time.monotonic_ns()}"  # fresh: sequences start at 1
+    request = publish_request(producer, 0, [(KEYS[n % len(KEYS)], PAYLOAD) for n in range(batch)])
+    interval, count = batch / rate, int(seconds * rate / batch)
+    sent_at: dict[int, float] = {}
     latencies: list[float] = []
-    interval, tasks = batch / rate, []
 
-    async def send(sequence: int) -> None:
-        copy = type(request)()
-        copy.CopyFrom(request)
-        copy.sequence = sequence
-        started = time.perf_counter()
-        await client.publish_request(copy)
-        latencies.append((time.perf_counter() - started) * 1000)
+    async def receive() -> None:
+        for _ in range(count):
+            response = await stream.receive()
+            latencies.append((time.perf_counter() - sent_at.pop(response.sequence)) * 1000)
 
+    receiver = asyncio.create_task(receive())
     begin = time.perf_counter()
-    for sequence in range(1, int(seconds / interval) + 1):
+    for sequence in range(1, count + 1):
         await asyncio.sleep(max(0.0, begin + sequence * interval - time.perf_counter()))
-        tasks.append(asyncio.create_task(send(sequence)))
-    await asyncio.gather(*tasks)
+        request.sequence = sequence
+        sent_at[sequence] = time.perf_counter()
+        await stream.send(request)
+    await receiver
+    await stream.close()
     await client.close()
     return latencies
 
@@ -240,13 +246,13 @@ async def measure_foreshard(work: Path, profile: bool) -> dict[str, Any]:
         broker.terminate()
     broker = start_broker(work / "fs-latency", "group")  # fresh: not holding the run above
     try:
-        latencies = await foreshard_latency(broker.endpoint, out["batched"] / 2, SECONDS, batch=1000)
+        latencies = await foreshard_latency(broker.endpoint, out["batched"] / 2, SECONDS, batch=LATENCY_BATCH)
         out["p50_ms"], out["p99_ms"] = percentile(latencies, 0.5), percentile(latencies, 0.99)
     finally:
         broker.terminate()
     broker = start_broker(work / "fs-latency-nosync", "none")  # the same without the disk: broker cost
     try:
-        latencies = await foreshard_latency(broker.endpoint, out["batched"] / 2, SECONDS, batch=1000)
+        latencies = await foreshard_latency(broker.endpoint, out["batched"] / 2, SECONDS, batch=LATENCY_BATCH)
         out["p99_nosync_ms"] = percentile(latencies, 0.99)
     finally:
         broker.terminate()
