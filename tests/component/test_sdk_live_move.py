@@ -148,6 +148,14 @@ async def test_slots_moved_fifty_times_under_load_keep_every_keys_order_without_
         "slot_pause_ms_p50": round(statistics.median(pauses), 2),
         "slot_pause_ms_p99": round(percentile(pauses, 0.99), 2),
         "moves_with_inflight_at_switch": sum(r.inflight_at_switch > 0 for r in reports),
+        "slot_pause_ms_max": round(max(pauses), 2),
+        "fence_ms_p50_max": [
+            round(percentile([r.fence_s * 1000 for r in reports], q), 2) for q in (0.5, 1.0)
+        ],
+        "copy_ms_p50_max": [round(percentile([r.copy_s * 1000 for r in reports], q), 2) for q in (0.5, 1.0)],
+        "switch_ms_p50_max": [
+            round(percentile([r.switch_s * 1000 for r in reports], q), 2) for q in (0.5, 1.0)
+        ],
     }
     print("live-move:", json.dumps(summary))
     assert len(reports) == MOVES

@@ -1,9 +1,10 @@
 """The real :class:`AdminTransport`: the SDK's seam mapped onto the low-level gRPC broker client.
 
 One channel pair (data, admin) per endpoint, opened on first use.  Broker answers become SDK values:
-a publish outcome oneof becomes a :class:`PublishOutcome`; an unreachable broker or any other failed
-call becomes :class:`TransportError`, except an unknown group on fetch, which creates the group
-(reading from the earliest message) and fetches again.
+a PublishResponse (stored, with per-message refusals, or a failure) becomes one
+:class:`PublishOutcome` per message; an unreachable broker or any other failed call becomes
+:class:`TransportError`, except an unknown group on fetch, which creates the group (reading from the
+earliest message) and comes back empty.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from foreshard_broker.client.transport import (
 )
 
 T = TypeVar("T")
+_STORED = PublishOutcome(PublishStatus.OK)
 
 # Failures worth retrying the same batch for, after a short wait (overload, draining, restarting).
 _RETRYABLE = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
@@ -42,29 +44,33 @@ async def _guard(call: Awaitable[T], endpoint: str) -> T:
         raise TransportError(f"{endpoint}: {error.code().name}: {error.details()}") from error
 
 
-def outcome_of(response: Any) -> PublishOutcome:
-    """A PublishResponse's oneof as a PublishOutcome."""
-    kind = response.WhichOneof("outcome")
-    if kind == "stored":
-        return PublishOutcome(PublishStatus.OK, reason="duplicate" if response.stored.duplicate else "")
-    if kind == "moved":
-        moved = response.moved
+def outcomes_of(response: Any, count: int) -> list[PublishOutcome]:
+    """A PublishResponse as one outcome per message: stored, or its refusal."""
+    if response.WhichOneof("outcome") == "failure":
+        return [_failure(_status_code(response.failure.code), response.failure.message)] * count
+    outcomes = [_STORED] * count
+    for refusal in response.refusals:
+        outcomes[refusal.index] = _refusal(refusal)
+    return outcomes
+
+
+def _refusal(refusal: Any) -> PublishOutcome:
+    if refusal.WhichOneof("reason") == "moved":
+        moved = refusal.moved
         return PublishOutcome(
             PublishStatus.MOVED, moved.owner_shard, moved.owner_endpoint, moved.epoch, slot=moved.slot
         )
-    if kind == "paused":
-        paused = response.paused
-        return PublishOutcome(
-            PublishStatus.PAUSED,
-            epoch=paused.epoch,
-            retry_after_s=paused.retry_after_ms / 1000,
-            slot=paused.slot,
-        )
-    failure = response.failure
-    code = _status_code(failure.code)
+    paused = refusal.paused
+    return PublishOutcome(
+        PublishStatus.PAUSED, epoch=paused.epoch, retry_after_s=paused.retry_after_ms / 1000, slot=paused.slot
+    )
+
+
+def _failure(code: grpc.StatusCode, message: str) -> PublishOutcome:
+    """A failed batch stored nothing: a retryable one goes back to the queue, the others fail."""
     if code in _RETRYABLE:
-        return PublishOutcome(PublishStatus.PAUSED, retry_after_s=_RETRY_AFTER_S, reason=failure.message)
-    return PublishOutcome(PublishStatus.REJECTED, reason=f"{code.name}: {failure.message}")
+        return PublishOutcome(PublishStatus.PAUSED, retry_after_s=_RETRY_AFTER_S, reason=message)
+    return PublishOutcome(PublishStatus.REJECTED, reason=f"{code.name}: {message}")
 
 
 def _status_code(number: int) -> grpc.StatusCode:
@@ -115,10 +121,19 @@ class GrpcTransport:
 
     async def publish(
         self, endpoint: str, producer_id: str, sequence: int, messages: Sequence[OutboundMessage]
-    ) -> PublishOutcome:
+    ) -> list[PublishOutcome]:
         items = [(m.key or "", m.payload, m.headers) for m in messages]
-        response = await _guard(self.data(endpoint).publish(producer_id, sequence, items), endpoint)
-        return outcome_of(response)
+        try:
+            response = await self.data(endpoint).publish(producer_id, sequence, items)
+        except BrokerCallError as error:
+            if error.code in _RETRYABLE:
+                # Unreachable, overloaded or draining: the outcome may be unknown, so the producer
+                # resends the same sequence (stored once, whatever happened).
+                raise TransportError(f"{endpoint}: {error}") from error
+            return [_failure(error.code, error.message)] * len(messages)
+        except grpc.aio.AioRpcError as error:
+            raise TransportError(f"{endpoint}: {error.code().name}") from error
+        return outcomes_of(response, len(messages))
 
     async def fetch(self, endpoint: str, request: FetchRequest) -> list[Delivery]:
         client = self.data(endpoint)

@@ -15,6 +15,7 @@ tests and tools.  The pause the slot saw (fence to resume) is returned.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +34,10 @@ class MoveReport:
     epoch: int
     paused_s: float
     inflight_at_switch: int
+    # Where the pause went: waiting for in-flight acks, copying delta and group state, switching.
+    fence_s: float = 0.0
+    copy_s: float = 0.0
+    switch_s: float = 0.0
 
 
 def moved(table: RoutingTable, slot: int, target: int) -> RoutingTable:
@@ -59,18 +64,24 @@ async def move_slot(
         raise MoveError(f"slot {slot} already belongs to shard {target}")
     source_ep, target_ep = table.endpoint(source), table.endpoint(target)
     ahead = await transport.copy_backlog(source_ep, target_ep, slot, 0)
-    fenced_at = now()
+    marks = [now()]
     inflight = await _fence(transport, source_ep, slot, now() + inflight_timeout_s, now)
+    marks.append(now())
     await transport.copy_backlog(source_ep, target_ep, slot, ahead)
     await transport.copy_group_state(source_ep, target_ep, slot)
+    marks.append(now())
     new_table = moved(table, slot, target)
     await transport.update_routing(target_ep, new_table)
     others = sorted(set(table.endpoints.values()) - {target_ep})
     await asyncio.gather(*(transport.update_routing(endpoint, new_table) for endpoint in others))
     await transport.resume(source_ep, slot)
-    paused_s = now() - fenced_at
+    marks.append(now())
     await transport.release(source_ep, slot)
-    return new_table, MoveReport(slot, source, target, new_table.epoch, paused_s, inflight)
+    fence_s, copy_s, switch_s = (b - a for a, b in itertools.pairwise(marks))
+    report = MoveReport(
+        slot, source, target, new_table.epoch, marks[-1] - marks[0], inflight, fence_s, copy_s, switch_s
+    )
+    return new_table, report
 
 
 async def _fence(

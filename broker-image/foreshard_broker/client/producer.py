@@ -273,16 +273,16 @@ class Producer:
 
     async def _send(self, lane: _Lane, endpoint: str, batch: list[_Pending]) -> None:
         lane.sequence += 1
-        outcome = await self._publish_until_answered(lane, endpoint, batch)
+        outcomes = await self._publish_until_answered(lane, endpoint, batch)
         self._inflight[endpoint] -= 1
         lane.busy = False
         self.stats.batches += 1
-        await self._settle(batch, outcome)
+        await self._settle(batch, outcomes)
         self._wake.set()
 
     async def _publish_until_answered(
         self, lane: _Lane, endpoint: str, batch: list[_Pending]
-    ) -> PublishOutcome:
+    ) -> list[PublishOutcome]:
         """Same lane, same sequence, same broker until it answers: a lost reply is never a loss."""
         messages = [p.message for p in batch]
         loop = asyncio.get_running_loop()
@@ -293,33 +293,40 @@ class Producer:
             except TransportError as error:
                 self.stats.transport_errors += 1
                 if loop.time() - batch[0].first_try > self.options.retry_budget_s:
-                    return PublishOutcome(PublishStatus.REJECTED, reason=f"broker unreachable: {error}")
+                    return [
+                        PublishOutcome(PublishStatus.REJECTED, reason=f"broker unreachable: {error}")
+                    ] * len(batch)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.options.max_backoff_s)
 
-    async def _settle(self, batch: list[_Pending], outcome: PublishOutcome) -> None:
+    async def _settle(self, batch: list[_Pending], outcomes: Sequence[PublishOutcome]) -> None:
+        """Resolve the stored messages; put the refused ones back in front of their keys' queues.
+
+        The broker refuses by slot, so a key's messages in one batch share one fate and the
+        refused ones are always a key's *oldest* unsent messages.
+        """
         now = asyncio.get_running_loop().time()
-        if outcome.status is PublishStatus.OK:
-            self._stored(batch, now)
-            self._requeue(batch, retry=[])
-            return
-        if outcome.status is PublishStatus.REJECTED:
-            for pending in batch:
-                _resolve(pending.future, PublishError(outcome.reason or "rejected by the broker"))
-            self._requeue(batch, retry=[])
-            return
-        expired = [p for p in batch if now - p.first_try > self.options.retry_budget_s]
-        for pending in expired:
-            _resolve(
-                pending.future, PublishError(f"not stored within the retry budget ({outcome.status.value})")
-            )
-        retry = [p for p in batch if p not in expired]
-        for pending in retry:
+        self._stored([p for p, o in zip(batch, outcomes, strict=True) if o.status is PublishStatus.OK], now)
+        retry: list[_Pending] = []
+        moves: list[tuple[_Pending, PublishOutcome]] = []
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if outcome.status is PublishStatus.OK:
+                continue
+            if (
+                outcome.status is PublishStatus.REJECTED
+                or now - pending.first_try > self.options.retry_budget_s
+            ):
+                reason = outcome.reason or f"not stored within the retry budget ({outcome.status.value})"
+                _resolve(pending.future, PublishError(reason))
+                continue
             pending.refused_at = pending.refused_at or now
-        if outcome.status is PublishStatus.MOVED:
-            await self._follow_move(outcome, retry, now)
-        else:
-            self._back_off(outcome, retry, now)
+            retry.append(pending)
+            if outcome.status is PublishStatus.MOVED:
+                moves.append((pending, outcome))
+            else:
+                self._back_off(pending, outcome, now)
+        if moves:
+            await self._follow_move(moves, now)
         self._requeue(batch, retry=retry)
 
     def _stored(self, batch: list[_Pending], now: float) -> None:
@@ -329,30 +336,24 @@ class Producer:
                 self.stats.stalls.append(now - pending.refused_at)
             _resolve(pending.future, None)
 
-    def _back_off(self, outcome: PublishOutcome, retry: list[_Pending], now: float) -> None:
+    def _back_off(self, pending: _Pending, outcome: PublishOutcome, now: float) -> None:
         self.stats.paused += 1
         delay = min(max(outcome.retry_after_s, 0.001), self.options.max_backoff_s)
-        for key in self._keys_of_slot(retry, outcome.slot):
-            self._backoff_until[key] = now + delay
+        key = pending.message.key or _KEYLESS
+        self._backoff_until[key] = max(self._backoff_until.get(key, 0.0), now + delay)
 
-    async def _follow_move(self, outcome: PublishOutcome, retry: list[_Pending], now: float) -> None:
-        self.stats.moved += 1
+    async def _follow_move(self, moves: list[tuple[_Pending, PublishOutcome]], now: float) -> None:
+        self.stats.moved += len(moves)
+        newest = max(moves, key=lambda move: move[1].epoch)[1]
         known = self.table.epoch if self.table is not None else 0
-        if outcome.epoch > known:
+        if newest.epoch > known:
             with contextlib.suppress(PublishError):
-                await self.refresh_routing(outcome.owner_endpoint)
+                await self.refresh_routing(newest.owner_endpoint)
         learnt = self.table.epoch if self.table is not None else 0
-        if not outcome.epoch > known or learnt < outcome.epoch:
-            # Brokers disagree while a switch propagates: resend in a moment instead of spinning.
-            for key in self._keys_of_slot(retry, outcome.slot):
-                self._backoff_until[key] = now + 0.002
-
-    def _keys_of_slot(self, retry: list[_Pending], slot: int) -> set[str]:
-        keys = {p.message.key for p in retry if p.message.key is not None}
-        table = self.table
-        if slot < 0 or table is None:
-            return keys
-        return {k for k in keys if slot_of(k, table.num_slots) == slot}
+        for pending, outcome in moves:
+            if not outcome.epoch > known or learnt < outcome.epoch:
+                # Brokers disagree while a switch propagates: resend in a moment instead of spinning.
+                self._backoff_until[pending.message.key or _KEYLESS] = now + 0.002
 
     def _requeue(self, batch: list[_Pending], retry: list[_Pending]) -> None:
         by_key: dict[str, list[_Pending]] = {}

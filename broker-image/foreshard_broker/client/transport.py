@@ -4,8 +4,8 @@ The producer and consumer speak only to :class:`Transport`.  Two implementations
 (``grpc_transport.py``, adapting the low-level broker client) and the in-memory twin (``twin.py``)
 with the same ordering, ``MOVED`` and ``PAUSED`` semantics, for fast tests and the prefetch benchmark.
 
-Publish answers with an outcome per batch (the broker stores a batch atomically), so a producer keeps
-its other batches going while it re-routes or backs off the refused one; the other calls raise
+Publish answers with one outcome per message (the broker stores what it does not refuse, and refuses
+per slot), so a producer re-routes or backs off exactly the refused keys; the other calls raise
 :class:`TransportError` when the broker cannot be reached.
 """
 
@@ -58,7 +58,7 @@ class PublishStatus(Enum):
 
 @dataclass(frozen=True)
 class PublishOutcome:
-    """The fate of one batch: batches are atomic, all of their messages are stored or none."""
+    """The fate of one message of a batch."""
 
     status: PublishStatus
     owner: int = -1
@@ -105,9 +105,11 @@ class Transport(Protocol):
 
     async def publish(
         self, endpoint: str, producer_id: str, sequence: int, messages: Sequence[OutboundMessage]
-    ) -> PublishOutcome:
-        """Store one batch atomically.  A ``sequence`` not above the last one stored for
-        ``producer_id`` on that broker is answered OK without storing (an idempotent retry)."""
+    ) -> list[PublishOutcome]:
+        """Store a batch; one outcome per message, in order.  The broker stores every message it
+        does not refuse (MOVED, PAUSED: refusals are per slot); a failed batch stores nothing.  A
+        ``sequence`` not above the last one stored for ``producer_id`` on that broker is answered
+        OK without storing (an idempotent retry)."""
         ...
 
     async def fetch(self, endpoint: str, request: FetchRequest) -> list[Delivery]: ...

@@ -4,9 +4,9 @@ It keeps the semantics the SDK relies on from the real broker (issue 3, ``proto/
 
 * per (group, key) strict order with one delivery in flight per key; redelivery after a nack or the
   ack deadline, at the front of the key's queue;
-* ownership by routing table: a batch touching a slot the shard does not own is refused whole with
-  ``MOVED``, one touching a paused slot with ``PAUSED``; fetch never delivers a paused or foreign
-  slot; batches are atomic;
+* ownership by routing table: a message of a slot the shard does not own is refused with ``MOVED``,
+  one of a paused slot with ``PAUSED``, and the rest of its batch is stored; fetch never delivers a
+  paused or foreign slot;
 * idempotent publish: a batch whose sequence is not above the producer's last stored one on *this*
   broker is answered OK without being stored (like the real broker, this memory does not move with
   a slot);
@@ -38,6 +38,7 @@ from foreshard_broker.client.transport import (
 )
 
 KEYLESS_SLOT = -1
+_STORED = PublishOutcome(PublishStatus.OK)
 
 
 @dataclass
@@ -91,29 +92,37 @@ class TwinBroker:
         self.changed = asyncio.Event()
 
     # --- data path ---------------------------------------------------------------------------
-    def publish(self, producer: str, sequence: int, messages: Sequence[OutboundMessage]) -> PublishOutcome:
-        slots = [self._slot(m.key) for m in messages]
+    def publish(
+        self, producer: str, sequence: int, messages: Sequence[OutboundMessage]
+    ) -> list[PublishOutcome]:
         if producer and sequence <= self.last_sequence.get(producer, 0):
             # Checked before ownership, like the real broker: a retry of a batch stored before the
             # slot moved away must be answered "stored", not MOVED (which would make a duplicate).
-            return PublishOutcome(PublishStatus.OK, reason="duplicate")
-        for message, slot in zip(messages, slots, strict=True):
-            if not self.owns(message.key, slot):
-                owner = self.table.owner(message.key or "", slot)
-                endpoint = self.table.endpoint(owner)
-                return PublishOutcome(PublishStatus.MOVED, owner, endpoint, self.table.epoch, slot=slot)
-        for slot in slots:
-            if slot in self.paused:
-                return PublishOutcome(
-                    PublishStatus.PAUSED, retry_after_s=0.005, epoch=self.table.epoch, slot=slot
-                )
+            return [PublishOutcome(PublishStatus.OK, reason="duplicate")] * len(messages)
+        outcomes = [self._refusal(message) for message in messages]
         if producer:  # an empty producer id opts out of de-duplication, as on the real broker
             self.last_sequence[producer] = sequence
         now = self.clock()
-        for message, slot in zip(messages, slots, strict=True):
-            self._store(Stored(message.key, message.payload, slot, next(self._offsets), now))
+        for message, outcome in zip(messages, outcomes, strict=True):
+            if outcome.status is PublishStatus.OK:
+                self._store(
+                    Stored(message.key, message.payload, self._slot(message.key), next(self._offsets), now)
+                )
         self._notify()
-        return PublishOutcome(PublishStatus.OK)
+        return outcomes
+
+    def _refusal(self, message: OutboundMessage) -> PublishOutcome:
+        slot = self._slot(message.key)
+        if not self.owns(message.key, slot):
+            owner = self.table.owner(message.key or "", slot)
+            return PublishOutcome(
+                PublishStatus.MOVED, owner, self.table.endpoint(owner), self.table.epoch, slot=slot
+            )
+        if slot in self.paused:
+            return PublishOutcome(
+                PublishStatus.PAUSED, retry_after_s=0.005, epoch=self.table.epoch, slot=slot
+            )
+        return _STORED
 
     def _store(self, stored: Stored) -> None:
         self.log[stored.offset] = stored
@@ -321,7 +330,7 @@ class TwinTransport:
 
     async def publish(
         self, endpoint: str, producer_id: str, sequence: int, messages: Sequence[OutboundMessage]
-    ) -> PublishOutcome:
+    ) -> list[PublishOutcome]:
         await self._hop("publish")
         outcome = self.network.broker(endpoint).publish(producer_id, sequence, messages)
         await self._hop("publish-reply")
