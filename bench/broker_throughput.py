@@ -9,13 +9,13 @@ directories and stopped at the end:
                          driven by redis-benchmark (C client; redis-py shown for reference)
   redis always           redis-benchmark, one client, unpipelined XADD, appendfsync always
   nats js async          JetStream file store, publish_async with 4000 acks outstanding
-  p99 at half load       Foreshard publish->ack latency of 250-message batches on one Publish
+  p99 at half load       Foreshard publish->ack latency of 1000-message batches on one Publish
                          stream, sent open-loop at half the measured batched rate to a fresh
                          broker (and again with --sync none, to separate disk from broker cost)
 
 Prints a table, then ONE JSON line (the last line). `--profile` also runs the batched case with
 the broker under cProfile and writes the top functions to bench/results/broker_profile.txt.
-Environment: BENCH_SECONDS (default 5) per measurement.
+Environment: BENCH_SECONDS (default 4) per measurement, BENCH_ROUNDS (default 3) interleaved rounds.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "broker-image"))
@@ -43,9 +44,10 @@ from foreshard_broker.testing import BrokerProcess  # noqa: E402
 
 PAYLOAD = os.urandom(128).hex().encode()  # 256 bytes
 KEYS = [f"key-{n}" for n in range(1000)]
-SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 RESULTS = ROOT / "bench" / "results"
-LATENCY_BATCH = 250  # messages per batch in the half-load latency runs
+LATENCY_BATCH = 1000  # the throughput runs' batch size: "half load" is the same workload at half rate
 
 
 def free_port() -> int:
@@ -198,11 +200,13 @@ def redis_benchmark(port: int, requests: int, clients: int, pipeline: int) -> fl
     return float(output.strip().splitlines()[-1].split('","')[1])
 
 
-async def redis_set_always(port: int) -> None:
+async def redis_configure(port: int, appendfsync: str) -> None:
+    """Switch the fsync policy; empty the database so rounds start alike."""
     import redis.asyncio as redis
 
     connection = redis.Redis(port=port)
-    await connection.config_set("appendfsync", "always")
+    await connection.config_set("appendfsync", appendfsync)
+    await connection.flushall()
     await connection.aclose()
 
 
@@ -237,34 +241,47 @@ def nats_args(port: int, directory: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------- driver
-async def measure_foreshard(work: Path, profile: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    broker = start_broker(work / "fs-group", "group")
-    try:
-        out["batched"] = await foreshard_batched(broker.endpoint, SECONDS)
-    finally:
-        broker.terminate()
-    broker = start_broker(work / "fs-latency", "group")  # fresh: not holding the run above
-    try:
-        latencies = await foreshard_latency(broker.endpoint, out["batched"] / 2, SECONDS, batch=LATENCY_BATCH)
-        out["p50_ms"], out["p99_ms"] = percentile(latencies, 0.5), percentile(latencies, 0.99)
-    finally:
-        broker.terminate()
-    broker = start_broker(work / "fs-latency-nosync", "none")  # the same without the disk: broker cost
-    try:
-        latencies = await foreshard_latency(broker.endpoint, out["batched"] / 2, SECONDS, batch=LATENCY_BATCH)
-        out["p99_nosync_ms"] = percentile(latencies, 0.99)
-    finally:
-        broker.terminate()
+async def measure_rounds(work: Path) -> dict[str, list[float]]:
+    """Interleave the systems, round after round, so a busy moment on a shared machine does not
+    land on one system only; medians are reported."""
+    samples: dict[str, list[float]] = defaultdict(list)
+    redis_port, nats_port = free_port(), free_port()
+    (work / "redis").mkdir()
+    with (
+        server(redis_args(redis_port, work / "redis"), redis_port),
+        server(nats_args(nats_port, work / "nats"), nats_port),
+    ):
+        for round_ in range(ROUNDS):
+            broker = start_broker(work / f"fs-group-{round_}", "group")
+            try:
+                samples["batched"].append(await foreshard_batched(broker.endpoint, SECONDS))
+            finally:
+                broker.terminate()
+            samples["redis_pipelined"].append(redis_benchmark(redis_port, int(150_000 * SECONDS), 4, 1000))
+            samples["nats"].append(await nats_async(nats_port, SECONDS))
+            broker = start_broker(work / f"fs-always-{round_}", "always")
+            try:
+                samples["fsync_each"].append(await foreshard_unbatched(broker.endpoint, SECONDS / 2))
+            finally:
+                broker.terminate()
+            await redis_configure(redis_port, "always")
+            samples["redis_always"].append(redis_benchmark(redis_port, int(300 * SECONDS), 1, 1))
+            await redis_configure(redis_port, "everysec")
+        samples["redis_pipelined_py"].append(await redis_pipelined(redis_port, SECONDS))
+    return samples
+
+
+async def measure_latency(work: Path, rate: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for sync in ("group", "none"):  # `none` separates the broker's own cost from the disk's
+        broker = start_broker(work / f"fs-latency-{sync}", sync)  # fresh: not holding earlier runs
+        try:
+            latencies = await foreshard_latency(broker.endpoint, rate, SECONDS, batch=LATENCY_BATCH)
+        finally:
+            broker.terminate()
+        out[f"p50_{sync}"], out[f"p99_{sync}"] = percentile(latencies, 0.5), percentile(latencies, 0.99)
     syncs = fsync_latency(work)
-    out["fsync_p50_ms"], out["fsync_p99_ms"] = percentile(syncs, 0.5), percentile(syncs, 0.99)
-    broker = start_broker(work / "fs-always", "always")
-    try:
-        out["fsync_each"] = await foreshard_unbatched(broker.endpoint, SECONDS)
-    finally:
-        broker.terminate()
-    if profile:
-        out["profile"] = await profile_batched(work)
+    out["fsync_p50"], out["fsync_p99"] = percentile(syncs, 0.5), percentile(syncs, 0.99)
     return out
 
 
@@ -284,66 +301,56 @@ async def profile_batched(work: Path) -> str:
     return str(report.relative_to(ROOT))
 
 
-async def measure_others(work: Path) -> dict[str, float]:
-    out: dict[str, float] = {}
-    port = free_port()
-    (work / "redis").mkdir()
-    with server(redis_args(port, work / "redis"), port):
-        out["redis_pipelined_py"] = await redis_pipelined(port, SECONDS)
-        out["redis_pipelined"] = redis_benchmark(port, int(130_000 * SECONDS), clients=4, pipeline=1000)
-        await redis_set_always(port)
-        out["redis_always"] = redis_benchmark(port, int(500 * SECONDS), clients=1, pipeline=1)
-    port = free_port()
-    with server(nats_args(port, work / "nats"), port):
-        out["nats"] = await nats_async(port, SECONDS)
-    return out
-
-
-def summary(fs: dict[str, Any], others: dict[str, float]) -> dict[str, float]:
+def summary(samples: dict[str, list[float]], latency: dict[str, float]) -> dict[str, float]:
+    m = {name: statistics.median(values) for name, values in samples.items()}
     return {
-        "foreshard_batched_msgs_s": round(fs["batched"]),
-        "foreshard_fsync_each_msgs_s": round(fs["fsync_each"]),
-        "redis_xadd_pipelined_msgs_s": round(others["redis_pipelined"]),
-        "redis_always_msgs_s": round(others["redis_always"]),
-        "nats_js_async_msgs_s": round(others["nats"]),
-        "ratio_batched_vs_redis": round(fs["batched"] / others["redis_pipelined"], 3),
-        "ratio_batched_vs_nats": round(fs["batched"] / others["nats"], 3),
-        "ratio_fsync_each_vs_redis_always": round(fs["fsync_each"] / others["redis_always"], 3),
-        "p99_publish_ack_ms_at_half_load": round(fs["p99_ms"], 3),
+        "foreshard_batched_msgs_s": round(m["batched"]),
+        "foreshard_fsync_each_msgs_s": round(m["fsync_each"]),
+        "redis_xadd_pipelined_msgs_s": round(m["redis_pipelined"]),
+        "redis_always_msgs_s": round(m["redis_always"]),
+        "nats_js_async_msgs_s": round(m["nats"]),
+        "ratio_batched_vs_redis": round(m["batched"] / m["redis_pipelined"], 3),
+        "ratio_batched_vs_nats": round(m["batched"] / m["nats"], 3),
+        "ratio_fsync_each_vs_redis_always": round(m["fsync_each"] / m["redis_always"], 3),
+        "p99_publish_ack_ms_at_half_load": round(latency["p99_group"], 3),
     }
 
 
-def table(result: dict[str, float], fs: dict[str, Any], others: dict[str, float]) -> str:
+def table(samples: dict[str, list[float]], latency: dict[str, float]) -> str:
     rows = [
-        ("Foreshard, batched (group fsync)", result["foreshard_batched_msgs_s"], "msgs/s"),
-        ("Foreshard, fsync per publish, 1 client", result["foreshard_fsync_each_msgs_s"], "msgs/s"),
-        ("Redis XADD pipelined, everysec (C client)", result["redis_xadd_pipelined_msgs_s"], "msgs/s"),
-        ("Redis XADD pipelined, everysec (redis-py)", round(others["redis_pipelined_py"]), "msgs/s"),
-        ("Redis XADD unpipelined, always, 1 client", result["redis_always_msgs_s"], "msgs/s"),
-        ("NATS JetStream async, file (nats-py)", result["nats_js_async_msgs_s"], "msgs/s"),
-        ("Foreshard p50 publish->ack, half load", round(fs["p50_ms"], 3), "ms"),
-        ("Foreshard p99 publish->ack, half load", result["p99_publish_ack_ms_at_half_load"], "ms"),
-        ("  same, --sync none (broker cost only)", round(fs["p99_nosync_ms"], 3), "ms"),
-        ("  disk: fdatasync of 290 kB, p50", round(fs["fsync_p50_ms"], 3), "ms"),
-        ("  disk: fdatasync of 290 kB, p99", round(fs["fsync_p99_ms"], 3), "ms"),
-        (
-            "machine load average (1 min) at the end",
-            round(os.getloadavg()[0], 2),
-            f"on {os.cpu_count()} CPUs",
-        ),
+        ("Foreshard, batched (group fsync)", "batched"),
+        ("Foreshard, fsync per publish, 1 client", "fsync_each"),
+        ("Redis XADD pipelined, everysec (C client)", "redis_pipelined"),
+        ("Redis XADD pipelined, everysec (redis-py)", "redis_pipelined_py"),
+        ("Redis XADD unpipelined, always, 1 client", "redis_always"),
+        ("NATS JetStream async, file (nats-py)", "nats"),
     ]
-    lines = [f"{'case':<46}{'value':>12}  unit", "-" * 64]
-    lines += [f"{name:<46}{value:>12,}  {unit}" for name, value, unit in rows]
+    lines = [f"{'msgs/s (median of rounds; min..max)':<46}{'median':>10}  range", "-" * 78]
+    for name, key in rows:
+        values = samples[key]
+        spread = f"{min(values):,.0f}..{max(values):,.0f}"
+        lines.append(f"{name:<46}{statistics.median(values):>10,.0f}  {spread}")
+    lines += [
+        "",
+        f"publish->ack latency, {LATENCY_BATCH}-message batches on one stream, at half the batched rate:",
+        f"  --sync group   p50 {latency['p50_group']:.2f} ms   p99 {latency['p99_group']:.2f} ms",
+        f"  --sync none    p50 {latency['p50_none']:.2f} ms   p99 {latency['p99_none']:.2f} ms  (no disk)",
+        f"  disk fdatasync of 290 kB: p50 {latency['fsync_p50']:.2f} ms   p99 {latency['fsync_p99']:.2f} ms",
+        f"rounds {ROUNDS} x {SECONDS:g} s; load average (1 min) at the end "
+        f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
+    ]
     return "\n".join(lines)
 
 
 async def run(profile: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="foreshard-bench-") as temporary:
         work = Path(temporary)
-        fs = await measure_foreshard(work, profile)
-        others = await measure_others(work)
-    result = summary(fs, others)
-    text = table(result, fs, others)
+        samples = await measure_rounds(work)
+        latency = await measure_latency(work, statistics.median(samples["batched"]) / 2)
+        if profile:
+            await profile_batched(work)
+    result = summary(samples, latency)
+    text = table(samples, latency)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "broker_throughput.txt").write_text(text + "\n")
