@@ -144,7 +144,7 @@ async def test_slots_moved_fifty_times_under_load_keep_every_keys_order_without_
         "seconds": round(elapsed, 1),
         "key_pause_ms_p50": round(percentile(stalls, 0.5), 2),
         "key_pause_ms_p99": round(percentile(stalls, 0.99), 2),
-        "messages_paused": len(stalls),
+        "key_pause_episodes": len(stalls),
         "slot_pause_ms_p50": round(statistics.median(pauses), 2),
         "slot_pause_ms_p99": round(percentile(pauses, 0.99), 2),
         "moves_with_inflight_at_switch": sum(r.inflight_at_switch > 0 for r in reports),
@@ -158,6 +158,8 @@ async def test_slots_moved_fifty_times_under_load_keep_every_keys_order_without_
         ],
     }
     print("live-move:", json.dumps(summary))
+    if report := os.environ.get("FORESHARD_LIVE_MOVE_REPORT"):
+        Path(report).write_text(json.dumps(summary, indent=2) + "\n")
     assert len(reports) == MOVES
     assert not wrong, f"{len(wrong)} keys out of order, lost or duplicated, e.g. {next(iter(wrong))}"
     assert received[0] == MESSAGES

@@ -3,7 +3,7 @@
     prepare  copy the slot's backlog ahead, while the source keeps serving
     fence    pause the slot on the source; wait (bounded) for its in-flight deliveries to be acked;
              copy the delta and the consumer-group state
-    switch   raise the routing epoch (slot -> target) on the target first, then on every other broker
+    switch   raise the routing epoch (slot -> target) on every broker
     resume   lift the source's pause (it now answers MOVED, the target serves the slot)
     drain    release the slot's data on the source
 
@@ -71,9 +71,10 @@ async def move_slot(
     await transport.copy_group_state(source_ep, target_ep, slot)
     marks.append(now())
     new_table = moved(table, slot, target)
-    await transport.update_routing(target_ep, new_table)
-    others = sorted(set(table.endpoints.values()) - {target_ep})
-    await asyncio.gather(*(transport.update_routing(endpoint, new_table) for endpoint in others))
+    # All brokers at once: each persists the table before answering, and a client that meets the
+    # two owners at different epochs just retries (MOVED at an older epoch backs off briefly).
+    everyone = sorted({*table.endpoints.values(), target_ep})
+    await asyncio.gather(*(transport.update_routing(endpoint, new_table) for endpoint in everyone))
     await transport.resume(source_ep, slot)
     marks.append(now())
     await transport.release(source_ep, slot)

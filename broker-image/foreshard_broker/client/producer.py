@@ -75,7 +75,8 @@ class ProducerStats:
     moved: int = 0
     paused: int = 0
     transport_errors: int = 0
-    # Seconds from a message's first refusal (MOVED or PAUSED) to its storage: the pause a key saw.
+    # Seconds from a key's first refused message (MOVED or PAUSED) to its storage: the pause the
+    # key saw, one sample per key and episode.
     stalls: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
 
 
@@ -218,7 +219,12 @@ class Producer:
             # While closing, re-check now and then: the last batch task may end after our wake-up.
             return 0.01 if self._closing else None
         now = asyncio.get_running_loop().time()
-        return max(0.0, min(self._backoff_until.values()) - now)
+        # Only keys waiting to be sent matter; a stale entry would make this loop spin.
+        waits = [until for key, until in self._backoff_until.items() if key in self._ready and until > now]
+        if not waits:
+            self._backoff_until = {k: u for k, u in self._backoff_until.items() if u > now}
+            return 0.01 if self._closing else None
+        return max(0.0, min(waits) - now)
 
     def _launch_batches(self) -> None:
         for endpoint, batch in self._collect_batches().items():
@@ -331,10 +337,13 @@ class Producer:
 
     def _stored(self, batch: list[_Pending], now: float) -> None:
         self.stats.stored += len(batch)
+        stalled: dict[str | None, float] = {}
         for pending in batch:
             if pending.refused_at is not None:
-                self.stats.stalls.append(now - pending.refused_at)
+                stalled.setdefault(pending.message.key, now - pending.refused_at)
             _resolve(pending.future, None)
+        # One sample per key and refusal episode (its oldest message), not one per queued message.
+        self.stats.stalls.extend(stalled.values())
 
     def _back_off(self, pending: _Pending, outcome: PublishOutcome, now: float) -> None:
         self.stats.paused += 1
