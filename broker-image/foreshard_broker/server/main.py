@@ -32,9 +32,9 @@ from foreshard_broker.server.broker import Broker
 from foreshard_broker.server.config import BrokerConfig, Limits
 from foreshard_broker.server.metrics import BrokerMetrics
 from foreshard_broker.server.probes import HttpEndpoint
+from foreshard_broker.server.registration import add_service
 from foreshard_broker.server.service import BrokerService
 from foreshard_broker.storage import SegmentLogStorage
-from foreshard_broker.wire import pb_grpc
 
 log = logging.getLogger("foreshard_broker")
 
@@ -108,10 +108,8 @@ async def serve(args: argparse.Namespace) -> int:
             ("grpc.max_send_message_length", 2 * limits.max_fetch_bytes + (1 << 20)),
         ]
     )
-    pb_grpc.add_BrokerServicer_to_server(
-        BrokerService(broker, limits.max_inflight_bytes_per_connection), server
-    )
-    pb_grpc.add_AdminServicer_to_server(AdminService(admin), server)
+    add_service(server, "Broker", BrokerService(broker, limits.max_inflight_bytes_per_connection))
+    add_service(server, "Admin", AdminService(admin))
     grpc_port = server.add_insecure_port(args.grpc_listen)
     await server.start()
     probes = HttpEndpoint(metrics.registry, lambda: _live(broker), lambda: _ready(broker))
