@@ -122,3 +122,17 @@ async def test_streamed_bad_batch_fails_alone_and_overload_is_resource_exhausted
     assert retry.stored.count == 1 and not retry.stored.duplicate, (
         "a failed batch does not consume its sequence"
     )
+
+
+async def test_a_stream_past_its_inflight_window_is_throttled_not_refused(
+    start_broker: StartBroker, clients: Clients
+) -> None:
+    process = start_broker(extra_args=["--max-inflight-bytes-per-connection", "300000"])
+    stream = clients.data(process).publish_stream()
+    batch = [(f"k{n}", b"p" * 1000) for n in range(200)]  # about 200 kB: one batch fills the window
+    for sequence in range(1, 21):
+        await stream.send(publish_request("window", sequence, batch))
+    answers = [await stream.receive() for _ in range(20)]
+    await stream.close()
+    assert [a.sequence for a in answers] == list(range(1, 21)), "answers in order"
+    assert all(a.stored.count == 200 for a in answers), "flow control delays batches, it never drops them"
