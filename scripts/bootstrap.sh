@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 
 need() { command -v "$1" >/dev/null 2>&1; }
 
-os_packages=(prometheus redis-server nats-server openssl)
+os_packages=(prometheus redis-server redis-tools nats-server openssl)
 missing=()
 need prometheus || missing+=(prometheus)
 need promtool || missing+=(prometheus)
 need redis-server || missing+=(redis-server)
+need redis-benchmark || missing+=(redis-tools)
 need nats-server || missing+=(nats-server)
 need openssl || missing+=(openssl)
 if ((${#missing[@]})); then
