@@ -171,6 +171,7 @@ class Consumer:
         self._fetches: set[asyncio.Task[None]] = set()
         self._needs: dict[str, int] = {}
         self._dry: set[str] = set()
+        self._saturated: set[str] = set()
         self._changed = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
@@ -205,6 +206,11 @@ class Consumer:
             )
         for message in self.buffer.drain():
             self.acks.nack(message.endpoint, message.delivery.receipt)
+        # Messages being processed are acked (or nacked) by their handlers: give them a moment.
+        deadline = self._now() + self.options.fetch_wait_s + 5
+        while self.buffer.held_messages > 0 and self._now() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), deadline - self._now())
         await self.acks.flush()
 
     def set_forecast(self, rate_per_s: float | None) -> None:
@@ -230,6 +236,7 @@ class Consumer:
             return  # settled twice, or never handed out: ignore rather than corrupt the counts
         message._consumer = None
         self.buffer.release(message)
+        self._saturated.discard(message.endpoint)  # an ack lets the broker deliver that key's next
         now = self._now()
         if ok:
             self.acks.ack(message.endpoint, message.delivery.receipt, now - message.handed_at, now)
@@ -313,11 +320,14 @@ class Consumer:
         share = math.ceil(room.max_messages / sharing)
         if endpoint in self._dry:
             share = min(share, self.options.concurrency)
-            if outstanding:
-                return _NOTHING
+        if outstanding and (endpoint in self._dry or endpoint in self._saturated):
+            return _NOTHING  # nothing more to get there until an answer or an ack changes that
         if outstanding and share < math.ceil(self.agent.target_messages(now) / 8):
             return _NOTHING  # wait for a worthwhile chunk rather than send many tiny fetches
-        return FetchSize(share, room.max_bytes // sharing)
+        # Reserve bytes for what the asked messages may weigh (twice the mean), not the whole
+        # room, so the pipelined fetches behind this one still have bytes to ask for.
+        expected = max(2 * share * math.ceil(self.agent.message_bytes()), 64 * 1024)
+        return FetchSize(share, min(room.max_bytes // sharing, expected))
 
     async def _fetch_loop(self, endpoint: str) -> None:
         with contextlib.suppress(TransportError):
@@ -327,20 +337,21 @@ class Consumer:
             if size.max_messages <= 0 or size.max_bytes <= 0:
                 await self._changed.wait()
                 continue
+            # Only the first fetch to a shard long-polls; the pipelined ones must not sit on their
+            # reservation while the shard has nothing more to give.
+            wait_s = 0.0 if self._outstanding.get(endpoint) else self.options.fetch_wait_s
             # Reserve before the task runs, so the next size computed here already counts it.
             self._reserved[0] += size.max_messages
             self._reserved[1] += size.max_bytes
             self._outstanding[endpoint] = self._outstanding.get(endpoint, 0) + 1
-            task = asyncio.create_task(self._fetch_once(endpoint, size))
+            task = asyncio.create_task(self._fetch_once(endpoint, size, wait_s))
             self._fetches.add(task)
             task.add_done_callback(self._fetches.discard)
         if self._fetches:
             await asyncio.gather(*list(self._fetches), return_exceptions=True)
 
-    async def _fetch_once(self, endpoint: str, size: FetchSize) -> None:
-        request = FetchRequest(
-            self.group, self.consumer_id, size.max_messages, size.max_bytes, self.options.fetch_wait_s
-        )
+    async def _fetch_once(self, endpoint: str, size: FetchSize, wait_s: float) -> None:
+        request = FetchRequest(self.group, self.consumer_id, size.max_messages, size.max_bytes, wait_s)
         started = self._now()
         try:
             deliveries = await self.transport.fetch(endpoint, request)
@@ -353,16 +364,22 @@ class Consumer:
             self._reserved[1] -= size.max_bytes
             self._outstanding[endpoint] -= 1
         now = self._now()
-        got_bytes = sum(d.size for d in deliveries)
-        self.agent.record_fetch(now, now - started, size.max_messages, len(deliveries), got_bytes)
         self._needs.pop(endpoint, None)
         if deliveries:
             self._dry.discard(endpoint)
+            self._saturated.discard(endpoint)
+        elif wait_s > 0:
+            self._dry.add(endpoint)  # a long-poll found nothing: the shard ran dry
         else:
-            self._dry.add(endpoint)
+            self._saturated.add(endpoint)  # every deliverable message is already out
+        if deliveries or wait_s > 0:
+            got_bytes = sum(d.size for d in deliveries)
+            self.agent.record_fetch(now, now - started, size.max_messages, len(deliveries), got_bytes)
         for delivery in deliveries:
             self._admit(endpoint, delivery, now)
-        self._notify()  # new messages, and the released reservation may be what a loop waits for
+        # Always: new messages, a released reservation, or a changed shard state may be what a
+        # fetch loop or a worker waits for (a missed wake-up here once stalled a consumer).
+        self._notify()
 
     def _admit(self, endpoint: str, delivery: Delivery, now: float) -> None:
         bound = self.options.prefetch.max_bytes

@@ -18,8 +18,8 @@ The buffer must cover the messages the application will consume while the next f
 * ``2 * concurrency`` covers the messages being processed plus one ready for every worker, so a
   worker never waits for a round trip.
 * The target is bounded by ``max_messages`` and by ``max_bytes`` (through the mean message size), and
-  shrinks with the demand estimate, which decays when acknowledgements slow down.  The room it
-  leaves grows at most twofold per fetch (slow start).
+  shrinks with the demand estimate, which decays when acknowledgements slow down.  The estimates
+  average their first samples plainly, so one lucky early measurement cannot flood the buffer.
 
 Using the acknowledgement rate alone would lock a starved consumer into a fraction of its capacity
 (a small buffer caps the ack rate, which keeps the buffer small); the capacity term breaks that loop.
@@ -154,7 +154,6 @@ class PrefetchAgent:
         self._size = Ewma(policy.horizon_s)
         self._forecast_rate: float | None = None
         self._backlog_seen = True
-        self.ramp = True
 
     # --- observations -------------------------------------------------------------------------
     def record_acks(self, now: float, count: int) -> None:
@@ -236,10 +235,6 @@ class PrefetchAgent:
         """The next fetch's size, given what is already held or reserved for fetches in flight."""
         room_bytes = self.policy.max_bytes - held_bytes
         room_messages = self.target_messages(now) - held_messages
-        if self.ramp:
-            # Slow start: at most double what is held per step, so a noisy early estimate cannot
-            # fill the whole budget in one fetch.
-            room_messages = min(room_messages, max(held_messages, 2 * self.concurrency))
         if room_messages <= 0 or room_bytes <= 0:
             return FetchSize(0, 0)
         return FetchSize(room_messages, room_bytes)
@@ -251,7 +246,6 @@ class FixedPrefetch(PrefetchAgent):
     def __init__(self, policy: PrefetchPolicy, count: int, concurrency: int = 1) -> None:
         super().__init__(policy, concurrency)
         self.count = count
-        self.ramp = False
 
     def target_messages(self, now: float) -> int:
         by_bytes = int(self.policy.max_bytes // self.message_bytes())
