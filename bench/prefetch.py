@@ -164,15 +164,27 @@ async def run_cell(round_trip_ms: int, shape: str, fixed: int | None, seed: int 
     for consumer in consumers:
         await consumer.close()
     await asyncio.gather(*runners)
+    return make_cell(round_trip_ms, shape, fixed, latencies, last_done[0] - start, samples)
+
+
+def make_cell(
+    round_trip_ms: int,
+    shape: str,
+    fixed: int | None,
+    latencies: list[float],
+    makespan: float,
+    samples: list[int],
+) -> Cell:
     latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)]
     return Cell(
         round_trip_ms,
         shape,
         "adaptive" if fixed is None else str(fixed),
-        round(len(latencies) / max(last_done[0] - start, 1e-9), 1),
+        round(len(latencies) / max(makespan, 1e-9), 1),
         round(sum(samples) / max(len(samples), 1), 1),
         max(samples, default=0),
-        round(1000 * latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)], 2),
+        round(1000 * p99, 2),
         len(latencies),
     )
 

@@ -17,11 +17,12 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from foreshard_broker.client.consumer import Consumer, ConsumerOptions, Message
+from foreshard_broker.client.consumer import Consumer, ConsumerOptions, Handler, Message
 from foreshard_broker.client.grpc_transport import GrpcTransport
 from foreshard_broker.client.mover import MoveReport, move_slot
 from foreshard_broker.client.prefetch import PrefetchPolicy
@@ -93,28 +94,60 @@ async def move_while_publishing(
     return reports
 
 
-async def test_slots_moved_fifty_times_under_load_keep_every_keys_order_without_loss_or_duplicates(
-    brokers: list[BrokerProcess], transport: GrpcTransport
-) -> None:
-    endpoints = [b.endpoint for b in brokers]
-    table = await transport.routing(endpoints[0])
-    delivered: dict[str, list[int]] = defaultdict(list)
-    received = [0]
+def summarise(
+    reports: list[MoveReport], producers: list[Producer], delivered: int, seconds: float
+) -> dict[str, Any]:
+    """What the run cost: the pause every move imposed on its slot, and where it went."""
+    stalls = [s * 1000 for p in producers for s in p.stats.stalls]
+    pauses = [r.paused_s * 1000 for r in reports]
 
-    async def handle(message: Message) -> None:
-        assert message.key is not None
-        delivered[message.key].append(int(message.payload))
-        received[0] += 1
+    def p50_max(values: list[float]) -> list[float]:
+        return [round(percentile(values, q), 2) for q in (0.5, 1.0)]
 
+    return {
+        "messages": MESSAGES,
+        "keys": KEYS,
+        "moves": len(reports),
+        "delivered": delivered,
+        "seconds": round(seconds, 1),
+        "slot_pause_ms_p50": round(statistics.median(pauses), 2),
+        "slot_pause_ms_p99": round(percentile(pauses, 0.99), 2),
+        "slot_pause_ms_max": round(max(pauses), 2),
+        # Seen by producers: keys refused (PAUSED / MOVED) during a move, first refusal to stored.
+        "key_pause_ms_p50": round(percentile(stalls, 0.5), 2),
+        "key_pause_ms_p99": round(percentile(stalls, 0.99), 2),
+        "key_pause_episodes": len(stalls),
+        "moves_with_inflight_at_switch": sum(r.inflight_at_switch > 0 for r in reports),
+        "fence_ms_p50_max": p50_max([r.fence_s * 1000 for r in reports]),
+        "copy_ms_p50_max": p50_max([r.copy_s * 1000 for r in reports]),
+        "switch_ms_p50_max": p50_max([r.switch_s * 1000 for r in reports]),
+    }
+
+
+async def start_consumers(transport: GrpcTransport, endpoints: list[str], handler: Handler) -> list[Consumer]:
     options = ConsumerOptions(concurrency=16, routing_refresh_s=0.5)
     consumers = [
         Consumer(transport, endpoints, "live", f"c{i}", options, CollectorRegistry()) for i in range(2)
     ]
     for consumer in consumers:
         await consumer.start()
+    return consumers
+
+
+async def test_slots_moved_fifty_times_under_load_keep_every_keys_order_without_loss_or_duplicates(
+    brokers: list[BrokerProcess], transport: GrpcTransport
+) -> None:
+    endpoints = [b.endpoint for b in brokers]
+    table = await transport.routing(endpoints[0])
+    delivered: dict[str, list[int]] = defaultdict(list)
+
+    async def handle(message: Message) -> None:
+        assert message.key is not None
+        delivered[message.key].append(int(message.payload))
+
+    consumers = await start_consumers(transport, endpoints, handle)
     runners = [asyncio.create_task(c.run(handle)) for c in consumers]
-    started = time.monotonic()
-    published = [0]
+    started, published = time.monotonic(), [0]
     keys = [f"key-{k}" for k in range(KEYS)]
     async with Producer(transport, endpoints) as first, Producer(transport, endpoints) as second:
         halves = await asyncio.gather(
@@ -122,48 +155,24 @@ async def test_slots_moved_fifty_times_under_load_keep_every_keys_order_without_
             publish_all(second, keys[KEYS // 2 :], MESSAGES - MESSAGES // 2, published),
             move_while_publishing(transport, table, published, random.Random(4)),
         )
-    sent = {**halves[0], **halves[1]}
-    reports = halves[2]
+    sent, reports = {**halves[0], **halves[1]}, halves[2]
     deadline = time.monotonic() + 120
-    while received[0] < MESSAGES and time.monotonic() < deadline:
+    while sum(map(len, delivered.values())) < MESSAGES and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)  # anything arriving now would be a duplicate
     for consumer in consumers:
         await consumer.close()
     await asyncio.gather(*runners)
-    elapsed = time.monotonic() - started
-
-    wrong = {k: v for k, v in delivered.items() if v != list(range(sent[k]))}
-    stalls = [s * 1000 for p in (first, second) for s in p.stats.stalls]
-    pauses = [r.paused_s * 1000 for r in reports]
-    summary = {
-        "messages": MESSAGES,
-        "keys": KEYS,
-        "moves": len(reports),
-        "delivered": received[0],
-        "seconds": round(elapsed, 1),
-        "key_pause_ms_p50": round(percentile(stalls, 0.5), 2),
-        "key_pause_ms_p99": round(percentile(stalls, 0.99), 2),
-        "key_pause_episodes": len(stalls),
-        "slot_pause_ms_p50": round(statistics.median(pauses), 2),
-        "slot_pause_ms_p99": round(percentile(pauses, 0.99), 2),
-        "moves_with_inflight_at_switch": sum(r.inflight_at_switch > 0 for r in reports),
-        "slot_pause_ms_max": round(max(pauses), 2),
-        "fence_ms_p50_max": [
-            round(percentile([r.fence_s * 1000 for r in reports], q), 2) for q in (0.5, 1.0)
-        ],
-        "copy_ms_p50_max": [round(percentile([r.copy_s * 1000 for r in reports], q), 2) for q in (0.5, 1.0)],
-        "switch_ms_p50_max": [
-            round(percentile([r.switch_s * 1000 for r in reports], q), 2) for q in (0.5, 1.0)
-        ],
-    }
+    received = sum(map(len, delivered.values()))
+    summary = summarise(reports, [first, second], received, time.monotonic() - started)
     print("live-move:", json.dumps(summary))
     if report := os.environ.get("FORESHARD_LIVE_MOVE_REPORT"):
         Path(report).write_text(json.dumps(summary, indent=2) + "\n")
+
+    wrong = {k: v for k, v in delivered.items() if v != list(range(sent[k]))}
     assert len(reports) == MOVES
     assert not wrong, f"{len(wrong)} keys out of order, lost or duplicated, e.g. {next(iter(wrong))}"
-    assert received[0] == MESSAGES
-    assert sum(sent.values()) == MESSAGES
+    assert received == MESSAGES == sum(sent.values())
 
 
 async def test_the_prefetch_buffer_stays_within_its_byte_bound_under_a_producer_burst(
