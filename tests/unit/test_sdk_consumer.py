@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -209,3 +210,37 @@ async def test_moving_a_slot_to_its_own_owner_is_refused() -> None:
     table = network.broker("twin-0").table
     with pytest.raises(MoveError):
         await move_slot(TwinTransport(network), table, 0, table.slot_owners[0])
+
+
+async def test_two_consumers_share_a_burst_over_pipelined_fetches_without_stalling() -> None:
+    # Pipelined fetches (one long-poll, the others answering at once, often empty while every key's
+    # head is out) must keep both members of the group busy until the burst is drained.
+    network = TwinNetwork(shards=2, num_slots=64)
+    transport = TwinTransport(network, round_trip_s=0.01)
+    counts = {"c0": 0, "c1": 0}
+    options = ConsumerOptions(concurrency=4)
+    consumers = [
+        Consumer(transport, network.endpoints, "g", name, options, CollectorRegistry()) for name in counts
+    ]
+    for consumer in consumers:
+        await consumer.start()
+
+    def handler_for(name: str) -> Callable[[Message], Awaitable[None]]:
+        async def handle(message: Message) -> None:
+            counts[name] += 1
+            await asyncio.sleep(0.002)
+
+        return handle
+
+    runners = [asyncio.create_task(c.run(handler_for(c.consumer_id))) for c in consumers]
+    async with Producer(transport, network.endpoints) as producer:
+        for i in range(3000):
+            producer.send(f"k{i}", b"x")
+    deadline = asyncio.get_running_loop().time() + 20
+    while sum(counts.values()) < 3000 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    for consumer in consumers:
+        await consumer.close()
+    await asyncio.gather(*runners)
+    assert sum(counts.values()) == 3000
+    assert min(counts.values()) > 3000 // 4
