@@ -31,9 +31,8 @@ import asyncio
 import json
 import math
 import random
-import selectors
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from foreshard_broker.client.consumer import Consumer, ConsumerOptions, Message
 from foreshard_broker.client.prefetch import PrefetchPolicy
 from foreshard_broker.client.transport import OutboundMessage, slot_of
 from foreshard_broker.client.twin import TwinNetwork, TwinTransport
+from foreshard_broker.client.virtual_clock import run_virtual
 
 FIXED = (1, 10, 100, 300, 1000)
 ROUND_TRIPS_MS = (1, 10, 50)
@@ -51,40 +51,6 @@ SHAPES = ("constant", "exponential", "bursty")
 CONSUMERS, WORKERS, MEAN_PROCESSING_S = 2, 4, 0.002
 KEYS, SHARDS, SLOTS = 20000, 2, 256
 ARRIVAL_RATE, BURST, BURST_EVERY_S, DURATION_S, WARM_UP_S = 600.0, 5000, 2.5, 3.0, 0.5
-
-
-class _VirtualSelector:
-    """Wraps a real selector: a wait for `timeout` becomes an instant jump of the virtual clock."""
-
-    def __init__(self, inner: selectors.BaseSelector, loop: VirtualClockLoop) -> None:
-        self._inner, self._loop = inner, loop
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        ready = self._inner.select(0)
-        if not ready and timeout is not None and timeout > 0:
-            self._loop.virtual_now += timeout
-        return ready
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-class VirtualClockLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        super().__init__()
-        self.virtual_now = 0.0
-        self._selector = _VirtualSelector(self._selector, self)  # type: ignore[has-type,arg-type]
-
-    def time(self) -> float:
-        return self.virtual_now
-
-
-def run_virtual(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    loop = VirtualClockLoop()
-    try:
-        return loop.run_until_complete(factory())
-    finally:
-        loop.close()
 
 
 def processing_times(shape: str, rng: random.Random) -> Callable[[], float]:

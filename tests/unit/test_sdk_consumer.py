@@ -14,7 +14,9 @@ from foreshard_broker.client.consumer import Consumer, ConsumerOptions, Message
 from foreshard_broker.client.mover import MoveError, move_slot
 from foreshard_broker.client.prefetch import PrefetchPolicy
 from foreshard_broker.client.producer import Producer
+from foreshard_broker.client.transport import OutboundMessage, slot_of
 from foreshard_broker.client.twin import TwinNetwork, TwinTransport
+from foreshard_broker.client.virtual_clock import run_virtual
 
 pytestmark = pytest.mark.unit
 
@@ -244,3 +246,48 @@ async def test_two_consumers_share_a_burst_over_pipelined_fetches_without_stalli
     await asyncio.gather(*runners)
     assert sum(counts.values()) == 3000
     assert min(counts.values()) > 3000 // 4
+
+
+def test_a_burst_after_a_quiet_spell_is_shared_by_both_consumers_of_a_group() -> None:
+    # The prefetch benchmark's workload on a virtual clock (deterministic, under a second of CPU):
+    # after a quiet spell the agent must grow the pipeline again, in both members of the group.
+    async def scenario() -> dict[str, int]:
+        loop = asyncio.get_running_loop()
+        network = TwinNetwork(shards=2, num_slots=256)
+        transport = TwinTransport(network, round_trip_s=0.01)
+        counts = {"c0": 0, "c1": 0}
+        consumers = [
+            Consumer(
+                transport, network.endpoints, "g", name, ConsumerOptions(concurrency=4), CollectorRegistry()
+            )
+            for name in counts
+        ]
+
+        def handler_for(name: str) -> Callable[[Message], Awaitable[None]]:
+            async def handle(message: Message) -> None:
+                counts[name] += 1
+                await asyncio.sleep(0.002)
+
+            return handle
+
+        for consumer in consumers:
+            await consumer.start()
+        runners = [asyncio.create_task(c.run(handler_for(c.consumer_id))) for c in consumers]
+        rng = random.Random(1)
+        table = network.broker("twin-0").table
+        for i in range(5000 + 1800):  # a quiet 600/s, a 5000-message burst at 0.5 s, quiet again
+            key = f"key-{rng.randrange(20000)}"
+            endpoint = table.endpoint(table.owner(key, slot_of(key, 256)))
+            network.brokers[endpoint].publish("", 0, [OutboundMessage(key, b"x" * 256)])
+            if not 300 <= i < 5300:
+                await asyncio.sleep(rng.expovariate(600))
+        while sum(counts.values()) < 6800 and loop.time() < 30:
+            await asyncio.sleep(0.05)
+        for consumer in consumers:
+            await consumer.close()
+        await asyncio.gather(*runners)
+        return counts
+
+    counts = run_virtual(scenario)
+    assert sum(counts.values()) == 6800
+    assert min(counts.values()) > 6800 // 4
