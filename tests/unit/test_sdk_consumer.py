@@ -14,7 +14,7 @@ from foreshard_broker.client.consumer import Consumer, ConsumerOptions, Message
 from foreshard_broker.client.mover import MoveError, move_slot
 from foreshard_broker.client.prefetch import PrefetchPolicy
 from foreshard_broker.client.producer import Producer
-from foreshard_broker.client.transport import OutboundMessage, slot_of
+from foreshard_broker.client.transport import Delivery, FetchRequest, OutboundMessage, RoutingTable, slot_of
 from foreshard_broker.client.twin import TwinNetwork, TwinTransport
 from foreshard_broker.client.virtual_clock import run_virtual
 
@@ -291,3 +291,36 @@ def test_a_burst_after_a_quiet_spell_is_shared_by_both_consumers_of_a_group() ->
     counts = run_virtual(scenario)
     assert sum(counts.values()) == 6800
     assert min(counts.values()) > 6800 // 4
+
+
+class CountingTwin(TwinTransport):
+    """Counts fetches per endpoint."""
+
+    def __init__(self, network: TwinNetwork) -> None:
+        super().__init__(network)
+        self.fetches: dict[str, int] = defaultdict(int)
+
+    async def fetch(self, endpoint: str, request: FetchRequest) -> list[Delivery]:
+        self.fetches[endpoint] += 1
+        return await super().fetch(endpoint, request)
+
+
+async def test_a_shard_removed_from_the_routing_table_is_no_longer_fetched_from() -> None:
+    network = TwinNetwork(shards=2, num_slots=16)
+    transport = CountingTwin(network)
+    options = ConsumerOptions(routing_refresh_s=0.01, fetch_wait_s=0.02)
+    consumer = Consumer(transport, network.endpoints, "g", options=options, registry=CollectorRegistry())
+    await consumer.start()
+    await asyncio.sleep(0.05)
+    assert transport.fetches["twin-1"] > 0
+    old = network.broker("twin-0").table
+    shrunk = RoutingTable(old.epoch + 1, old.num_slots, (0,) * old.num_slots, {}, {0: "twin-0"})
+    for broker in network.brokers.values():
+        broker.set_table(shrunk)
+    await asyncio.sleep(0.1)  # a refresh, and the long-poll in flight then ends
+    removed, stayed = transport.fetches["twin-1"], transport.fetches["twin-0"]
+    await asyncio.sleep(0.2)
+    await consumer.close()
+    assert sorted(consumer._loops) == ["twin-0"]
+    assert transport.fetches["twin-1"] == removed
+    assert transport.fetches["twin-0"] > stayed

@@ -172,6 +172,7 @@ class Consumer:
         self._needs: dict[str, int] = {}
         self._dry: set[str] = set()
         self._saturated: set[str] = set()
+        self._retired: set[str] = set()
         self._changed = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
@@ -284,9 +285,16 @@ class Consumer:
                 self.table = table
             break
         known = sorted(self.table.endpoints.values()) if self.table else []
+        # A shard gone from the table (scaled in, after the operator moved its slots away) is no
+        # longer fetched from; its loop ends after the fetch it may have in flight.
+        for endpoint in [e for e in self._loops if known and e not in known]:
+            del self._loops[endpoint]
+            self._retired.add(endpoint)
+            self._notify()
         # A standalone broker (no routing pushed yet) has a table without endpoints: the bootstrap.
         for endpoint in known or self.bootstrap:
             if endpoint not in self._loops:
+                self._retired.discard(endpoint)
                 self._loops[endpoint] = asyncio.create_task(self._fetch_loop(endpoint))
 
     async def _supervise(self) -> None:
@@ -332,7 +340,7 @@ class Consumer:
     async def _fetch_loop(self, endpoint: str) -> None:
         with contextlib.suppress(TransportError):
             await self.transport.create_group(endpoint, self.group)
-        while not self._closing:
+        while not self._closing and endpoint not in self._retired:
             size = self._fetch_size(endpoint)
             if size.max_messages <= 0 or size.max_bytes <= 0:
                 await self._changed.wait()
