@@ -69,9 +69,57 @@ def main() -> int:
         for future in futures:
             rows.append(future.result())
             print(
-                f"done {rows[-1]['queue']} lead {rows[-1]['lead_s']:g}s in {rows[-1]['seconds']}s",
-                file=sys.stderr,
+                f"done {rows[-1]['queue']} lead {rows[-1]['lead_s']:g}s: {ratios(rows[-1:])}", file=sys.stderr
             )
+    print_table(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "simulate_compare.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot_curves(rows)
+    (RESULTS / "simulate_compare.md").write_text(markdown(rows))
+    summary = {"seconds": round(time.perf_counter() - started, 1), "all_pass": all(r["pass"] for r in rows)}
+    print(json.dumps({**summary, "ratios": ratios(rows)}))
+    return 0
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    names = (
+        "violation_ratio_vs_reactive_hpa",
+        "shard_hours_ratio_vs_reactive_hpa",
+        "scale_events_ratio_vs_reactive_hpa",
+    )
+    return {
+        f"{r['queue']}@{r['lead_s']:g}s": {k: (round(r[k], 3) if r[k] is not None else None) for k in names}
+        for r in rows
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The comparison table for docs: ratios, then every policy's curve per queue and lead."""
+    lines = [
+        "| queue | lead | violation ratio | shard-hours ratio | scale-events ratio | targets met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [_cell(row[k], 1).strip() for k in ratios([row])[f"{row['queue']}@{row['lead_s']:g}s"]]
+        met = "yes" if row["pass"] else "no"
+        lines.append(f"| {row['queue']} | {row['lead_s']:g} s | {' | '.join(cells)} | {met} |")
+    lines += [
+        "",
+        "| queue | lead | policy | knob: (shard-hours, violation minutes, scale events) |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        for name, points in row["policies"].items():
+            curve = "; ".join(
+                f"{p['knob']:g}: ({p['shard_hours']:.0f}, {p['slo_violation_minutes']:g}, "
+                f"{p['scale_events']})"
+                for p in points
+            )
+            lines.append(f"| {row['queue']} | {row['lead_s']:g} s | {name} | {curve} |")
+    return "\n".join(lines) + "\n"
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'queue':10s} {'lead':>5s} {'viol.ratio':>10s} {'sh.ratio':>9s} {'events':>7s}  pass")
     for row in rows:
         row["pass"] = verdict(row)
@@ -80,30 +128,6 @@ def main() -> int:
             f"{_cell(row['shard_hours_ratio_vs_reactive_hpa'], 9)} "
             f"{_cell(row['scale_events_ratio_vs_reactive_hpa'], 7)}  {'yes' if row['pass'] else 'NO'}"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "simulate_compare.json").write_text(json.dumps(rows, indent=1) + "\n")
-    plot_curves(rows)
-    summary = {
-        f"{r['queue']}@{r['lead_s']:g}s": {
-            k: (round(r[k], 3) if r[k] is not None else None)
-            for k in (
-                "violation_ratio_vs_reactive_hpa",
-                "shard_hours_ratio_vs_reactive_hpa",
-                "scale_events_ratio_vs_reactive_hpa",
-            )
-        }
-        for r in rows
-    }
-    print(
-        json.dumps(
-            {
-                "seconds": round(time.perf_counter() - started, 1),
-                "all_pass": all(r["pass"] for r in rows),
-                "ratios": summary,
-            }
-        )
-    )
-    return 0
 
 
 def plot_curves(rows: list[dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ from foreshard.core.series import Series
 from foreshard.core.simulation.compare import (
     FAILED,
     Point,
+    make_policy,
     report,
     shard_hours_for,
     sweep,
@@ -23,7 +24,14 @@ from foreshard.core.simulation.compare import (
 from foreshard.core.simulation.engine import SimConfig, Trajectory, balanced_moves, oldest_age, simulate
 from foreshard.core.simulation.envelope import envelope, seasonal_forecasts
 from foreshard.core.simulation.hpa import Behavior, Hpa, Stabilizer, raw_desired, scale_up_limit
-from foreshard.core.simulation.policies import Envelope, PredictivePolicy, ReactiveHpa, StaticPeak
+from foreshard.core.simulation.policies import (
+    Envelope,
+    Observation,
+    Policy,
+    PredictivePolicy,
+    ReactiveHpa,
+    StaticPeak,
+)
 from foreshard.core.simulation.workload import Workload, workload_from_series
 from foreshard.traces import write_series
 
@@ -197,3 +205,32 @@ def test_simulate_one_policy_with_a_plot(tmp_path: Path, capsys: pytest.CaptureF
     body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert body["capacity"] == 5.0 and body["slo_s"] == 45.0
     assert list(body["policies"]) == ["reactive-hpa"]
+
+
+class NeverQuiet:
+    """Delegates to a policy but never vouches for a quiet stretch: the step-by-step reference."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy, self.name, self.knob = policy, policy.name, policy.knob
+
+    def initial_replicas(self, rate: float) -> int:
+        return self.policy.initial_replicas(rate)
+
+    def decide(self, step: int, obs: Observation) -> int:
+        return self.policy.decide(step, obs)
+
+    def quiet(self, step: int, obs: Observation, last: int) -> int:
+        return step
+
+
+@pytest.mark.parametrize("name", ["predictive", "reactive-hpa", "keda-lag", "static-peak"])
+def test_skipping_quiet_stretches_gives_the_same_replay_as_every_step(name: str) -> None:
+    workload = workload_from_series("q", [daily_ramp(days=2, step=300.0)])
+    config = SimConfig(10.0, lead_s=120.0)
+    table = seasonal_forecasts(workload.trace_counts, workload.trace_step_s, 40, 0.75)
+    plan = envelope(workload, table, config.lead_s, 3 * 3600.0)
+    fast = simulate(workload, make_policy(name, 0.8, workload, config, plan), config)
+    slow = simulate(workload, NeverQuiet(make_policy(name, 0.8, workload, config, plan)), config)
+    assert fast.summary() == slow.summary()
+    assert np.array_equal(fast.trajectory.replicas, slow.trajectory.replicas)
+    assert np.array_equal(fast.trajectory.served, slow.trajectory.served)

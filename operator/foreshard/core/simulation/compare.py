@@ -29,7 +29,8 @@ from foreshard.core.simulation.workload import Workload
 
 HPA_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)  # target utilisation
 KEDA_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)  # lag threshold per replica, in units of capacity x one sync
-PREDICTIVE_GRID = (0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)  # planning load factor (1 / (1 + headroom))
+# planning load factor (1 / (1 + headroom)); above 1 ever more frugal
+PREDICTIVE_GRID = (0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0)
 STATIC_GRID = (0.9, 0.99, 1.0)  # quantile of the trace's rate
 PLANNING_HORIZON_S = 10_800.0  # the forecast window a plan covers: one step per daily ramp
 PLANNING_QUANTILE = 0.75
@@ -71,14 +72,16 @@ def grid_of(name: str) -> tuple[float, ...]:
 def sweep(
     workload: Workload,
     config: SimConfig,
-    envelope: Envelope,
+    envelope: Envelope | Callable[[float], Envelope],
     policies: Sequence[str] = POLICIES,
     progress: Callable[[str, float, SimResult], None] | None = None,
 ) -> dict[str, list[SimResult]]:
+    """Every policy over its grid; `envelope` may depend on the predictive knob."""
     results: dict[str, list[SimResult]] = {}
     for name in policies:
         for knob in grid_of(name):
-            result = simulate(workload, make_policy(name, knob, workload, config, envelope), config)
+            plan = envelope(knob) if callable(envelope) else envelope
+            result = simulate(workload, make_policy(name, knob, workload, config, plan), config)
             results.setdefault(name, []).append(result)
             if progress is not None:
                 progress(name, knob, result)

@@ -88,6 +88,10 @@ class _Fleet:
         self._slots = slots
         self._starting: deque[tuple[int, int]] = deque()
 
+    @property
+    def settled(self) -> bool:
+        return not self._starting
+
     def become_ready(self, step: int) -> int:
         """Moves made as pods due by `step` take their slots."""
         before = self.ready
@@ -113,46 +117,87 @@ class _Fleet:
         return balanced_moves(self._slots, before, self.ready) if surplus else 0
 
 
-def simulate(workload: Workload, policy: Policy, config: SimConfig) -> SimResult:
-    dt = workload.step_s
-    arrivals = workload.arrivals
-    first_rate = float(arrivals[0]) / dt if len(arrivals) else 0.0
-    fleet = _Fleet(policy.initial_replicas(first_rate), math.ceil(config.lead_s / dt - 1e-9), config.slots)
-    steps = len(arrivals)
-    served, backlog_at = np.zeros(steps), np.zeros(steps)
-    replicas_at, ready_at = np.zeros(steps), np.zeros(steps)
-    backlog, events, moves, lost = 0.0, 0, 0, 0.0
-    obs = Observation(fleet.replicas, fleet.ready, 0.0, 0.0, 0.0)
-    per_move = config.pause_per_move_s / config.slots
-    for step, arrived in enumerate(arrivals.tolist()):
-        moved = fleet.become_ready(step)
-        moves += moved
-        lost += moved * per_move * fleet.ready * config.capacity
-        service = max(fleet.ready * config.capacity * dt - lost, 0.0)
-        lost = max(lost - fleet.ready * config.capacity * dt, 0.0)
-        done = min(backlog + arrived, service)
-        backlog += arrived - done
-        served[step], backlog_at[step] = done, backlog
-        replicas_at[step], ready_at[step] = fleet.replicas, fleet.ready
-        obs.replicas, obs.ready, obs.backlog = fleet.replicas, fleet.ready, backlog
+class _Replay:
+    """The mutable state of one replay; `run` advances it step by step, skipping quiet stretches.
+
+    A stretch is quiet when nothing waits, no pod is starting, no pause is pending, the arrivals
+    stay those of the current trace step and the policy vouches (`Policy.quiet`) that it would
+    keep answering the same replicas: every step of it would repeat the last one exactly.
+    """
+
+    def __init__(self, workload: Workload, policy: Policy, config: SimConfig) -> None:
+        self.workload, self.policy, self.config = workload, policy, config
+        dt, steps = workload.step_s, len(workload.arrivals)
+        first_rate = float(workload.arrivals[0]) / dt if steps else 0.0
+        lead_steps = math.ceil(config.lead_s / dt - 1e-9)
+        self.fleet = _Fleet(policy.initial_replicas(first_rate), lead_steps, config.slots)
+        self.served, self.backlog_at = np.zeros(steps), np.zeros(steps)
+        self.replicas_at, self.ready_at = np.zeros(steps), np.zeros(steps)
+        self.backlog, self.events, self.moves, self.lost = 0.0, 0, 0, 0.0
+        self.obs = Observation(self.fleet.replicas, self.fleet.ready, 0.0, 0.0, 0.0)
+
+    def _account(self, moved: int) -> None:
+        self.moves += moved
+        self.lost += (
+            moved * self.config.pause_per_move_s / self.config.slots * self.fleet.ready * self.config.capacity
+        )
+
+    def step(self, step: int, arrived: float) -> bool:
+        """One step; True when it ended quiet (nothing waiting, nothing starting, no change)."""
+        fleet, dt = self.fleet, self.workload.step_s
+        self._account(fleet.become_ready(step))
+        budget = fleet.ready * self.config.capacity * dt
+        done = min(self.backlog + arrived, max(budget - self.lost, 0.0))
+        self.lost = max(self.lost - budget, 0.0)
+        self.backlog += arrived - done
+        self.served[step], self.backlog_at[step] = done, self.backlog
+        self.replicas_at[step], self.ready_at[step] = fleet.replicas, fleet.ready
+        obs = self.obs
+        obs.replicas, obs.ready, obs.backlog = fleet.replicas, fleet.ready, self.backlog
         obs.arrival_rate, obs.served_rate = arrived / dt, done / dt
-        wanted = policy.decide(step, obs)
+        wanted = self.policy.decide(step, obs)
         if wanted != fleet.replicas:
-            events += 1
-            moved = fleet.scale(step + 1, wanted)
-            moves += moved
-            lost += moved * per_move * fleet.ready * config.capacity
-    trajectory = Trajectory(arrivals, served, backlog_at, replicas_at, ready_at)
-    return SimResult(
-        policy=policy.name,
-        knob=policy.knob,
-        slo_violation_minutes=violation_minutes(trajectory, dt, config.slo_s),
-        shard_hours=float(replicas_at.sum() * dt / 3600.0),
-        scale_events=events,
-        moves=moves,
-        max_pause_s=config.pause_per_move_s if moves else 0.0,
-        trajectory=trajectory,
-    )
+            self.events += 1
+            self._account(fleet.scale(step + 1, wanted))
+            return False
+        return done == arrived and self.backlog == 0.0 and self.lost == 0.0 and fleet.settled
+
+    def run(self) -> None:
+        arrivals = self.workload.arrivals.tolist()
+        substeps, step = self.workload.substeps, 0
+        while step < len(arrivals):
+            if not self.step(step, arrivals[step]):
+                step += 1
+                continue
+            last_same = min((step // substeps + 1) * substeps, len(arrivals)) - 1
+            quiet_until = self.policy.quiet(step, self.obs, last_same) if last_same > step else step
+            if quiet_until > step:
+                span = slice(step + 1, quiet_until + 1)
+                self.served[span], self.backlog_at[span] = arrivals[step], 0.0
+                self.replicas_at[span], self.ready_at[span] = self.fleet.replicas, self.fleet.ready
+            step = quiet_until + 1
+
+    def result(self) -> SimResult:
+        trajectory = Trajectory(
+            self.workload.arrivals, self.served, self.backlog_at, self.replicas_at, self.ready_at
+        )
+        dt = self.workload.step_s
+        return SimResult(
+            policy=self.policy.name,
+            knob=self.policy.knob,
+            slo_violation_minutes=violation_minutes(trajectory, dt, self.config.slo_s),
+            shard_hours=float(self.replicas_at.sum() * dt / 3600.0),
+            scale_events=self.events,
+            moves=self.moves,
+            max_pause_s=self.config.pause_per_move_s if self.moves else 0.0,
+            trajectory=trajectory,
+        )
+
+
+def simulate(workload: Workload, policy: Policy, config: SimConfig) -> SimResult:
+    replay = _Replay(workload, policy, config)
+    replay.run()
+    return replay.result()
 
 
 def oldest_age(trajectory: Trajectory, step_s: float) -> FloatArray:

@@ -16,7 +16,7 @@ Two sources, both causal (a step only sees trace steps completed before it):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -74,20 +74,29 @@ def forecaster_forecasts(
     quantile: float,
     cadence_steps: int,
     min_history_steps: int,
-    progress: Callable[[int, int], None] | None = None,
+    lookback_steps: int = 4 * 7 * 48,
 ) -> FloatArray:
-    """The same table from an injected forecaster, called every `cadence_steps` origins."""
+    """The same table from an injected forecaster, called every `cadence_steps` origins.
+
+    Between calls the last answer is reused, shifted by the steps elapsed; each call sees at most
+    `lookback_steps` of history, as the operator's Prometheus lookback would.
+    """
     steps = len(history)
     table = np.full((steps + 1, horizon_steps), np.nan)
-    origins = range(min_history_steps, steps + 1, max(cadence_steps, 1))
-    for done, origin in enumerate(origins):
-        past = Series(history.key, history.start_s, history.step_s, history.values[:origin])
+    for origin in range(min_history_steps, steps + 1, max(cadence_steps, 1)):
+        first = max(0, origin - lookback_steps)
+        past = Series(
+            history.key,
+            history.start_s + first * history.step_s,
+            history.step_s,
+            history.values[first:origin],
+        )
         answer = forecaster(past, horizon_steps + cadence_steps, (quantile,))
-        path = answer.quantile(quantile) if answer.trusted else np.full(horizon_steps + cadence_steps, np.nan)
+        if not answer.trusted:
+            continue  # untrusted: no floor, the policy sizes reactively
+        path = answer.quantile(quantile)
         for offset in range(min(cadence_steps, steps + 1 - origin)):
             table[origin + offset] = path[offset : offset + horizon_steps]
-        if progress is not None:
-            progress(done + 1, len(origins))
     return table
 
 
@@ -125,19 +134,16 @@ def planning_envelope(
     horizon_s: float,
     quantile: float,
     forecaster: Forecaster | None = None,
-    cadence_s: float = 1800.0,
+    cadence_s: float = 6 * 3600.0,
 ) -> Envelope:
     """The envelope for a workload from the seasonal forecaster, or from `forecaster` on a cadence."""
     horizon_steps = int(np.ceil(horizon_s / workload.trace_step_s)) + 1
     if forecaster is None:
         table = seasonal_forecasts(workload.trace_counts, workload.trace_step_s, horizon_steps, quantile)
     else:
-        history = Series(workload.name, 0.0, workload.trace_step_s, workload.trace_counts)
+        history = Series(workload.name, workload.start_s, workload.trace_step_s, workload.trace_counts)
         cadence = max(round(cadence_s / workload.trace_step_s), 1)
-        minimum = max(len(_candidate_lags(workload.trace_step_s)) and round(DAY_S / workload.trace_step_s), 2)
+        # the same warm-up as the seasonal forecaster: a day of history, so both start together
+        minimum = max(round(DAY_S / workload.trace_step_s), 3)
         table = forecaster_forecasts(forecaster, history, horizon_steps, quantile, cadence, minimum)
     return envelope(workload, table, lead_s, horizon_s)
-
-
-def describe_lags(step_s: float) -> Sequence[int]:
-    return tuple(_candidate_lags(step_s))

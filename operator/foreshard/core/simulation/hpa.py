@@ -52,7 +52,7 @@ class Stabilizer:
     """
 
     def __init__(self, window_steps: int) -> None:
-        self._window = max(window_steps, 1)
+        self.window = max(window_steps, 1)
         self._maxima: deque[tuple[int, int]] = deque()  # (step, recommendation), decreasing
 
     def push(self, step: int, recommendation: int) -> int:
@@ -60,7 +60,7 @@ class Stabilizer:
         while maxima and maxima[-1][1] <= recommendation:
             maxima.pop()
         maxima.append((step, recommendation))
-        while maxima[0][0] <= step - self._window:
+        while maxima[0][0] <= step - self.window:
             maxima.popleft()
         return maxima[0][1]
 
@@ -79,3 +79,11 @@ class Hpa:
         if desired > current:
             return min(desired, scale_up_limit(current, behavior))
         return min(current, highest_recent)
+
+    def quiet(self, step: int, current: int, desired: int, last: int) -> int:
+        """Through `last` when the formula keeps `current`: the window then only gains `current`."""
+        desired = min(max(desired, self.behavior.min_replicas), self.behavior.max_replicas)
+        if desired != current:
+            return step
+        self._stabilizer.push(last, current)  # later equal entries dominate earlier ones
+        return last

@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from foreshard.core.planning.target import shards_for_rate
 from foreshard.core.series import FloatArray
 from foreshard.core.simulation.hpa import SYNC_S, TOLERANCE, Behavior, Hpa, Stabilizer, raw_desired
 
 DEFAULT_BEHAVIOR = Behavior()
+FALLBACK_SHARE = 0.75  # planning utilisation kept while no forecast is trusted (0.8 -> 0.6)
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(slots=True)
@@ -45,6 +48,11 @@ class Policy(Protocol):
 
     def decide(self, step: int, obs: Observation) -> int: ...
 
+    def quiet(self, step: int, obs: Observation, last: int) -> int:
+        """The last step up to `last` through which, seeing `obs` again every step, the policy
+        would keep answering `obs.replicas`; it records those steps as if it had seen them."""
+        ...
+
 
 class ReactiveHpa:
     name = "reactive-hpa"
@@ -59,10 +67,15 @@ class ReactiveHpa:
     def initial_replicas(self, rate: float) -> int:
         return shards_for_rate(rate, self._capacity, self.knob)
 
-    def decide(self, step: int, obs: Observation) -> int:
+    def _desired(self, obs: Observation) -> int:
         utilization = obs.served_rate / (max(obs.replicas, 1) * self._capacity)
-        desired = raw_desired(obs.replicas, utilization / self.knob, self._hpa.behavior.tolerance)
-        return self._hpa.next_replicas(step, obs.replicas, desired)
+        return raw_desired(obs.replicas, utilization / self.knob, self._hpa.behavior.tolerance)
+
+    def decide(self, step: int, obs: Observation) -> int:
+        return self._hpa.next_replicas(step, obs.replicas, self._desired(obs))
+
+    def quiet(self, step: int, obs: Observation, last: int) -> int:
+        return self._hpa.quiet(step, obs.replicas, self._desired(obs), last)
 
 
 class KedaLag:
@@ -79,11 +92,16 @@ class KedaLag:
     def initial_replicas(self, rate: float) -> int:
         return shards_for_rate(rate, self._capacity, self.knob)
 
-    def decide(self, step: int, obs: Observation) -> int:
+    def _desired(self, obs: Observation) -> int:
         lag = obs.backlog + obs.arrival_rate * SYNC_S
         ratio = lag / (max(obs.replicas, 1) * self._threshold)
-        desired = raw_desired(obs.replicas, ratio, self._hpa.behavior.tolerance)
-        return self._hpa.next_replicas(step, obs.replicas, desired)
+        return raw_desired(obs.replicas, ratio, self._hpa.behavior.tolerance)
+
+    def decide(self, step: int, obs: Observation) -> int:
+        return self._hpa.next_replicas(step, obs.replicas, self._desired(obs))
+
+    def quiet(self, step: int, obs: Observation, last: int) -> int:
+        return self._hpa.quiet(step, obs.replicas, self._desired(obs), last)
 
 
 class StaticPeak:
@@ -100,6 +118,9 @@ class StaticPeak:
 
     def decide(self, step: int, obs: Observation) -> int:
         return self._replicas
+
+    def quiet(self, step: int, obs: Observation, last: int) -> int:
+        return last
 
 
 @dataclass(frozen=True)
@@ -169,7 +190,13 @@ class PredictivePolicy:
         self._lead_s = lead_s
         self._capacity = capacity
         self._utilization = min(knob, 1.0)
-        self._envelope = envelope
+        self._due, self._ahead, self._hold = (
+            self._floor(envelope.due),
+            self._floor(envelope.ahead),
+            self._floor(envelope.hold),
+        )
+        self._trusted = ~np.isnan(envelope.due)
+        self._last = len(envelope.due) - 1
         settings = settings or PredictiveSettings()
         self._settings = settings.relaxed(knob) if knob > 1.0 else settings
         self._stabilizer = Stabilizer(round(self._settings.stabilization_s / SYNC_S))
@@ -177,29 +204,55 @@ class PredictivePolicy:
     def initial_replicas(self, rate: float) -> int:
         return shards_for_rate(rate, self._capacity, self._utilization)
 
-    def _floor(self, values: FloatArray, step: int) -> int:
-        value = float(values[min(step, len(values) - 1)])
-        return 0 if math.isnan(value) else shards_for_rate(value, self._capacity, self.knob)
+    def _floor(self, rates: FloatArray) -> IntArray:
+        """Shards per step for a forecast rate array (0 where there is no trusted forecast)."""
+        shards = np.ceil(np.round(rates / (self._capacity * self.knob), 9))
+        return np.where(np.isnan(shards), 0, np.maximum(shards, 1)).astype(np.int64)
 
-    def _reactive(self, obs: Observation) -> int:
-        """Shards for the published rate plus the backlog drained once new pods could serve.
+    def _reactive(self, obs: Observation, trusted: bool) -> tuple[int, int]:
+        """(scale-out plan, scale-in plan) for the published rate plus the backlog to drain by the
+        time new pods could serve.
 
-        Inside the HPA's tolerance band around the running capacity it keeps the replicas, so
-        the backlog of one slot pause does not buy a shard.
+        Inside the HPA's tolerance band around the planned capacity (capped at the full
+        capacity) the scale-out plan keeps the replicas, so the backlog of one slot pause does not
+        buy a shard; the scale-in plan keeps the tolerance as spare, so that a scale-in does not
+        land back on the edge it just left.
         """
         need = max(obs.arrival_rate, obs.served_rate) + obs.backlog / (self._settings.drain_s + self._lead_s)
-        running = obs.replicas * self._capacity * self._utilization
-        if running * (1.0 - 2 * TOLERANCE) <= need <= running * (1.0 + TOLERANCE):
-            return obs.replicas
-        return shards_for_rate(need, self._capacity, self._utilization)
+        # without a trusted forecast nothing announces a ramp: keep a reactive autoscaler's headroom
+        # (frugal knobs above 1 trade that headroom away like the rest)
+        fallback = not trusted and self.knob <= 1.0
+        utilization = self._utilization * FALLBACK_SHARE if fallback else self._utilization
+        running = obs.replicas * self._capacity * utilization
+        # the band never tolerates more than the shards' full capacity: that backlog only grows
+        ceiling = min(running * (1.0 + TOLERANCE), obs.replicas * self._capacity)
+        inside = running * (1.0 - 2 * TOLERANCE) <= need <= ceiling
+        up = obs.replicas if inside else shards_for_rate(need, self._capacity, utilization)
+        down = shards_for_rate(need * (1.0 + TOLERANCE), self._capacity, utilization)
+        return up, max(down, up) if up > obs.replicas else min(down, obs.replicas)
 
     def decide(self, step: int, obs: Observation) -> int:
-        reactive = self._reactive(obs)
-        keep = self._stabilizer.push(step, max(reactive, self._floor(self._envelope.hold, step)))
+        at = min(step, self._last)
+        reactive, lowest = self._reactive(obs, bool(self._trusted[at]))
+        keep = self._stabilizer.push(step, max(lowest, int(self._hold[at])))
         if reactive > obs.replicas:  # overshoot a burst so that its growth takes fewer steps
             reactive = math.ceil(reactive * (1.0 + self._settings.up_extra))
-        if max(reactive, self._floor(self._envelope.due, step)) > obs.replicas:
-            return max(reactive, self._floor(self._envelope.ahead, step))
+        if max(reactive, int(self._due[at])) > obs.replicas:
+            return max(reactive, int(self._ahead[at]))
         if keep <= obs.replicas * (1.0 - self._settings.down_band):
             return max(keep, self._settings.min_replicas)
         return obs.replicas
+
+    def quiet(self, step: int, obs: Observation, last: int) -> int:
+        trusted = self._trusted[min(step, self._last)]
+        reactive, lowest = self._reactive(obs, bool(trusted))
+        if reactive > obs.replicas or lowest <= obs.replicas * (1.0 - self._settings.down_band):
+            return step  # a scale-out is due, or a scale-in may come when the window expires
+        last = min(last, self._last)
+        ahead = slice(step + 1, last + 1)
+        rising = np.flatnonzero((self._due[ahead] > obs.replicas) | (self._trusted[ahead] != trusted))
+        end = step + int(rising[0]) if len(rising) else last
+        # only the window's worth of skipped plans can still matter to the stabilizer
+        for skipped in range(max(step + 1, end + 1 - self._stabilizer.window), end + 1):
+            self._stabilizer.push(skipped, max(lowest, int(self._hold[skipped])))
+        return end

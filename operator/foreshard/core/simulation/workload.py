@@ -30,6 +30,7 @@ class Workload:
     trace_step_s: float  # step of the trace files
     trace_counts: FloatArray  # total messages per trace step (what a forecaster sees)
     keys: tuple[str, ...]
+    start_s: float = 0.0  # wall-clock start of replay time 0 (the earliest file), for seasonal phases
 
     @property
     def substeps(self) -> int:
@@ -70,4 +71,5 @@ def workload_from_series(name: str, series: Sequence[Series], step_s: float = 15
     substeps = round(ratio)
     arrivals = np.repeat(counts / substeps, substeps)
     keys = tuple(sorted(s.key for s in series))
-    return Workload(name, step_s, arrivals, trace_step, counts, keys)
+    start = min(s.start_s for s in series)
+    return Workload(name, step_s, arrivals, trace_step, counts, keys, start)
