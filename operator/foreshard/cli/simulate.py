@@ -154,6 +154,21 @@ def _at_default(runs: list[SimResult]) -> SimResult:
     return min(runs, key=lambda r: abs(r.knob - DEFAULT_KNOB[r.policy]))
 
 
+def _draw_curves(axis: Any, results: dict[str, list[SimResult]]) -> None:
+    for name, runs in results.items():
+        ordered = sorted(runs, key=lambda r: r.shard_hours)
+        axis.plot(
+            [r.shard_hours for r in ordered],
+            [r.slo_violation_minutes for r in ordered],
+            marker="o",
+            label=name,
+        )
+    axis.set_xlabel("shard-hours")
+    axis.set_ylabel("SLO-violation minutes")
+    axis.set_yscale("symlog", linthresh=1)
+    axis.legend(fontsize=8)
+
+
 def plot(results: dict[str, list[SimResult]], workload: Workload, config: SimConfig, path: Path) -> None:
     """Left: each policy's (shard-hours, violation minutes) curve. Right: load, capacity and
     violation periods over time at the default knobs."""
@@ -163,18 +178,7 @@ def plot(results: dict[str, list[SimResult]], workload: Workload, config: SimCon
     import matplotlib.pyplot as plt
 
     figure, (curves, timeline) = plt.subplots(1, 2, figsize=(13, 4.5), width_ratios=(1, 2))
-    for name, runs in results.items():
-        ordered = sorted(runs, key=lambda r: r.shard_hours)
-        curves.plot(
-            [r.shard_hours for r in ordered],
-            [r.slo_violation_minutes for r in ordered],
-            marker="o",
-            label=name,
-        )
-    curves.set_xlabel("shard-hours")
-    curves.set_ylabel("SLO-violation minutes")
-    curves.set_yscale("symlog", linthresh=1)
-    curves.legend(fontsize=8)
+    _draw_curves(curves, results)
     # the last week of replay: months of 15 s steps would be an unreadable band
     shown = slice(
         max(0, len(workload.arrivals) - round(7 * 86_400 / workload.step_s)), len(workload.arrivals)
