@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import lfilter  # type: ignore[import-untyped]  # scipy ships no stubs
+from scipy.signal import lfilter
 
 from foreshard.core.series import FloatArray
 
