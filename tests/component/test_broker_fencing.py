@@ -176,3 +176,103 @@ async def test_release_refuses_slots_this_shard_still_owns(
         await clients.admin(a).release(slots=[1])
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "still owns" in refused.value.message
+
+
+async def test_a_resent_batch_is_refused_again_where_the_original_was_refused_even_after_a_restart(
+    pair: tuple[BrokerProcess, BrokerProcess], clients: Clients
+) -> None:
+    """A lost reply + resend: the duplicate answer must not report refused messages as stored."""
+    a, b = pair
+    mine, paused, theirs = keys_in_slot(3, 1)[0], keys_in_slot(9, 1)[0], keys_in_slot(700, 1)[0]
+    await clients.admin(a).pause(slots=[9], retry_after_ms=250)
+    batch = [(mine, b"1"), (theirs, b"2"), (paused, b"3"), (mine, b"4")]
+    first = await clients.data(a).publish("p", 7, batch)
+    assert first.stored.count == 2 and [r.index for r in first.refusals] == [1, 2]
+    again = await clients.data(a).publish("p", 7, batch)
+    assert again.stored.duplicate and again.stored.count == 2
+    assert [(r.index, r.WhichOneof("reason")) for r in again.refusals] == [(1, "moved"), (2, "paused")]
+    assert again.refusals[0].moved.owner_endpoint == b.endpoint
+    assert again.refusals[1].paused.retry_after_ms == 250
+
+    a.restart()  # the pause is not persisted, the remembered refusals are: slot 9 is now served
+    after_restart = await clients.data(a).publish("p", 7, batch)
+    assert after_restart.stored.duplicate and after_restart.stored.count == 2
+    assert [r.index for r in after_restart.refusals] == [1, 2], "refused before the restart, refused now"
+    assert after_restart.refusals[1].WhichOneof("reason") == "paused", "owned again: retry, not stored"
+    fresh = await clients.data(a).publish("p", 8, [(paused, b"3")])
+    assert fresh.stored.count == 1 and not fresh.stored.duplicate and not fresh.refusals
+
+
+async def test_a_batch_stored_before_its_slot_moved_is_deduplicated_by_the_new_owner(
+    pair: tuple[BrokerProcess, BrokerProcess], clients: Clients
+) -> None:
+    """Lost reply, slot moves and the source releases, the resend reaches the new owner: stored once."""
+    a, b = pair
+    key, other = keys_in_slot(42, 1)[0], keys_in_slot(3, 1)[0]
+    admin_a, admin_b = clients.admin(a), clients.admin(b)
+    await admin_a.create_group("g")
+    first = await clients.data(a).publish("p", 5, [(key, b"once"), (other, b"stays")])
+    assert first.stored.count == 2 and not first.refusals
+    await move(admin_a, admin_b, split_table(2, a, b, moved=(42,)), 42)
+
+    resent = await clients.data(b).publish("p", 5, [(key, b"once"), (other, b"stays")])
+    assert resent.stored.duplicate, "the new owner must know the producer's last sequence"
+    assert resent.stored.count == 2 and not resent.refusals, "A stored both: nothing to resend"
+    delivered = await drain_group(clients.data(b), "g")
+    assert delivered == [(key, "once")], "the message must be delivered exactly once"
+
+
+async def test_refusals_of_the_last_batch_move_with_the_slot_too(
+    pair: tuple[BrokerProcess, BrokerProcess], clients: Clients
+) -> None:
+    a, b = pair
+    key, theirs = keys_in_slot(42, 1)[0], keys_in_slot(700, 1)[0]
+    admin_a, admin_b = clients.admin(a), clients.admin(b)
+    await admin_b.create_group("g")
+    first = await clients.data(a).publish("p", 5, [(key, b"k"), (theirs, b"t")])
+    assert first.stored.count == 1 and [r.index for r in first.refusals] == [1]
+    await move(admin_a, admin_b, split_table(2, a, b, moved=(42,)), 42)
+    resent = await clients.data(b).publish("p", 5, [(key, b"k"), (theirs, b"t")])
+    assert resent.stored.duplicate and resent.stored.count == 1
+    assert [(r.index, r.WhichOneof("reason")) for r in resent.refusals] == [(1, "paused")], (
+        "B owns slot 700 but did not store this message: it must be refused (retry), not reported stored"
+    )
+    retried = await clients.data(b).publish("p", 6, [(theirs, b"t")])
+    assert retried.stored.count == 1 and not retried.refusals
+    assert sorted(await drain_group(clients.data(b), "g")) == sorted([(key, "k"), (theirs, "t")])
+
+
+async def move(
+    source: AdminClient, target: AdminClient, table: RoutingTable, slot: int, resume_source: bool = False
+) -> None:
+    """DESIGN §4 in the documented order: the source is released, not resumed (unless asked)."""
+    _, next_offset = await copy_backlog(source, target, [slot], [], 0)
+    await source.pause(slots=[slot], retry_after_ms=50)
+    await copy_backlog(source, target, [slot], [], next_offset)
+    await target.import_group_state(await source.export_group_state(slots=[slot]))
+    for admin in (source, target):
+        await admin.update_routing(table)
+    if resume_source:
+        await source.resume(slots=[slot])
+    await source.release(slots=[slot])
+
+
+async def test_a_slot_moved_away_and_back_is_served_again_without_a_resume(
+    pair: tuple[BrokerProcess, BrokerProcess], clients: Clients
+) -> None:
+    a, b = pair
+    key = keys_in_slot(42, 1)[0]
+    admin_a, admin_b = clients.admin(a), clients.admin(b)
+    await admin_a.create_group("g")
+    data_a, data_b = clients.data(a), clients.data(b)
+    await data_a.publish("p", 1, [(key, b"0"), (key, b"1")])
+    await move(admin_a, admin_b, split_table(2, a, b, moved=(42,)), 42)
+    moved = await data_a.publish("p", 2, [(key, b"2")])
+    assert moved.refusals[0].WhichOneof("reason") == "moved", "not owned: MOVED, never PAUSED"
+    assert (await data_b.publish("p", 2, [(key, b"2")])).stored.count == 1
+    await move(admin_b, admin_a, split_table(3, a, b), 42)
+
+    back = await data_a.publish("p", 3, [(key, b"3")])
+    assert back.stored.count == 1 and not back.refusals, "the slot came back: A must serve it"
+    assert [p for _, p in await drain_group(data_a, "g")] == ["0", "1", "2", "3"]
+    assert await data_b.fetch("g", "c", max_messages=10) == []

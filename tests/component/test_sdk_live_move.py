@@ -203,3 +203,68 @@ async def test_the_prefetch_buffer_stays_within_its_byte_bound_under_a_producer_
     assert seen[0] == total
     assert consumer.buffer.peak_bytes <= bound
     assert consumer.buffer.peak_bytes > bound // 2  # about 8 MB arrived: the bound was what held it back
+
+
+class NoResumeTransport(GrpcTransport):
+    """The documented order without the source's Resume: the switch and Release must lift the pause."""
+
+    async def resume(self, endpoint: str, slot: int) -> None:
+        return None
+
+
+@pytest.mark.parametrize("resume_source", [True, False], ids=["source-resumed", "source-never-resumed"])
+async def test_a_slot_moved_away_and_back_while_publishing_and_consuming_keeps_order(
+    brokers: list[BrokerProcess], resume_source: bool
+) -> None:
+    endpoints = [b.endpoint for b in brokers]
+    transport = GrpcTransport() if resume_source else NoResumeTransport()
+    table = RoutingTable(1, SLOTS, tuple(s % SHARDS for s in range(SLOTS)), {}, dict(enumerate(endpoints)))
+    for endpoint in endpoints:
+        await transport.update_routing(endpoint, table)
+    slot = slot_of("key-0", SLOTS)
+    keys = [*[k for k in (f"key-{n}" for n in range(20000)) if slot_of(k, SLOTS) == slot][:8], "other"]
+    assert len(keys) == 9 and slot_of("other", SLOTS) != slot
+    per_key = 300
+    total = (per_key + 1) * len(keys)  # and one more per key once the slot is back home
+    delivered: dict[str, list[int]] = defaultdict(list)
+    everything = asyncio.Event()
+
+    async def handle(message: Message) -> None:
+        assert message.key is not None
+        delivered[message.key].append(int(message.payload))
+        if sum(map(len, delivered.values())) >= total:
+            everything.set()
+
+    consumers = await start_consumers(transport, endpoints, handle)
+    runners = [asyncio.create_task(c.run(handle)) for c in consumers]
+    source, target = table.slot_owners[slot], (table.slot_owners[slot] + 1) % SHARDS
+    moves: list[MoveReport] = []
+    async with Producer(transport, endpoints) as producer:
+        halfway = asyncio.Event()
+
+        async def publish() -> None:
+            for i in range(per_key):
+                await asyncio.gather(*(producer.send(key, str(i).encode()) for key in keys))
+                if i == per_key // 3:
+                    halfway.set()
+
+        async def move_there_and_back() -> None:
+            nonlocal table
+            await halfway.wait()
+            for owner in (target, source):
+                table, report = await move_slot(transport, table, slot, owner)
+                moves.append(report)
+
+        await asyncio.gather(publish(), move_there_and_back())
+        after = [producer.send(key, str(per_key).encode()) for key in keys]  # back home: served again
+        await asyncio.wait_for(asyncio.gather(*after), 10)
+    await asyncio.wait_for(everything.wait(), 60)
+    for consumer in consumers:
+        await consumer.close()
+    await asyncio.gather(*runners)
+    await transport.close()
+
+    assert [m.target for m in moves] == [target, source]
+    wrong = {k: v for k, v in delivered.items() if v != list(range(per_key + 1))}
+    assert not wrong, f"{len(wrong)} keys out of order, lost or duplicated, e.g. {next(iter(wrong))}"
+    assert sorted(delivered) == sorted(keys)

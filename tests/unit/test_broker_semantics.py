@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 from foreshard_broker import protogen
 from foreshard_broker.routing import RoutingTable, slot_of
+from foreshard_broker.server import errors
+from foreshard_broker.server.admin import Admin
 from foreshard_broker.server.broker import Broker
 from foreshard_broker.server.config import Batch, BrokerConfig
 from foreshard_broker.server.groups import ConsumerGroup
-from foreshard_broker.storage import MemoryStorage, Message, SegmentLogStorage
+from foreshard_broker.storage import BatchRecord, CheckpointRecord, MemoryStorage, Message, SegmentLogStorage
 
 pytestmark = pytest.mark.unit
 
@@ -120,3 +122,36 @@ async def test_compaction_deletes_acknowledged_segments_and_a_restart_keeps_what
     assert (await again.publish("p", 40, Batch.of([("k1", b"dup")]))).duplicate
     pending = sorted(m.offset for m in again.group("g").unacked(lambda m: True))
     assert pending == list(range(150, 200)), "every unacknowledged message survives compaction"
+
+
+async def test_a_duplicate_of_the_last_batch_repeats_its_refusals_after_compaction_and_restart(
+    tmp_path: Path,
+) -> None:
+    """The remembered refusals outlive deleted segments: the checkpoint carries them."""
+    storage = SegmentLogStorage(tmp_path, sync="none", segment_bytes=4000)
+    broker = Broker(BrokerConfig(num_slots=16), storage)
+    broker.open()
+    admin = Admin(broker)
+    await broker.create_group("g", latest=False)
+    held = next(k for k in (f"h{i}" for i in range(100)) if slot_of(k, 16) != slot_of("k", 16))
+    await admin.pause(admin.selector([slot_of(held, 16)], []), 0)
+    batch = Batch.of([("k", b"a"), (held, b"b"), ("k", b"c")])
+    first = await broker.publish("p", 1, batch)
+    assert (first.count, [index for index, _ in first.refusals]) == (2, [1])
+    for sequence in range(1, 41):  # another producer fills segments, so p's record is compacted away
+        await broker.publish("q", sequence, Batch.of([("k", b"x" * 200)] * 5))
+    while deliveries := await broker.fetch("g", "c", 1000, 0, 0):
+        await broker.ack("g", [d.message.offset for d in deliveries])
+    assert broker.compact() > 0
+    await storage.close()
+    replayed = list(SegmentLogStorage(tmp_path, sync="none", segment_bytes=4000).replay())
+    assert not any(isinstance(r, BatchRecord) and r.producer_id == "p" for r in replayed)
+    assert any(isinstance(r, CheckpointRecord) and r.refused.get("p") == (1,) for r in replayed)
+
+    again = Broker(BrokerConfig(num_slots=16), SegmentLogStorage(tmp_path, sync="none", segment_bytes=4000))
+    again.open()
+    duplicate = await again.publish("p", 1, batch)
+    assert duplicate.duplicate and duplicate.count == 2
+    [(index, reason)] = duplicate.refusals
+    assert index == 1 and isinstance(reason, errors.Paused), "not stored then: must not be reported stored"
+    assert (await again.publish("q", 40, Batch.of([("k", b"x")]))).refusals == [], "q's last had none"

@@ -42,7 +42,17 @@ def sample() -> list[Record]:
             Message(2, "", 0xFFFFFFFF, b"", {}, 1002, origin_shard=3, origin_offset=99),
         ],
     )
-    return [GroupRecord("g", 0), batch, AckRecord("g", [0, 2]), ReleaseRecord([1]), BatchRecord("", 0, [])]
+    refusing = BatchRecord("producer-2", 3, [Message(3, "k", 5, b"kept", {}, 1003)], refused=(0, 2))
+    carried = BatchRecord("producer-3", 11, [], refused=(4,))  # a sequence carried by ImportGroupState
+    return [
+        GroupRecord("g", 0),
+        batch,
+        AckRecord("g", [0, 2]),
+        ReleaseRecord([1]),
+        BatchRecord("", 0, []),
+        refusing,
+        carried,
+    ]
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))

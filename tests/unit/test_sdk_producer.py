@@ -7,8 +7,9 @@ from collections import defaultdict
 
 import pytest
 
+from foreshard_broker.client.mover import move_slot
 from foreshard_broker.client.producer import Producer, ProducerOptions, PublishError
-from foreshard_broker.client.transport import RoutingTable, slot_of
+from foreshard_broker.client.transport import OutboundMessage, PublishStatus, RoutingTable, slot_of
 from foreshard_broker.client.twin import TwinNetwork, TwinTransport
 
 pytestmark = pytest.mark.unit
@@ -121,3 +122,38 @@ async def test_an_empty_key_is_refused_before_it_is_sent() -> None:
     async with Producer(TwinTransport(network), network.endpoints) as producer:
         with pytest.raises(PublishError, match="empty"):
             producer.send("", b"x")
+
+
+async def test_a_lost_reply_to_a_partly_refused_batch_loses_nothing() -> None:
+    """The resend is a duplicate; the twin (like the broker) refuses again what it refused."""
+    network = TwinNetwork(shards=1, num_slots=16)
+    broker = network.broker("twin-0")
+    held = next(k for k in (f"h{i}" for i in range(100)) if slot_of(k, 16) != slot_of("free", 16))
+    broker.paused.add(slot_of(held, 16))
+    transport = TwinTransport(network)
+    transport.lose_publish_replies = 1
+    async with Producer(transport, network.endpoints) as producer:
+        sent = [producer.send("free", b"f"), producer.send(held, b"h")]
+        await sent[0]
+        assert not sent[1].done(), "refused by the original batch: not stored, so not acknowledged"
+        broker.resume(slot_of(held, 16))
+        await sent[1]
+    assert stored_by_key(network) == {"free": [b"f"], held: [b"h"]}
+    assert producer.stats.transport_errors == 1
+
+
+async def test_the_twin_moves_producer_sequences_and_refusals_with_a_slots_group_state() -> None:
+    network = TwinNetwork(shards=2, num_slots=16)
+    transport = TwinTransport(network)
+    key = next(k for k in (f"k{i}" for i in range(100)) if slot_of(k, 16) % 2 == 0)
+    other = next(k for k in (f"o{i}" for i in range(100)) if slot_of(k, 16) % 2 == 1)
+    a, b = network.broker("twin-0"), network.broker("twin-1")
+    batch = [OutboundMessage(key, b"once"), OutboundMessage(other, b"elsewhere")]
+    outcomes = a.publish("p", 3, batch)
+    assert [o.status for o in outcomes] == [PublishStatus.OK, PublishStatus.MOVED]
+    table, _ = await move_slot(transport, a.table, slot_of(key, 16), 1)
+    for twin in (a, b):
+        assert twin.table == table
+    again = b.publish("p", 3, batch)  # the lost reply's resend reaches the new owner
+    assert [o.status for o in again] == [PublishStatus.OK, PublishStatus.PAUSED]
+    assert [s.payload for s in b.log.values()] == [b"once"]

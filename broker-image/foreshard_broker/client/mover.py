@@ -4,7 +4,9 @@
     fence    pause the slot on the source; wait (bounded) for its in-flight deliveries to be acked;
              copy the delta and the consumer-group state
     switch   raise the routing epoch (slot -> target) on every broker
-    resume   lift the source's pause (it now answers MOVED, the target serves the slot)
+    resume   the source answers MOVED, the target serves the slot (the broker lifts the source's
+             pause when the switch takes the slot away; the explicit Resume here is a no-op kept
+             for brokers that predate that, and marks the end of the measured pause)
     drain    release the slot's data on the source
 
 Every step is idempotent, so a caller that crashed can run the same move again.  The operator's

@@ -7,9 +7,11 @@ It keeps the semantics the SDK relies on from the real broker (issue 3, ``proto/
 * ownership by routing table: a message of a slot the shard does not own is refused with ``MOVED``,
   one of a paused slot with ``PAUSED``, and the rest of its batch is stored; fetch never delivers a
   paused or foreign slot;
-* idempotent publish: a batch whose sequence is not above the producer's last stored one on *this*
-  broker is answered OK without being stored (like the real broker, this memory does not move with
-  a slot);
+* idempotent publish: a batch whose sequence is not above the producer's last stored one is
+  answered OK without being stored, except that a resend of the producer's last batch refuses again
+  what that batch refused; a batch of which nothing was stored does not consume its sequence; the
+  producer sequences move with a slot's group state, so the new owner de-duplicates a resend too;
+* a pause is lifted when the slot moves away (new table or release), as on the real broker;
 * broker-local offsets; an import remembers (source shard, source offset) so a retried copy is
   skipped, and group state moves as the source offsets a group has not acknowledged.
 
@@ -74,6 +76,7 @@ class TwinBroker:
         self._offsets = itertools.count()
         self.imported: set[tuple[int, int]] = set()
         self.last_sequence: dict[str, int] = {}
+        self.refused: dict[str, tuple[int, ...]] = {}  # producer -> indices its last batch refused
         self.paused: set[int] = set()
         self.groups: dict[str, GroupState] = {}
         self.changed = asyncio.Event()
@@ -97,11 +100,17 @@ class TwinBroker:
     ) -> list[PublishOutcome]:
         if producer and sequence <= self.last_sequence.get(producer, 0):
             # Checked before ownership, like the real broker: a retry of a batch stored before the
-            # slot moved away must be answered "stored", not MOVED (which would make a duplicate).
-            return [PublishOutcome(PublishStatus.OK, reason="duplicate")] * len(messages)
+            # slot moved away must be answered "stored", not MOVED (which would make a duplicate);
+            # what the original refused is refused again (it was not stored).
+            return self._duplicate(producer, sequence, messages)
         outcomes = [self._refusal(message) for message in messages]
-        if producer:  # an empty producer id opts out of de-duplication, as on the real broker
+        refused = tuple(i for i, outcome in enumerate(outcomes) if outcome.status is not PublishStatus.OK)
+        if producer and len(refused) < len(messages):  # an empty producer id opts out, as on the broker
             self.last_sequence[producer] = sequence
+            if refused:
+                self.refused[producer] = refused
+            else:
+                self.refused.pop(producer, None)
         now = self.clock()
         for message, outcome in zip(messages, outcomes, strict=True):
             if outcome.status is PublishStatus.OK:
@@ -109,6 +118,24 @@ class TwinBroker:
                     Stored(message.key, message.payload, self._slot(message.key), next(self._offsets), now)
                 )
         self._notify()
+        return outcomes
+
+    def _duplicate(
+        self, producer: str, sequence: int, messages: Sequence[OutboundMessage]
+    ) -> list[PublishOutcome]:
+        outcomes = [PublishOutcome(PublishStatus.OK, reason="duplicate")] * len(messages)
+        if sequence == self.last_sequence[producer]:
+            for index in self.refused.get(producer, ()):
+                if index < len(messages):
+                    outcome = self._refusal(messages[index])
+                    if outcome.status is PublishStatus.OK:  # owned and serving now: retry soon
+                        outcome = PublishOutcome(
+                            PublishStatus.PAUSED,
+                            retry_after_s=0.005,
+                            epoch=self.table.epoch,
+                            slot=outcome.slot,
+                        )
+                    outcomes[index] = outcome
         return outcomes
 
     def _refusal(self, message: OutboundMessage) -> PublishOutcome:
@@ -220,7 +247,12 @@ class TwinBroker:
     def set_table(self, table: RoutingTable) -> None:
         if table.epoch < self.table.epoch:
             raise TransportError(f"stale epoch {table.epoch} < {self.table.epoch}")
-        self.table = table
+        before, self.table = self.table, table
+        self.paused -= {
+            slot
+            for slot in self.paused
+            if before.slot_owners[slot] == self.shard and table.slot_owners[slot] != self.shard
+        }
         self._unpark()
 
     def resume(self, slot: int) -> None:
@@ -273,7 +305,17 @@ class TwinBroker:
                 if len(kept) != len(queue):
                     group.pending[key] = deque(kept)
 
+    def import_producers(self, sequences: dict[str, int], refused: dict[str, tuple[int, ...]]) -> None:
+        """Merge a source's producer sequences (a later one wins), as ImportGroupState does."""
+        for producer, sequence in sequences.items():
+            if sequence > self.last_sequence.get(producer, -1):
+                self.last_sequence[producer] = sequence
+                self.refused.pop(producer, None)
+                if producer in refused:
+                    self.refused[producer] = refused[producer]
+
     def release(self, slot: int) -> None:
+        self.paused.discard(slot)
         for offset in [o for o, s in self.log.items() if s.slot == slot]:
             del self.log[offset]
         for group in self.groups.values():
@@ -396,7 +438,9 @@ class TwinTransport:
     async def copy_group_state(self, source: str, target: str, slot: int) -> None:
         await self._hop("copy-groups")
         origin = self.network.broker(source)
-        self.network.broker(target).import_group_state(origin.shard, slot, origin.export_group_state(slot))
+        destination = self.network.broker(target)
+        destination.import_group_state(origin.shard, slot, origin.export_group_state(slot))
+        destination.import_producers(origin.last_sequence, origin.refused)
 
     async def update_routing(self, endpoint: str, table: RoutingTable) -> None:
         await self._hop("update-routing")

@@ -6,14 +6,16 @@ Migration of a selection (slots and/or pinned keys) from shard A to shard B:
     A.Pause -> wait until inflight == 0 (bounded)    fence
     B.ImportBacklog(A.ExportBacklog(from next))      copy the delta
     B.ImportGroupState(A.ExportGroupState)           acked prefixes, in-flight become redeliveries
-    UpdateRouting(epoch+1) on every shard            switch: A answers MOVED from now on
-    B.Resume ; A.Release                             resume, drain A's copy
+    UpdateRouting(epoch+1) on every shard            switch: A answers MOVED from now on, and
+                                                     lifts its pause of what it no longer owns
+    A.Release                                        drain A's copy (also lifts A's pause)
 
 Every step is idempotent: imports skip (source shard, source offset) pairs already present.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -46,6 +48,15 @@ class Selector:
 class GroupPending:
     group: str
     pending_offsets: list[int]
+
+
+@dataclass(frozen=True)
+class ProducerSeen:
+    """A producer id's last stored batch: its sequence and the indices that batch refused."""
+
+    producer_id: str
+    sequence: int
+    refused: tuple[int, ...] = ()
 
 
 class Admin:
@@ -92,6 +103,7 @@ class Admin:
             return current.epoch  # an idempotent retry
         self._persist(table)
         self.broker.routing = table
+        self._unpause_moved_away(current)
         self.broker.unpark_all()
         return table.epoch
 
@@ -132,15 +144,36 @@ class Admin:
         return inflight, self.broker.state.next_offset
 
     def resume(self, selector: Selector) -> None:
-        now = time.monotonic()
-        names: list[int | str] = [*selector.slots, *selector.keys]
-        for name in names:
-            self._pause_total += now - self._paused_since.pop(name, now)
-        for slot in selector.slots:
-            self.broker.paused_slots.pop(slot, None)
-        for key in selector.keys:
-            self.broker.paused_keys.pop(key, None)
+        self._unpause(selector.slots, selector.keys)
         self.broker.unpark_all()
+
+    def _unpause(self, slots: Iterable[int], keys: Iterable[str]) -> None:
+        now = time.monotonic()
+        for slot in slots:
+            self._pause_total += now - self._paused_since.pop(slot, now)
+            self.broker.paused_slots.pop(slot, None)
+        for key in keys:
+            self._pause_total += now - self._paused_since.pop(key, now)
+            self.broker.paused_keys.pop(key, None)
+
+    def _unpause_moved_away(self, before: RoutingTable) -> None:
+        """A pause fences a slot this shard serves: once the slot (or key) moved away, lift it, so
+        the slot is not answered PAUSED forever if it ever moves back (MOVED is the answer now).
+        Only what this table takes away is lifted (a pause set ahead on a future owner stays)."""
+        broker, me = self.broker, self.broker.config.shard
+        table = broker.routing
+        slots = [
+            slot
+            for slot in broker.paused_slots
+            if before.slot_owners[slot] == me and table.slot_owners[slot] != me
+        ]
+        keys = [
+            key
+            for key in broker.paused_keys
+            if before.owner_of_key(key) == me and table.owner_of_key(key) != me
+        ]
+        if slots or keys:
+            self._unpause(slots, keys)
 
     # ------------------------------------------------------------------ backlog copy
     async def export_backlog(
@@ -186,11 +219,35 @@ class Admin:
             out.append(GroupPending(name, pending))
         return out
 
+    def export_producers(self) -> list[ProducerSeen]:
+        state = self.broker.state
+        return [
+            ProducerSeen(producer, sequence, state.refused.get(producer, ()))
+            for producer, sequence in state.producers.items()
+        ]
+
     async def import_group_state(
-        self, source_shard: int, selector: Selector, groups: list[GroupPending]
+        self,
+        source_shard: int,
+        selector: Selector,
+        groups: list[GroupPending],
+        producers: Iterable[ProducerSeen] = (),
     ) -> int:
-        """Mark imported messages acked where the source group had acked them; returns how many."""
+        """Mark imported messages acked where the source group had acked them; returns how many.
+
+        Also merges the source's producer sequences (a later sequence wins, persisted before the
+        answer), so a producer that resends its last batch to the new owner is de-duplicated there.
+        """
         broker, state = self.broker, self.broker.state
+        merged = [
+            BatchRecord(p.producer_id, p.sequence, [], p.refused)
+            for p in producers
+            if p.producer_id and p.sequence > state.producers.get(p.producer_id, -1)
+        ]
+        for record in merged:
+            state.apply_producer(record.producer_id, record.sequence, record.refused)
+        if merged:
+            await asyncio.gather(*(broker.storage.append(record) for record in merged))
         total = 0
         for entry in groups:
             await broker.create_group(entry.group, latest=False)
@@ -221,6 +278,7 @@ class Admin:
                 f"refusing to release data this shard still owns (slots {owned[:5]}, keys {owned_keys[:5]}); "
                 "switch routing first"
             )
+        self._unpause(selector.slots, selector.keys)  # not owned: MOVED is the answer, not PAUSED
         await self.broker.barrier()
         offsets = [message.offset for message in self.broker.state.select(selector.matches)]
         if offsets:

@@ -10,7 +10,7 @@ import grpc
 
 from foreshard_broker.routing import RoutingTable
 from foreshard_broker.server import errors
-from foreshard_broker.server.admin import Admin, GroupPending, Selector
+from foreshard_broker.server.admin import Admin, GroupPending, ProducerSeen, Selector
 from foreshard_broker.server.load import ProcessStats
 from foreshard_broker.server.service import abort, guarded
 from foreshard_broker.storage import Message
@@ -103,6 +103,10 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
             source_shard=self.broker.config.shard,
             selector=request.selector,
             groups=[pb.GroupState(group=g.group, pending_offsets=g.pending_offsets) for g in groups],
+            producers=[
+                pb.ProducerState(producer_id=p.producer_id, sequence=p.sequence, refused=p.refused)
+                for p in self.admin.export_producers()
+            ],
         )
 
     async def ImportGroupState(self, request: Any, context: Context) -> Any:
@@ -110,7 +114,10 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
         groups = [GroupPending(g.group, list(g.pending_offsets)) for g in request.groups]
         if request.source_shard == self.broker.config.shard:
             await abort(context, errors.InvalidInput("source_shard is this shard; import from another shard"))
-        acked = await guarded(context, self.admin.import_group_state(request.source_shard, selector, groups))
+        producers = [ProducerSeen(p.producer_id, p.sequence, tuple(p.refused)) for p in request.producers]
+        acked = await guarded(
+            context, self.admin.import_group_state(request.source_shard, selector, groups, producers)
+        )
         return pb.ImportGroupStateResponse(groups=len(groups), acked=acked)
 
     async def Release(self, request: Any, context: Context) -> Any:

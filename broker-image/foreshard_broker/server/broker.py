@@ -86,16 +86,17 @@ class Broker:
             last = self.state.producers.get(producer_id)
             if last is not None and sequence <= last:
                 await self.barrier()  # the original may still be in flight: answer once it is durable
-                return Stored(0, len(batch.keys), duplicate=True)
+                return self._duplicate(producer_id, sequence, batch.keys)
         slots, refusals = self._route(batch.keys)
+        refused: tuple[int, ...] = ()
         if refusals:
-            refused = {index for index, _ in refusals}
-            batch = batch.without(refused)
+            refused = tuple(index for index, _ in refusals)
+            batch = batch.without(set(refused))
             slots = [slot for index, slot in enumerate(slots) if index not in refused]
             nbytes = sum(map(len, batch.payloads))
         if not batch.keys:
             return Stored(self.state.next_offset, 0, refusals=refusals)
-        durable, record = self._accept(producer_id, sequence, batch, slots, nbytes)
+        durable, record = self._accept(producer_id, sequence, batch, slots, nbytes, refused)
         try:
             await durable
         except Exception as error:
@@ -104,8 +105,44 @@ class Broker:
         self.observe_publish(time.perf_counter() - started)
         return Stored(record.messages[0].offset, len(record.messages), refusals=refusals)
 
+    def _duplicate(self, producer_id: str, sequence: int, keys: list[str]) -> Stored:
+        """The answer to a resent batch: stored, except what the original refused, refused again.
+
+        The refusals of the producer's *last* batch are remembered (and persisted, and carried by
+        ImportGroupState); a refused message was not stored, so it must not be reported stored. Its
+        reason is decided now: MOVED if another shard owns the slot, otherwise PAUSED (retry soon),
+        and the producer resends it under a new sequence.
+        """
+        remembered = (
+            self.state.refused.get(producer_id, ()) if sequence == self.state.producers[producer_id] else ()
+        )
+        indices = [index for index in remembered if index < len(keys)]
+        refusals: list[Refusal] = []
+        if indices:
+            table, me, n = self.routing, self.config.shard, self.config.num_slots
+            for index in indices:
+                key = keys[index]
+                slot = zlib.crc32(key.encode()) % n if key else KEYLESS_SLOT
+                owner = table.owner(key, slot) if key else me
+                if owner != me:
+                    refusals.append(
+                        (index, errors.Moved(slot, key, owner, table.endpoint(owner), table.epoch))
+                    )
+                    continue
+                paused = self._paused(key, slot) or errors.Paused(
+                    slot, key, self.config.pause_retry_after_ms, table.epoch
+                )
+                refusals.append((index, paused))
+        return Stored(0, len(keys) - len(refusals), duplicate=True, refusals=refusals)
+
     def _accept(
-        self, producer_id: str, sequence: int, batch: Batch, slots: list[int], nbytes: int
+        self,
+        producer_id: str,
+        sequence: int,
+        batch: Batch,
+        slots: list[int],
+        nbytes: int,
+        refused: tuple[int, ...] = (),
     ) -> tuple[asyncio.Future[None], BatchRecord]:
         if self.state.retained_bytes + nbytes > self.limits.max_retained_bytes:
             raise errors.Overloaded(
@@ -129,9 +166,9 @@ class Broker:
         )
         self.state.next_offset = first + len(messages)
         if producer_id:
-            self.state.producers[producer_id] = sequence
+            self.state.apply_producer(producer_id, sequence, refused)
         self.state.retained_bytes += nbytes
-        record = BatchRecord(producer_id, sequence, messages)
+        record = BatchRecord(producer_id, sequence, messages, refused)
         return self._append(record), record
 
     def _append(self, record: BatchRecord) -> asyncio.Future[None]:

@@ -28,6 +28,9 @@ class BrokerState:
         self.holders: dict[int, int] = {}  # offset -> groups that have not acked it
         self.groups: dict[str, ConsumerGroup] = {}
         self.producers: dict[str, int] = {}  # producer id -> last stored sequence
+        # producer id -> indices its last stored batch refused (only while non-empty): bounded by
+        # one batch per producer id, and what a duplicate of that batch is answered with again.
+        self.refused: dict[str, tuple[int, ...]] = {}
         self.imported: dict[tuple[int, int], int] = {}  # (source shard, source offset) -> local offset
         self.next_offset = 0
         self.retained_bytes = 0
@@ -57,7 +60,7 @@ class BrokerState:
         for name, from_offset in record.groups.items():
             self.apply_group(name, from_offset)
         for producer, sequence in record.producers.items():
-            self.producers[producer] = max(sequence, self.producers.get(producer, sequence))
+            self.apply_producer(producer, sequence, record.refused.get(producer, ()))
         self.imported.update(record.imported)
 
     def checkpoint(self) -> CheckpointRecord:
@@ -67,7 +70,19 @@ class BrokerState:
             {name: group.from_offset for name, group in self.groups.items()},
             dict(self.producers),
             {origin: local for origin, local in self.imported.items() if local in retained},
+            dict(self.refused),
         )
+
+    def apply_producer(self, producer: str, sequence: int, refused: tuple[int, ...]) -> bool:
+        """Record a producer's last stored batch unless a later one is known; True if it changed."""
+        if sequence < self.producers.get(producer, sequence):
+            return False
+        self.producers[producer] = sequence
+        if refused:
+            self.refused[producer] = refused
+        else:
+            self.refused.pop(producer, None)
+        return True
 
     def lowest_retained(self) -> int:
         return next(iter(self.retained), self.next_offset)
@@ -75,7 +90,7 @@ class BrokerState:
     def apply_batch(self, record: BatchRecord) -> None:
         messages = record.messages
         if record.producer_id:
-            self.producers[record.producer_id] = record.sequence
+            self.apply_producer(record.producer_id, record.sequence, record.refused)
         if not messages:
             return
         offsets = [m.offset for m in messages]

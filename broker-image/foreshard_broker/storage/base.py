@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 NO_HEADERS: Mapping[str, str] = {}
@@ -79,6 +79,10 @@ class BatchRecord:
     producer_id: str
     sequence: int
     messages: list[Message]
+    # Indices (in the request) of the messages this batch refused (MOVED / PAUSED): a duplicate of
+    # the producer's last batch is answered with the same refusals. A batch without messages only
+    # records a producer sequence (carried over by ImportGroupState).
+    refused: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class CheckpointRecord:
     groups: dict[str, int]  # group -> from_offset
     producers: dict[str, int]  # producer id -> last stored sequence
     imported: dict[tuple[int, int], int]  # (source shard, source offset) -> local offset, retained only
+    refused: dict[str, tuple[int, ...]] = field(default_factory=dict)  # producer id -> last batch's refusals
 
 
 Record = BatchRecord | AckRecord | GroupRecord | ReleaseRecord | CheckpointRecord

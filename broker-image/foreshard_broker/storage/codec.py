@@ -30,8 +30,9 @@ _BATCH = struct.Struct("<BHQIQB")  # type, producer id length, sequence, count, 
 _LIST = struct.Struct("<BHI")  # type, name length, number of u64 offsets
 _GROUP = struct.Struct("<BHQ")
 _U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 T_BATCH, T_ACK, T_GROUP, T_RELEASE, T_CHECKPOINT = 1, 2, 3, 4, 5
-F_IMPORTED, F_HEADERS = 1, 2
+F_IMPORTED, F_HEADERS, F_REFUSED = 1, 2, 4
 NATIVE_BIG_ENDIAN = sys.byteorder == "big"
 
 
@@ -60,6 +61,7 @@ def encode(record: Record) -> bytes:
                     "imported": [
                         [shard, origin, local] for (shard, origin), local in record.imported.items()
                     ],
+                    "refused": {producer: list(indices) for producer, indices in record.refused.items()},
                 }
             ).encode()
         )
@@ -85,7 +87,11 @@ def _encode_batch(record: BatchRecord) -> bytes:
     first = messages[0].offset if messages else 0
     if messages and messages[-1].offset != first + len(messages) - 1:
         raise StorageError("batch offsets must be consecutive")
-    flags = (F_IMPORTED if imported else 0) | (F_HEADERS if with_headers else 0)
+    flags = (
+        (F_IMPORTED if imported else 0)
+        | (F_HEADERS if with_headers else 0)
+        | (F_REFUSED if record.refused else 0)
+    )
     parts = [
         _BATCH.pack(T_BATCH, len(producer), record.sequence, len(messages), first, flags),
         producer,
@@ -100,6 +106,8 @@ def _encode_batch(record: BatchRecord) -> bytes:
     if with_headers:
         blob = json.dumps([dict(m.headers) for m in messages]).encode()
         parts += [_U64.pack(len(blob)), blob]
+    if record.refused:
+        parts += [_U32.pack(len(record.refused)), _array("I", list(record.refused))]
     parts += [b"".join(keys), b"".join(payloads)]
     return b"".join(parts)
 
@@ -137,7 +145,8 @@ def decode(body: bytes) -> Record:
     if kind == T_CHECKPOINT:
         raw = json.loads(body[1:])
         imported = {(shard, origin): local for shard, origin, local in raw["imported"]}
-        return CheckpointRecord(raw["next_offset"], raw["groups"], raw["producers"], imported)
+        refused = {producer: tuple(indices) for producer, indices in raw.get("refused", {}).items()}
+        return CheckpointRecord(raw["next_offset"], raw["groups"], raw["producers"], imported, refused)
     raise StorageError(f"unknown record type {kind}")
 
 
@@ -160,6 +169,11 @@ def _decode_batch(body: bytes) -> BatchRecord:
         (size,) = _U64.unpack_from(body, pos)
         headers = [h or NO_HEADERS for h in json.loads(body[pos + 8 : pos + 8 + size])]
         pos += 8 + size
+    refused: tuple[int, ...] = ()
+    if flags & F_REFUSED:
+        (how_many,) = _U32.unpack_from(body, pos)
+        indices, pos = _unarray("I", body, pos + 4, how_many)
+        refused = tuple(indices)
     messages = []
     payload_pos = pos + sum(key_lens)
     for i in range(count):
@@ -170,7 +184,7 @@ def _decode_batch(body: bytes) -> BatchRecord:
         messages.append(
             Message(first + i, key, slots[i], payload, headers[i], times[i], shards[i], origins[i])
         )
-    return BatchRecord(producer, sequence, messages)
+    return BatchRecord(producer, sequence, messages, refused)
 
 
 def read_frames(data: bytes) -> Iterator[tuple[int, Record]]:
