@@ -405,7 +405,9 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Release(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes the copy of a selection this shard no longer owns (refused while it still owns it) and
+        lifts its pause here. UpdateRouting lifts the pause of whatever the new table takes away, too.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
