@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from foreshard_broker import protogen
 from foreshard_broker.routing import RoutingTable, slot_of
 from foreshard_broker.server import errors
-from foreshard_broker.server.admin import Admin
+from foreshard_broker.server.admin import Admin, Selector
 from foreshard_broker.server.broker import Broker
 from foreshard_broker.server.config import Batch, BrokerConfig
 from foreshard_broker.server.groups import ConsumerGroup
@@ -155,3 +156,38 @@ async def test_a_duplicate_of_the_last_batch_repeats_its_refusals_after_compacti
     [(index, reason)] = duplicate.refusals
     assert index == 1 and isinstance(reason, errors.Paused), "not stored then: must not be reported stored"
     assert (await again.publish("q", 40, Batch.of([("k", b"x")]))).refusals == [], "q's last had none"
+
+
+async def test_export_and_release_scan_only_the_selected_slots_backlog() -> None:
+    broker = Broker(BrokerConfig(num_slots=16), MemoryStorage())
+    broker.open()
+    admin = Admin(broker)
+    await broker.create_group("g", latest=False)
+    moving = "k0"
+    others = [k for k in (f"k{i}" for i in range(1, 200)) if slot_of(k, 16) != slot_of(moving, 16)]
+    for sequence in range(1, 51):
+        await broker.publish("p", sequence, Batch.of([(key, b"x") for key in others[:40]] + [(moving, b"m")]))
+    first = await broker.fetch("g", "c", 1000, 0, 0)
+    await broker.ack("g", [d.message.offset for d in first])  # acked messages leave the index too
+    scanned: list[int] = []
+
+    @dataclass(frozen=True)
+    class Counting(Selector):
+        def matches(self, message: Message) -> bool:
+            scanned.append(message.offset)
+            return super().matches(message)
+
+    selector = Counting(frozenset({slot_of(moving, 16)}))
+    exported = [m for chunk in [c async for c in admin.export_backlog(selector, 0, 0)] for m in chunk]
+    assert [m.payload for m in exported] == [b"m"] * 49 and [m.key for m in exported] == [moving] * 49
+    assert len(scanned) == 49, "the export must not look at other slots' messages"
+    pinned = Counting(keys=frozenset({others[0]}))
+    assert len([m async for chunk in admin.export_backlog(pinned, 0, 0) for m in chunk]) == 49
+    expected = {
+        slot: [m.offset for m in broker.state.retained.values() if m.key and m.slot == slot]
+        for slot in {m.slot for m in broker.state.retained.values() if m.key}
+    }
+    assert {slot: list(index) for slot, index in broker.state.by_slot.items()} == expected
+    broker.routing = RoutingTable(2, 16, tuple(1 for _ in range(16)), {}, {})
+    assert await admin.release(admin.selector([slot_of(moving, 16)], [])) == 49
+    assert slot_of(moving, 16) not in broker.state.by_slot

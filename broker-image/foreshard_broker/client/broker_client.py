@@ -132,7 +132,9 @@ class AdminClient(_Channel):
     """Admin API: routing, groups, fencing, backlog and group-state copy, drain, load, health."""
 
     def __init__(self, endpoint: str, options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS) -> None:
-        super().__init__(endpoint, options)
+        # Its own connection: a channel with the same target and options would share the data
+        # channel's HTTP/2 connection, and a move's admin calls would queue behind publish frames.
+        super().__init__(endpoint, [*options, ("grpc.use_local_subchannel_pool", 1)])
         self.stub = pb_grpc.AdminStub(self.channel)
 
     async def update_routing(self, table: RoutingTable) -> int:

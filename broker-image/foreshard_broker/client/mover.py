@@ -4,14 +4,14 @@
     fence    pause the slot on the source; wait (bounded) for its in-flight deliveries to be acked;
              copy the delta and the consumer-group state
     switch   raise the routing epoch (slot -> target) on every broker
-    resume   the source answers MOVED, the target serves the slot (the broker lifts the source's
-             pause when the switch takes the slot away; the explicit Resume here is a no-op kept
-             for brokers that predate that, and marks the end of the measured pause)
+    resume   the source answers MOVED, the target serves the slot: the broker lifts the source's
+             pause when the switch takes the slot away, so the measured pause ends with the switch
+             (the explicit Resume after it is a no-op kept for brokers that predate that)
     drain    release the slot's data on the source
 
 Every step is idempotent, so a caller that crashed can run the same move again.  The operator's
 migration state machine performs the same steps; this function is the straight-line version used by
-tests and tools.  The pause the slot saw (fence to resume) is returned.
+tests and tools.  The pause the slot saw (fence to switch) is returned.
 """
 
 from __future__ import annotations
@@ -77,8 +77,10 @@ async def move_slot(
     # two owners at different epochs just retries (MOVED at an older epoch backs off briefly).
     everyone = sorted({*table.endpoints.values(), target_ep})
     await asyncio.gather(*(transport.update_routing(endpoint, new_table) for endpoint in everyone))
+    marks.append(now())  # the target serves the slot from here: the pause ends with the switch
+    # The switch lifted the source's pause; Resume is kept (idempotent) for brokers that predate that,
+    # so a slot that later moves back is never left paused there.
     await transport.resume(source_ep, slot)
-    marks.append(now())
     await transport.release(source_ep, slot)
     fence_s, copy_s, switch_s = (b - a for a, b in itertools.pairwise(marks))
     report = MoveReport(

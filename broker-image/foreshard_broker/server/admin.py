@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foreshard_broker.routing import RoutingError, RoutingTable, validate
+from foreshard_broker.routing import RoutingError, RoutingTable, slot_of, validate
 from foreshard_broker.server import errors, validation
 from foreshard_broker.server.broker import Broker
 from foreshard_broker.storage import AckRecord, BatchRecord, Message, ReleaseRecord
@@ -34,6 +34,10 @@ class Selector:
     slots: frozenset[int] = frozenset()
     keys: frozenset[str] = frozenset()
     pinned: Mapping[str, int] = field(default_factory=dict)
+
+    def slots_to_scan(self, num_slots: int) -> set[int]:
+        """Every slot a matching message can live in: the selected slots and the pinned keys' slots."""
+        return {*self.slots, *(slot_of(key, num_slots) for key in self.keys)}
 
     def matches(self, message: Message) -> bool:
         key = message.key
@@ -64,6 +68,7 @@ class Admin:
         self.broker = broker
         self.routing_file = routing_file
         self._paused_since: dict[int | str, float] = {}
+        self._routing_lock = asyncio.Lock()
         self._pause_total = 0.0
 
     def pause_seconds(self, now: float) -> float:
@@ -89,7 +94,12 @@ class Admin:
             {int(shard): endpoint for shard, endpoint in raw["endpoints"].items()},
         )
 
-    def update_routing(self, table: RoutingTable) -> int:
+    async def update_routing(self, table: RoutingTable) -> int:
+        """Validate, persist (fsync in a worker thread, so the data path keeps running), then serve."""
+        async with self._routing_lock:  # one update at a time: check, persist and switch together
+            return await self._update_routing(table)
+
+    async def _update_routing(self, table: RoutingTable) -> int:
         current = self.broker.routing
         try:
             validate(table, self.broker.config.num_slots)
@@ -101,7 +111,7 @@ class Admin:
             if table != current:
                 raise errors.StaleEpoch(current.epoch, table.epoch, "same epoch with a different table")
             return current.epoch  # an idempotent retry
-        self._persist(table)
+        await asyncio.to_thread(self._persist, table)
         self.broker.routing = table
         self._unpause_moved_away(current)
         self.broker.unpark_all()
@@ -180,10 +190,14 @@ class Admin:
         self, selector: Selector, from_offset: int, chunk: int
     ) -> AsyncIterator[list[Message]]:
         await self.broker.barrier()
-        selected = self.broker.state.select(selector.matches, from_offset)
+        selected = self._select(selector, from_offset)
         chunk = max(1, min(chunk or 1000, self.broker.limits.max_batch_messages))
         for start in range(0, len(selected), chunk):
             yield selected[start : start + chunk]
+
+    def _select(self, selector: Selector, from_offset: int) -> list[Message]:
+        slots = selector.slots_to_scan(self.broker.config.num_slots)
+        return self.broker.state.select_slots(slots, selector.matches, from_offset)
 
     async def import_backlog(self, source_shard: int, messages: Iterable[Message]) -> tuple[int, int]:
         if source_shard < 0 or source_shard == self.broker.config.shard:
@@ -280,7 +294,7 @@ class Admin:
             )
         self._unpause(selector.slots, selector.keys)  # not owned: MOVED is the answer, not PAUSED
         await self.broker.barrier()
-        offsets = [message.offset for message in self.broker.state.select(selector.matches)]
+        offsets = [message.offset for message in self._select(selector, 0)]
         if offsets:
             self.broker.state.apply_release(offsets)
             await self.broker.storage.append(ReleaseRecord(offsets))

@@ -43,7 +43,8 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
         return self.admin.selector(request.slots, request.keys)
 
     async def UpdateRouting(self, request: Any, context: Context) -> Any:
-        epoch = await guarded(context, _call(lambda: self.admin.update_routing(table_of(request))))
+        table = await guarded(context, _call(lambda: table_of(request)))
+        epoch = await guarded(context, self.admin.update_routing(table))
         return pb.UpdateRoutingResponse(epoch=epoch)
 
     async def GetRouting(self, request: Any, context: Context) -> Any:

@@ -25,6 +25,9 @@ from foreshard_broker.storage import (
 class BrokerState:
     def __init__(self) -> None:
         self.retained: dict[int, Message] = {}  # insertion order is offset order
+        # slot -> its retained keyed messages (offset order): exports and releases scan one slot's
+        # backlog, not every retained message. Keyless messages have no slot and are not indexed.
+        self.by_slot: dict[int, dict[int, Message]] = {}
         self.holders: dict[int, int] = {}  # offset -> groups that have not acked it
         self.groups: dict[str, ConsumerGroup] = {}
         self.producers: dict[str, int] = {}  # producer id -> last stored sequence
@@ -98,9 +101,16 @@ class BrokerState:
         self.retained.update(zip(offsets, messages, strict=True))
         backlog, backlog_bytes = self.key_backlog, self.key_backlog_bytes
         arrived, arrived_bytes = self.arrived, self.arrived_bytes
+        by_slot = self.by_slot
         for message in messages:  # one pass for all per-key counters: this loop is the hot spot
             key = message.key
             size = len(message.payload)
+            if key:
+                in_slot = by_slot.get(message.slot)
+                if in_slot is None:
+                    by_slot[message.slot] = {message.offset: message}
+                else:
+                    in_slot[message.offset] = message
             backlog[key] = backlog.get(key, 0) + 1
             backlog_bytes[key] = backlog_bytes.get(key, 0) + size
             arrived[key] = arrived.get(key, 0) + 1
@@ -155,6 +165,11 @@ class BrokerState:
         del self.holders[message.offset]
         self.retained_bytes -= len(message.payload)
         key = message.key
+        if key:
+            in_slot = self.by_slot[message.slot]
+            del in_slot[message.offset]
+            if not in_slot:
+                del self.by_slot[message.slot]
         left = self.key_backlog[key] - 1
         if left:
             self.key_backlog[key] = left
@@ -174,6 +189,18 @@ class BrokerState:
 
     def select(self, matches: Callable[[Message], bool], from_offset: int = 0) -> list[Message]:
         return [m for offset, m in self.retained.items() if offset >= from_offset and matches(m)]
+
+    def select_slots(
+        self, slots: Iterable[int], matches: Callable[[Message], bool], from_offset: int = 0
+    ) -> list[Message]:
+        """`select` over the retained messages of `slots` only: cost follows those slots' backlog."""
+        found: list[Message] = []
+        chosen = [self.by_slot[slot] for slot in set(slots) if slot in self.by_slot]
+        for in_slot in chosen:
+            found += [m for offset, m in in_slot.items() if offset >= from_offset and matches(m)]
+        if len(chosen) > 1:
+            found.sort(key=lambda m: m.offset)
+        return found
 
     def rebuild(self, records: Iterable[Record]) -> None:
         for record in records:
