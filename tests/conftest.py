@@ -62,7 +62,9 @@ def prometheus_with_traces(
     """
     workdir = tmp_path_factory.mktemp("prometheus")
     queues = {name: traces.read_directory(canonical_traces[name]) for name in ("tweets", "elb")}
-    now = time.time() // 60 * 60
+    # on the traces' 5-minute grid: the samples sit at interval ends, so a reader that evaluates
+    # increase(...[5m]) at whole steps (the operator does) meets one at every interval end
+    now = time.time() // 300 * 300
     shifts = backfill(queues, workdir / "data", end_at_s=now)
     (workdir / "shifts.json").write_text(json.dumps(shifts))
     with PrometheusServer(workdir) as server:

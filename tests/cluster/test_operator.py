@@ -2,75 +2,32 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
+from operator_helpers import (
+    NAMESPACE,
+    assert_no_rbac_denials,
+    get,
+    running_operator,
+    scaled_events,
+    scrape,
+    wait_for,
+)
 
-from foreshard.localcluster.cluster import LocalCluster, service_account_kubeconfig
-from foreshard.localcluster.process import free_port
+from foreshard.localcluster.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
-
-REPO = Path(__file__).resolve().parents[2]
-NAMESPACE = "queues"
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def get(cluster: LocalCluster, kind: str, name: str) -> dict[str, Any] | None:
-    result = cluster.kubectl("get", kind, name, "-n", NAMESPACE, "-o", "json", check=False)
-    return json.loads(result.stdout) if result.returncode == 0 else None
 
 
 @pytest.fixture(scope="module")
 def operator(
     local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    local_cluster.kubectl("apply", "-k", str(REPO / "manifests"))
-    local_cluster.kubectl("create", "namespace", NAMESPACE)
-    workdir = tmp_path_factory.mktemp("operator")
-    config = service_account_kubeconfig(
-        local_cluster, "foreshard-system", "foreshard-operator", workdir / "kc"
-    )
-    metrics_port = free_port()
-    log = workdir / "operator.log"
-    with log.open("w") as handle:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "foreshard.cli",
-                "run",
-                "--metrics-port",
-                str(metrics_port),
-                "--liveness-port",
-                str(free_port(None, {metrics_port})),
-            ],
-            env={**os.environ, "KUBECONFIG": str(config), "FORESHARD_RESYNC_SECONDS": "2"},
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield {"log": log, "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "process": process}
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    with running_operator(local_cluster, tmp_path_factory.mktemp("operator")) as running:
+        yield running
 
 
 def queue(name: str, min_shards: int) -> str:
@@ -113,17 +70,13 @@ def test_the_operator_creates_owns_and_resizes_the_shard_stateful_set(
     shown = local_cluster.kubectl("get", "shalloc", "payments", "-n", NAMESPACE).stdout
     assert shown.split("\n")[1].split()[:4] == ["payments", "True", "3", "3"]  # NAME READY SHARDS TARGET
 
-    events = local_cluster.kubectl(
-        "get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.kind=ShardAllocation"
-    ).stdout
+    events = scaled_events(local_cluster)
     assert "Scaled" in events and "Shards 2 -> 3." in events
 
-    with urllib.request.urlopen(operator["metrics"], timeout=5) as response:
-        metrics = response.read().decode()
+    metrics = scrape(operator["metrics"])
     assert 'foreshard_operator_desired_shards{queue="payments"} 3.0' in metrics
 
-    text = operator["log"].read_text()
-    assert "Forbidden" not in text and "403" not in text, text[-3000:]
+    assert_no_rbac_denials(operator["log"])
 
 
 def test_deleting_the_queue_garbage_collects_its_shards(

@@ -171,11 +171,17 @@ class PrometheusHistory:
         return merge(parts, start_s, step_s, count)
 
 
-def connect(url: str, timeout_s: int = 30) -> PrometheusHistory:
-    """A history reader for the Prometheus at `url` (no request is made until a query)."""
-    from prometheus_api_client import PrometheusConnect
+def connect(url: str, timeout_s: int = 30, retries: int | None = None) -> PrometheusHistory:
+    """A history reader for the Prometheus at `url` (no request is made until a query).
 
-    return PrometheusHistory(PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_s))
+    `retries` (None: the client's default, with backoff) bounds how long a dead server holds the
+    caller; a reconcile pass retries on its own timer and must not hold a worker thread for long.
+    """
+    from prometheus_api_client import PrometheusConnect
+    from urllib3.util.retry import Retry
+
+    retry = None if retries is None else Retry(total=retries, backoff_factor=0.0)
+    return PrometheusHistory(PrometheusConnect(url=url, disable_ssl=True, retry=retry, timeout=timeout_s))
 
 
 def _time(seconds: float) -> datetime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,17 +40,41 @@ def scaling_condition(desired: int, observed: Observed) -> Condition:
     )
 
 
+@dataclass(frozen=True)
+class Report:
+    """What the decision adds to the status; empty for a pass that made no plan."""
+
+    conditions: Sequence[Condition] = ()  # e.g. Forecasting
+    holding: Condition | None = None  # replaces Scaling=AtTarget when the plan is not applied
+    plan: dict[str, Any] | None = None
+    last_decision: str | None = None
+
+
 def next_status(
-    previous: dict[str, Any], generation: int, desired: int, observed: Observed, now: str
+    previous: dict[str, Any],
+    generation: int,
+    desired: int,
+    observed: Observed,
+    now: str,
+    report: Report | None = None,
 ) -> dict[str, Any]:
+    report = report or Report()
+    scaling = scaling_condition(desired, observed)
+    if report.holding is not None and observed.replicas == desired:
+        scaling = report.holding
     merged: list[dict[str, Any]] = list(previous.get("conditions", []))
-    for condition in (ready_condition(desired, observed), scaling_condition(desired, observed)):
+    for condition in (ready_condition(desired, observed), scaling, *report.conditions):
         merged = conditions.merge(merged, condition, now, generation)
-    return {
+    status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merged,
         "shards": {"desired": desired, "ready": observed.ready_replicas},
+        # None removes a stale plan (merge patch): its decidedAt must not count towards a later wait
+        "plan": report.plan,
     }
+    if report.last_decision is not None:
+        status["lastDecision"] = report.last_decision[:1024]  # the CRD's bound
+    return status
 
 
 def owned_by(manifest: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:

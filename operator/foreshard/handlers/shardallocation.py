@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
+import time
 from typing import Any
 
 import kopf
@@ -16,14 +16,10 @@ from foreshard.reconcile.shardallocation import reconcile
 RESYNC_SECONDS = float(os.environ.get("FORESHARD_RESYNC_SECONDS", "10"))
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _pass(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
     name = body["metadata"]["name"]
     try:
-        outcome = reconcile(dict(body), KubeAdapter(), _now())
+        outcome = reconcile(dict(body), KubeAdapter(), time.time())
     except Exception:
         RECONCILES.labels(name, "error").inc()
         raise
@@ -31,7 +27,8 @@ def _pass(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
     patch.status.update(outcome.status)
     if outcome.scaled_from is not None:
         desired = outcome.status["shards"]["desired"]
-        kopf.info(body, reason="Scaled", message=f"Shards {outcome.scaled_from} -> {desired}.")
+        message = outcome.event or f"Shards {outcome.scaled_from} -> {desired}."
+        kopf.info(body, reason="Scaled", message=message)
         logger.info("scaled %s from %d to %d shards", name, outcome.scaled_from, desired)
 
 

@@ -1,0 +1,101 @@
+"""A queue's demand ahead: per-key forecasts of its arrival history, summed. Pure.
+
+    history per key --bound (heaviest MAX_KEYS + one tail)--> forecast each --sum--> one Forecast
+
+Summing a quantile over keys over-states the quantile of the sum (keys rarely peak together),
+which errs on the side of capacity; the planner's headroom is applied on top of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from foreshard.core.forecasting import Forecast, InsufficientHistory, forecast
+from foreshard.core.series import FloatArray, Series
+
+MAX_KEYS = 50  # keys forecast on their own; fit cost grows with keys, the tail is one more series
+TAIL = "__tail__"
+# the summed forecast is trusted when trusted keys carry at least this share of the predicted volume:
+# a sparse key that no model can vouch for should not throw away the forecast of the heavy ones
+TRUSTED_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class Demand:
+    forecast: Forecast  # counts per step, summed over keys, one path per quantile
+    observed_rate: float  # messages/s in the latest interval that has data
+    keys: int  # series forecast (tracked keys plus the tail)
+    trusted_share: float  # share of the point forecast carried by trusted per-key forecasts
+
+
+def total(values: Sequence[FloatArray]) -> FloatArray:
+    """Element-wise sum where missing stays missing only when every part is missing."""
+    stack = np.vstack(values)
+    return np.where(np.isnan(stack).all(axis=0), np.nan, np.nansum(stack, axis=0))
+
+
+def bound(history: Mapping[str, Series], limit: int = MAX_KEYS) -> list[Series]:
+    """The `limit` heaviest keys (ties by name, for determinism) and the others summed as TAIL."""
+    ranked = sorted(history.values(), key=lambda s: (-float(np.nansum(s.values)), s.key))
+    kept, rest = ranked[:limit], ranked[limit:]
+    if rest:
+        first = rest[0]
+        kept.append(Series(TAIL, first.start_s, first.step_s, total([s.values for s in rest])))
+    return kept
+
+
+def latest_rate(history: Sequence[Series]) -> float:
+    """Messages/s summed over keys in the last interval with any data; 0 without data."""
+    if not history:
+        return 0.0
+    summed = total([s.values for s in history])
+    seen = np.flatnonzero(np.isfinite(summed))
+    return float(summed[seen[-1]] / history[0].step_s) if len(seen) else 0.0
+
+
+def horizon_steps(history_end_s: float, now_s: float, horizon_s: float, step_s: float) -> int:
+    """Steps from the end of the history far enough to cover now + horizon."""
+    return max(1, math.ceil((now_s + horizon_s - history_end_s) / step_s - 1e-9))
+
+
+def estimate(
+    history: Mapping[str, Series], now_s: float, horizon_s: float, quantile: float, limit: int = MAX_KEYS
+) -> Demand:
+    """Forecast every bounded key and sum; raises InsufficientHistory when no key can be forecast."""
+    series = bound(history, limit)
+    if not series:
+        raise InsufficientHistory("Prometheus has no arrivals recorded for this queue yet")
+    first = series[0]
+    steps = horizon_steps(first.end_s, now_s, horizon_s, first.step_s)
+    fitted: list[Forecast] = []
+    for one in series:
+        try:
+            fitted.append(forecast(one, steps, (quantile,)))
+        except InsufficientHistory:
+            continue  # a key seen a couple of times only; its volume is negligible by definition
+    if not fitted:
+        raise InsufficientHistory(f"none of {len(series)} keys has enough history to forecast")
+    return _summed(fitted, quantile, latest_rate(series), len(series))
+
+
+def _summed(fitted: list[Forecast], quantile: float, rate: float, keys: int) -> Demand:
+    mean = np.sum([f.mean for f in fitted], axis=0)
+    band = np.sum([f.quantile(quantile) for f in fitted], axis=0)
+    volume = float(mean.sum())
+    trusted_volume = float(sum(f.mean.sum() for f in fitted if f.trusted))
+    share = trusted_volume / volume if volume > 0 else float(all(f.trusted for f in fitted))
+    first = fitted[0]
+    summed = Forecast(
+        "__total__",
+        first.start_s,
+        first.step_s,
+        mean,
+        {quantile: band},
+        f"sum of {len(fitted)} per-key forecasts, {share:.0%} of the volume trusted",
+        share >= TRUSTED_SHARE,
+    )
+    return Demand(summed, rate, keys, share)
