@@ -12,7 +12,7 @@ from foreshard_broker.routing import RoutingTable
 from foreshard_broker.server import errors
 from foreshard_broker.server.admin import Admin, GroupPending, ProducerSeen, Selector
 from foreshard_broker.server.load import ProcessStats
-from foreshard_broker.server.service import abort, guarded
+from foreshard_broker.server.service import abort, add_message, guarded
 from foreshard_broker.storage import Message
 from foreshard_broker.wire import pb, pb_grpc
 
@@ -77,16 +77,8 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
         shard = self.broker.config.shard
         async for chunk in self.admin.export_backlog(selector, request.from_offset, request.chunk_messages):
             out = pb.BacklogChunk(source_shard=shard, next_offset=chunk[-1].offset + 1)
-            add = out.messages.add
             for m in chunk:
-                add(
-                    offset=m.offset,
-                    key=m.key,
-                    slot=m.slot,
-                    payload=m.payload,
-                    headers=m.headers,
-                    publish_time_ms=m.publish_time_ms,
-                )
+                add_message(out.messages, m)
             yield out
 
     async def ImportBacklog(self, requests: AsyncIterator[Any], context: Context) -> Any:

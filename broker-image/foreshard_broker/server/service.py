@@ -32,6 +32,19 @@ STATUS: dict[type[errors.BrokerError], grpc.StatusCode] = {
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def add_message(messages: Any, m: Any, **extra: Any) -> None:
+    """Append stored message `m` to a repeated wire Message field (fetch replies, backlog chunks)."""
+    messages.add(
+        offset=m.offset,
+        key=m.key,
+        slot=m.slot,
+        payload=m.payload,
+        headers=m.headers,
+        publish_time_ms=m.publish_time_ms,
+        **extra,
+    )
+
+
 def status_of(error: errors.BrokerError) -> grpc.StatusCode:
     return STATUS.get(type(error), grpc.StatusCode.INTERNAL)
 
@@ -162,18 +175,8 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
             ),
         )
         response = pb.FetchResponse()
-        add = response.messages.add
         for delivery in deliveries:
-            m = delivery.message
-            add(
-                offset=m.offset,
-                key=m.key,
-                slot=m.slot,
-                payload=m.payload,
-                headers=m.headers,
-                publish_time_ms=m.publish_time_ms,
-                attempt=delivery.attempt,
-            )
+            add_message(response.messages, delivery.message, attempt=delivery.attempt)
         return response
 
     async def Ack(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

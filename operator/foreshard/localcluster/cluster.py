@@ -265,10 +265,11 @@ class LocalCluster:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
-    def client_ssl_context(self, certs: pki.ClusterPKI | None = None) -> ssl.SSLContext:
-        pki_dir = self.workdir / "pki"
-        context = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
-        context.load_cert_chain(str(pki_dir / "admin.crt"), str(pki_dir / "admin.key"))
+    @staticmethod
+    def client_ssl_context(certs: pki.ClusterPKI) -> ssl.SSLContext:
+        """The admin's TLS identity, for health checks the kubectl binary is too slow for."""
+        context = ssl.create_default_context(cafile=str(certs.ca.cert))
+        context.load_cert_chain(str(certs.admin.cert), str(certs.admin.key))
         return context
 
     def _write_state(self) -> None:
