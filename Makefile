@@ -21,7 +21,6 @@ cluster-down: down
 
 ## What CI runs: static checks, then every test layer against the real components.
 test: bootstrap check
-	@$(PY) -m foreshard.cli traces prepare-shared >/dev/null
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 check: lint typecheck layers
@@ -39,5 +38,5 @@ layers:
 traces: bootstrap
 	@$(PY) -m foreshard.cli traces prepare-shared
 
-bench: bootstrap
+bench: bootstrap traces
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

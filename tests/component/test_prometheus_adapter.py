@@ -21,7 +21,7 @@ from foreshard.traces import read_series
 
 pytestmark = pytest.mark.component
 
-ELB = Path(__file__).resolve().parents[2] / "build" / "traces" / "elb" / "elb_request_count_8c0756.csv"
+ELB_FILE = "elb_request_count_8c0756.csv"
 END_AT = 1_760_000_400.0  # a fixed, grid-aligned "now" a few weeks in the past; retention is long
 STEP = 300.0
 
@@ -35,12 +35,18 @@ def synthetic() -> list[Series]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrometheusServer, dict[str, float]]]:
+def elb(canonical_traces: dict[str, Path]) -> Path:
+    return canonical_traces["elb"] / ELB_FILE
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, elb: Path
+) -> Iterator[tuple[PrometheusServer, dict[str, float]]]:
     work = tmp_path_factory.mktemp("prometheus")
     queues = {"orders": synthetic()}
     shifts = backfill(queues, work / "data", end_at_s=END_AT)
-    if ELB.exists():
-        shifts |= backfill({"elb": [read_series(ELB)]}, work / "data", end_at_s=END_AT)
+    shifts |= backfill({"elb": [read_series(elb)]}, work / "data", end_at_s=END_AT)
     with PrometheusServer(work) as running:
         yield running, shifts
 
@@ -67,12 +73,10 @@ def test_one_key_can_be_asked_for_alone(server: tuple[PrometheusServer, dict[str
 
 
 def test_a_real_trace_with_gaps_reads_back_with_the_gaps_missing_not_zero(
-    server: tuple[PrometheusServer, dict[str, float]],
+    server: tuple[PrometheusServer, dict[str, float]], elb: Path
 ) -> None:
-    if not ELB.exists():
-        pytest.skip("run `foreshard traces prepare-shared` first to build the canonical ELB trace")
     running, shifts = server
-    original = read_series(ELB)
+    original = read_series(elb)
     start = original.start_s + shifts["elb"]
     got = connect(running.url).arrivals("elb", start, start + len(original) * STEP, STEP)[
         "elb_request_count_8c0756"
