@@ -33,7 +33,7 @@ IMPLEMENTATIONS: dict[str, Factory] = {
 
 
 def sample() -> list[Record]:
-    batch = BatchRecord(
+    batch = BatchRecord.of(
         "producer-1",
         7,
         [
@@ -42,14 +42,14 @@ def sample() -> list[Record]:
             Message(2, "", 0xFFFFFFFF, b"", {}, 1002, origin_shard=3, origin_offset=99),
         ],
     )
-    refusing = BatchRecord("producer-2", 3, [Message(3, "k", 5, b"kept", {}, 1003)], refused=(0, 2))
-    carried = BatchRecord("producer-3", 11, [], refused=(4,))  # a sequence carried by ImportGroupState
+    refusing = BatchRecord.of("producer-2", 3, [Message(3, "k", 5, b"kept", {}, 1003)], refused=(0, 2))
+    carried = BatchRecord.of("producer-3", 11, [], refused=(4,))  # a sequence carried by ImportGroupState
     return [
         GroupRecord("g", 0),
         batch,
         AckRecord("g", [0, 2]),
         ReleaseRecord([1]),
-        BatchRecord("", 0, []),
+        BatchRecord.of("", 0, []),
         refusing,
         carried,
     ]

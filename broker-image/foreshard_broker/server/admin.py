@@ -27,6 +27,7 @@ from foreshard_broker.routing import RoutingError, RoutingTable, slot_of, valida
 from foreshard_broker.server import errors, validation
 from foreshard_broker.server.broker import Broker
 from foreshard_broker.storage import AckRecord, BatchRecord, Message, ReleaseRecord
+from foreshard_broker.storage.base import EMPTY_CHUNK
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ class Admin:
             state.account(fresh)
             for message in fresh:  # reserve now so a concurrent retry of the same chunk skips them
                 state.imported[(source_shard, message.origin_offset)] = message.offset
-            await self.broker._append(BatchRecord("", 0, fresh))
+            await self.broker._append(BatchRecord.of("", 0, fresh))
             self.broker._make_visible()
         return len(fresh), skipped
 
@@ -254,7 +255,7 @@ class Admin:
         """
         broker, state = self.broker, self.broker.state
         merged = [
-            BatchRecord(p.producer_id, p.sequence, [], p.refused)
+            BatchRecord(p.producer_id, p.sequence, EMPTY_CHUNK, p.refused)
             for p in producers
             if p.producer_id and p.sequence > state.producers.get(p.producer_id, -1)
         ]
@@ -303,4 +304,4 @@ class Admin:
     async def drain(self) -> int:
         self.broker.draining = True
         await self.broker.barrier()
-        return len(self.broker.state.retained)
+        return self.broker.state.retained_count

@@ -159,7 +159,7 @@ def load_metrics_pb(service: AdminService, top_keys: int) -> Any:
     out.slots.extend(slots[slot] for slot in sorted(slots))
     cpu_seconds, cpu_percent, rss = service.process.sample()
     out.process_cpu_seconds, out.process_cpu_percent, out.process_rss_bytes = cpu_seconds, cpu_percent, rss
-    out.retained_messages = len(state.retained)
+    out.retained_messages = state.retained_count
     out.retained_bytes = state.retained_bytes
     return out
 

@@ -16,7 +16,6 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 
 from foreshard_broker.routing import KEYLESS_SLOT, RoutingTable
 from foreshard_broker.server import errors, validation
@@ -24,13 +23,13 @@ from foreshard_broker.server.config import Batch, BrokerConfig
 from foreshard_broker.server.groups import ConsumerGroup, Delivery
 from foreshard_broker.server.load import LoadTracker
 from foreshard_broker.server.state import BrokerState
-from foreshard_broker.storage import AckRecord, BatchRecord, GroupRecord, Message, Storage
-from foreshard_broker.storage.base import NO_HEADERS
+from foreshard_broker.storage import AckRecord, BatchRecord, Chunk, GroupRecord, Message, Storage
 
 log = logging.getLogger("foreshard_broker.broker")
 
 
 Refusal = tuple[int, "errors.Moved | errors.Paused"]  # (index in the batch, reason)
+SLOT_CACHE_KEYS = 1 << 17  # distinct keys whose slot is remembered (cleared when exceeded)
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,7 @@ class Broker:
         self._changed: dict[str, asyncio.Event] = {}
         self._unpublished: deque[tuple[asyncio.Future[None], BatchRecord]] = deque()
         self._owns_everything: RoutingTable | None = None  # cache: the table for which that holds
+        self._slot_cache: dict[str, int] = {"": KEYLESS_SLOT}
         self.observe_publish: Callable[[float], None] = lambda seconds: None
         self.observe_deliveries: Callable[[list[int]], None] = lambda publish_times_ms: None
 
@@ -73,7 +73,7 @@ class Broker:
             self._changed[name] = asyncio.Event()
         log.info(
             "recovered",
-            extra={"retained": len(self.state.retained), "next_offset": self.state.next_offset},
+            extra={"retained": self.state.retained_count, "next_offset": self.state.next_offset},
         )
 
     # ------------------------------------------------------------------ publish
@@ -103,7 +103,7 @@ class Broker:
             raise errors.Unavailable(f"the message log could not be written ({error})") from error
         self._make_visible()
         self.observe_publish(time.perf_counter() - started)
-        return Stored(record.messages[0].offset, len(record.messages), refusals=refusals)
+        return Stored(record.chunk.first, len(record.chunk), refusals=refusals)
 
     def _duplicate(self, producer_id: str, sequence: int, keys: list[str]) -> Stored:
         """The answer to a resent batch: stored, except what the original refused, refused again.
@@ -150,25 +150,14 @@ class Broker:
                 f"{self.limits.max_retained_bytes}); retry after consumers catch up"
             )
         first = self.state.next_offset
-        now_ms = int(time.time() * 1000)
-        headers = batch.headers or [NO_HEADERS] * len(slots)
-        # Columns have equal lengths (checked in batch_of / Batch); map() is the cheapest constructor loop.
-        messages = list(
-            map(
-                Message,
-                range(first, first + len(slots)),
-                batch.keys,
-                slots,
-                batch.payloads,
-                headers,
-                repeat(now_ms),
-            )
-        )
-        self.state.next_offset = first + len(messages)
+        # The batch's columns become the stored chunk as they are: no object per message.
+        times = [int(time.time() * 1000)] * len(slots)
+        chunk = Chunk(first, batch.keys, slots, batch.payloads, times, batch.headers)
+        self.state.next_offset = first + len(slots)
         if producer_id:
             self.state.apply_producer(producer_id, sequence, refused)
         self.state.retained_bytes += nbytes
-        record = BatchRecord(producer_id, sequence, messages, refused)
+        record = BatchRecord(producer_id, sequence, chunk, refused)
         return self._append(record), record
 
     def _append(self, record: BatchRecord) -> asyncio.Future[None]:
@@ -186,8 +175,7 @@ class Broker:
 
     def _route(self, keys: list[str]) -> tuple[list[int], list[Refusal]]:
         """Slot of every message, and the messages this shard may not take (MOVED / PAUSED)."""
-        n, crc = self.config.num_slots, zlib.crc32
-        slots = [crc(key.encode()) % n if key else KEYLESS_SLOT for key in keys]
+        slots = self._slots(keys)
         table, me = self.routing, self.config.shard
         if self._owns_everything is not table:
             self._owns_everything = table if self._check_owns_everything(table) else None
@@ -206,6 +194,23 @@ class Broker:
             if paused is not None:
                 refusals.append((index, paused))
         return slots, refusals
+
+    def _slots(self, keys: list[str]) -> list[int]:
+        """Slot of every key. Keys repeat from batch to batch, so a bounded cache of recent keys
+        turns the hash into a dict lookup done in C (`map`); only unseen keys are hashed."""
+        cache = self._slot_cache
+        slots = list(map(cache.get, keys))
+        if None not in slots:
+            return slots  # type: ignore[return-value]  # no None left: every key was cached
+        if len(cache) > SLOT_CACHE_KEYS:
+            cache.clear()
+            cache[""] = KEYLESS_SLOT
+        n = self.config.num_slots
+        for index, slot in enumerate(slots):
+            if slot is None:
+                key = keys[index]
+                slots[index] = cache[key] = zlib.crc32(key.encode()) % n
+        return slots  # type: ignore[return-value]
 
     def _check_owns_everything(self, table: RoutingTable) -> bool:
         me = self.config.shard
@@ -234,7 +239,7 @@ class Broker:
         """Let storage drop what no retained or still-unpublished message needs; returns bytes freed."""
         lowest = self.state.lowest_retained()
         if self._unpublished:
-            lowest = min(lowest, self._unpublished[0][1].messages[0].offset)
+            lowest = min(lowest, self._unpublished[0][1].chunk.first)
         return self.storage.compact(lowest)
 
     async def barrier(self) -> None:

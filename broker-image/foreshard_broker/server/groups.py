@@ -1,6 +1,6 @@
 """One consumer group's delivery state: strict per-key order with at most one delivery in flight per key.
 
-pending[key]   deque of the key's unacknowledged messages, oldest first; only the head is ever
+pending[key]   deque of the key's unacknowledged offsets, oldest first; only the head is ever
                delivered, so a key's next message waits until the head is acked
 ready          keys whose head may be delivered now (a key appears at most once while valid)
 parked         keys whose head is fenced (slot paused or not owned); `unpark` requeues them
@@ -26,31 +26,49 @@ class Delivery:
 
 
 class ConsumerGroup:
-    def __init__(self, name: str, from_offset: int) -> None:
+    """Holds offsets, not messages: `lookup` (the broker state) turns an offset into its message
+    when a delivery starts, so a backlog costs the group an int per message and nothing to scan."""
+
+    def __init__(self, name: str, from_offset: int, lookup: Callable[[int], Message]) -> None:
         self.name = name
         self.from_offset = from_offset
-        self.pending: dict[str, deque[Message]] = {}
+        self.lookup = lookup
+        self.pending: dict[str, deque[int]] = {}
         self.ready: deque[str] = deque()
         self.parked: set[str] = set()
-        self.keyless: dict[int, Message] = {}
-        self.keyless_parked: dict[int, Message] = {}
+        self.keyless: dict[int, None] = {}  # insertion-ordered sets of offsets
+        self.keyless_parked: dict[int, None] = {}
         self.inflight: dict[int, Delivery] = {}
         self.attempts: dict[int, int] = {}
         self._deadlines: list[tuple[float, int]] = []
         self.backlog = 0
 
-    def add(self, message: Message) -> None:
+    def add(self, offset: int, key: str) -> None:
         self.backlog += 1
-        key = message.key
         if not key:
-            self.keyless[message.offset] = message
+            self.keyless[offset] = None
             return
         queue = self.pending.get(key)
         if queue is None:
-            self.pending[key] = deque((message,))
+            self.pending[key] = deque((offset,))
             self.ready.append(key)
         else:
-            queue.append(message)
+            queue.append(offset)
+
+    def add_run(self, first: int, keys: list[str]) -> None:
+        """`add` for consecutive offsets `first`, `first + 1`, ... with these keys (one batch)."""
+        self.backlog += len(keys)
+        pending, ready = self.pending, self.ready
+        for offset, key in enumerate(keys, first):
+            if not key:
+                self.keyless[offset] = None
+                continue
+            queue = pending.get(key)
+            if queue is None:
+                pending[key] = deque((offset,))
+                ready.append(key)
+            else:
+                queue.append(offset)
 
     def take(
         self,
@@ -66,9 +84,9 @@ class ConsumerGroup:
         while self.ready and len(out) < limit:
             key = self.ready.popleft()
             queue = self.pending.get(key)
-            if not queue or queue[0].offset in self.inflight:
+            if not queue or queue[0] in self.inflight:
                 continue  # released, or a stale duplicate entry
-            head = queue[0]
+            head = self.lookup(queue[0])
             if not deliverable(head):
                 self.parked.add(key)
                 continue
@@ -78,12 +96,13 @@ class ConsumerGroup:
             budget -= len(head.payload)
             out.append(self._start(head, consumer, deadline))
         while self.keyless and len(out) < limit:
-            offset, message = next(iter(self.keyless.items()))
+            offset = next(iter(self.keyless))
+            message = self.lookup(offset)
             if len(message.payload) > budget and out:
                 break
             del self.keyless[offset]
             if not deliverable(message):
-                self.keyless_parked[offset] = message
+                self.keyless_parked[offset] = None
                 continue
             budget -= len(message.payload)
             out.append(self._start(message, consumer, deadline))
@@ -102,13 +121,12 @@ class ConsumerGroup:
         delivery = self.inflight.pop(offset, None)
         if delivery is None:
             return None
-        self._forget(delivery.message)
+        self._forget(offset, delivery.message.key)
         return delivery.message
 
-    def _forget(self, message: Message) -> None:
+    def _forget(self, offset: int, key: str) -> None:
         self.backlog -= 1
-        self.attempts.pop(message.offset, None)
-        key = message.key
+        self.attempts.pop(offset, None)
         if not key:
             return
         queue = self.pending[key]
@@ -123,11 +141,11 @@ class ConsumerGroup:
         delivery = self.inflight.pop(offset, None)
         if delivery is None:
             return False
-        message = delivery.message
-        if message.key:
-            self.ready.appendleft(message.key)
+        key = delivery.message.key
+        if key:
+            self.ready.appendleft(key)
         else:
-            self.keyless[offset] = message
+            self.keyless[offset] = None
         return True
 
     def expire(self, now: float) -> int:
@@ -158,37 +176,40 @@ class ConsumerGroup:
         self.keyless_parked.clear()
         return woke
 
-    def discard(self, message: Message) -> bool:
+    def discard(self, offset: int, key: str) -> bool:
         """Remove an unacknowledged message wherever it is (replayed acks, releases, imported acks)."""
-        if self.inflight.pop(message.offset, None) is None and not self._queued(message):
+        if self.inflight.pop(offset, None) is None and not self._queued(offset, key):
             return False
-        if not message.key:
-            self.keyless.pop(message.offset, None)
-            self.keyless_parked.pop(message.offset, None)
+        if not key:
+            self.keyless.pop(offset, None)
+            self.keyless_parked.pop(offset, None)
             self.backlog -= 1
-            self.attempts.pop(message.offset, None)
+            self.attempts.pop(offset, None)
             return True
-        queue = self.pending[message.key]
-        if queue[0] is not message:
-            queue.remove(message)  # only after out-of-order acks in old logs; heads are the norm
-            queue.appendleft(message)
-        self._forget(message)
+        queue = self.pending[key]
+        if queue[0] != offset:
+            queue.remove(offset)  # only after out-of-order acks in old logs; heads are the norm
+            queue.appendleft(offset)
+        self._forget(offset, key)
         return True
 
-    def _queued(self, message: Message) -> bool:
-        if not message.key:
-            return message.offset in self.keyless or message.offset in self.keyless_parked
-        queue = self.pending.get(message.key)
+    def _queued(self, offset: int, key: str) -> bool:
+        if not key:
+            return offset in self.keyless or offset in self.keyless_parked
+        queue = self.pending.get(key)
         if not queue:
             return False
-        return queue[0] is message or message in queue
+        return queue[0] == offset or offset in queue
 
     def unacked(self, matches: Callable[[Message], bool]) -> Iterable[Message]:
         """Unacknowledged messages (in-flight included) that match, per key oldest first."""
+        lookup = self.lookup
         for queue in self.pending.values():
-            if queue and matches(queue[0]):
-                yield from queue
-        for message in (*self.keyless.values(), *self.keyless_parked.values()):
+            # A key's messages share their key and slot: the head decides for the whole queue.
+            if queue and matches(lookup(queue[0])):
+                yield from map(lookup, queue)
+        for offset in (*self.keyless, *self.keyless_parked):
+            message = lookup(offset)
             if matches(message):
                 yield message
         for delivery in self.inflight.values():

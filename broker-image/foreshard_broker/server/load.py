@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from foreshard_broker.routing import KEYLESS_SLOT, slot_of
@@ -18,12 +18,12 @@ from foreshard_broker.routing import KEYLESS_SLOT, slot_of
 
 @dataclass
 class Totals:
-    arrived: dict[str, int] = field(default_factory=dict)
+    arrived: Counter[str] = field(default_factory=Counter)  # a Counter: a batch's keys are counted in C
     arrived_bytes: dict[str, int] = field(default_factory=dict)
     acked: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> Totals:
-        return Totals(dict(self.arrived), dict(self.arrived_bytes), dict(self.acked))
+        return Totals(Counter(self.arrived), dict(self.arrived_bytes), dict(self.acked))
 
 
 @dataclass

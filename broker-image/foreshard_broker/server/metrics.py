@@ -100,7 +100,7 @@ class _StateCollector(Collector):
     def _broker(self) -> Iterator[Metric]:
         broker, admin = self.admin.broker, self.admin
         yield GaugeMetricFamily(
-            "foreshard_broker_retained_messages", "Unacked messages held.", len(broker.state.retained)
+            "foreshard_broker_retained_messages", "Unacked messages held.", broker.state.retained_count
         )
         yield GaugeMetricFamily(
             "foreshard_broker_retained_bytes", "Unacked payload bytes held.", broker.state.retained_bytes

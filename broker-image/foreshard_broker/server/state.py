@@ -4,31 +4,55 @@ The same `apply_*` functions run when a record is created live and when the log 
 start-up, so a restarted broker holds exactly the state it acknowledged before the crash.
 A message is retained until every consumer group has acknowledged it (while no group exists,
 messages are retained for a group created later from the earliest position).
+
+Retained messages live in their batch's `Chunk` (columns), wrapped in a `Block` that counts, per
+message, the groups still holding it. Storing a batch is a handful of C-level operations plus one
+short loop for per-key byte counters; nothing per message is a GC-tracked object.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import bisect
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from itertools import compress
 
 from foreshard_broker.server.groups import ConsumerGroup
 from foreshard_broker.storage import (
     AckRecord,
     BatchRecord,
     CheckpointRecord,
+    Chunk,
     GroupRecord,
     Message,
     Record,
     ReleaseRecord,
 )
 
+DROPPED = -1  # holder count of a message that is no longer retained
+
+
+class Block:
+    """A retained chunk: `holders[i]` is how many groups still hold message i, or DROPPED."""
+
+    __slots__ = ("chunk", "holders", "live")
+
+    def __init__(self, chunk: Chunk, holders: array[int]) -> None:
+        self.chunk = chunk
+        self.holders = holders
+        self.live = len(chunk)
+
+    def live_indices(self, start: int = 0) -> Iterator[int]:
+        holders = self.holders
+        return (i for i in range(start, len(holders)) if holders[i] != DROPPED)
+
 
 class BrokerState:
     def __init__(self) -> None:
-        self.retained: dict[int, Message] = {}  # insertion order is offset order
-        # slot -> its retained keyed messages (offset order): exports and releases scan one slot's
-        # backlog, not every retained message. Keyless messages have no slot and are not indexed.
-        self.by_slot: dict[int, dict[int, Message]] = {}
-        self.holders: dict[int, int] = {}  # offset -> groups that have not acked it
+        self.blocks: dict[int, Block] = {}  # first offset -> block; insertion order is offset order
+        self.starts: list[int] = []  # the blocks' first offsets, ascending (bisect finds an offset)
+        self.retained_count = 0
         self.groups: dict[str, ConsumerGroup] = {}
         self.producers: dict[str, int] = {}  # producer id -> last stored sequence
         # producer id -> indices its last stored batch refused (only while non-empty): bounded by
@@ -37,10 +61,10 @@ class BrokerState:
         self.imported: dict[tuple[int, int], int] = {}  # (source shard, source offset) -> local offset
         self.next_offset = 0
         self.retained_bytes = 0
-        self.key_backlog: dict[str, int] = {}
+        self.key_backlog: Counter[str] = Counter()
         self.key_backlog_bytes: dict[str, int] = {}
         # Arrival totals per key; the broker points these at its LoadTracker once replay is done.
-        self.arrived: dict[str, int] = {}
+        self.arrived: Counter[str] = Counter()
         self.arrived_bytes: dict[str, int] = {}
         # Called with every message a group acknowledged (load metrics hook).
         self.on_ack: Callable[[Message], None] = lambda message: None
@@ -67,12 +91,11 @@ class BrokerState:
         self.imported.update(record.imported)
 
     def checkpoint(self) -> CheckpointRecord:
-        retained = self.retained
         return CheckpointRecord(
             self.next_offset,
             {name: group.from_offset for name, group in self.groups.items()},
             dict(self.producers),
-            {origin: local for origin, local in self.imported.items() if local in retained},
+            {origin: local for origin, local in self.imported.items() if self.is_retained(local)},
             dict(self.refused),
         )
 
@@ -87,44 +110,82 @@ class BrokerState:
             self.refused.pop(producer, None)
         return True
 
-    def lowest_retained(self) -> int:
-        return next(iter(self.retained), self.next_offset)
+    # ------------------------------------------------------------------ lookups
+    def _locate(self, offset: int) -> tuple[Block, int] | None:
+        """The block holding `offset` and its index there, if the message is retained."""
+        at = bisect.bisect_right(self.starts, offset) - 1
+        if at < 0:
+            return None
+        block = self.blocks[self.starts[at]]
+        index = offset - block.chunk.first
+        if index >= len(block.holders) or block.holders[index] == DROPPED:
+            return None
+        return block, index
 
+    def is_retained(self, offset: int) -> bool:
+        return self._locate(offset) is not None
+
+    def message(self, offset: int) -> Message:
+        """The retained message at `offset` (groups only hold offsets of retained messages)."""
+        found = self._locate(offset)
+        if found is None:
+            raise KeyError(f"offset {offset} is not retained")
+        block, index = found
+        return block.chunk.message(index)
+
+    def get(self, offset: int) -> Message | None:
+        found = self._locate(offset)
+        return None if found is None else found[0].chunk.message(found[1])
+
+    def retained_messages(self, from_offset: int = 0) -> Iterator[Message]:
+        """Every retained message at or after `from_offset`, in offset order."""
+        for block in self._blocks_from(from_offset):
+            start = max(0, from_offset - block.chunk.first)
+            for index in block.live_indices(start):
+                yield block.chunk.message(index)
+
+    def _blocks_from(self, from_offset: int) -> list[Block]:
+        at = max(0, bisect.bisect_right(self.starts, from_offset) - 1)
+        return [self.blocks[first] for first in self.starts[at:]]
+
+    def lowest_retained(self) -> int:
+        for block in self.blocks.values():
+            for index in block.live_indices():
+                return block.chunk.first + index
+        return self.next_offset
+
+    # ------------------------------------------------------------------ records
     def apply_batch(self, record: BatchRecord) -> None:
-        messages = record.messages
+        chunk = record.chunk
         if record.producer_id:
             self.apply_producer(record.producer_id, record.sequence, record.refused)
-        if not messages:
+        count = len(chunk)
+        if not count:
             return
-        offsets = [m.offset for m in messages]
-        # Bulk dict updates run in C; only the per-key counters need a Python loop.
-        self.retained.update(zip(offsets, messages, strict=True))
-        backlog, backlog_bytes = self.key_backlog, self.key_backlog_bytes
-        arrived, arrived_bytes = self.arrived, self.arrived_bytes
-        by_slot = self.by_slot
-        for message in messages:  # one pass for all per-key counters: this loop is the hot spot
-            key = message.key
-            size = len(message.payload)
-            if key:
-                in_slot = by_slot.get(message.slot)
-                if in_slot is None:
-                    by_slot[message.slot] = {message.offset: message}
-                else:
-                    in_slot[message.offset] = message
-            backlog[key] = backlog.get(key, 0) + 1
+        first, last, keys = chunk.first, chunk.first + count - 1, chunk.keys
+        groups = [group for group in self.groups.values() if last >= group.from_offset]
+        if all(group.from_offset <= first for group in groups):
+            holders = array("i", [len(groups)]) * count
+        else:  # a group created inside this batch's offset range (replay of old logs only)
+            holders = array("i", (sum(first + i >= g.from_offset for g in groups) for i in range(count)))
+        self.blocks[first] = Block(chunk, holders)
+        if self.starts and first <= self.starts[-1]:
+            raise AssertionError(f"batch at offset {first} is not after the last one ({self.starts[-1]})")
+        self.starts.append(first)
+        self.retained_count += count
+        self.key_backlog.update(keys)  # Counter.update counts in C
+        self.arrived.update(keys)
+        backlog_bytes, arrived_bytes = self.key_backlog_bytes, self.arrived_bytes
+        for key, size in zip(keys, map(len, chunk.payloads), strict=True):  # the one per-message loop
             backlog_bytes[key] = backlog_bytes.get(key, 0) + size
-            arrived[key] = arrived.get(key, 0) + 1
             arrived_bytes[key] = arrived_bytes.get(key, 0) + size
-        if messages[0].origin_shard >= 0:  # imported batches are never mixed with local ones
-            self.imported.update(((m.origin_shard, m.origin_offset), m.offset) for m in messages)
-        groups = [group for group in self.groups.values() if offsets[-1] >= group.from_offset]
+        if chunk.origin_shards is not None and chunk.origin_offsets is not None:
+            origins = zip(chunk.origin_shards, chunk.origin_offsets, strict=True)
+            self.imported.update(zip(origins, range(first, last + 1), strict=True))
         for group in groups:
-            add = group.add
-            for message in messages:
-                if message.offset >= group.from_offset:
-                    add(message)
-        self.holders.update(dict.fromkeys(offsets, len(groups)))
-        self.next_offset = max(self.next_offset, offsets[-1] + 1)
+            skip = max(0, group.from_offset - first)
+            group.add_run(first + skip, keys[skip:] if skip else keys)
+        self.next_offset = max(self.next_offset, last + 1)
 
     def account(self, messages: Iterable[Message]) -> None:
         """Count accepted (not yet visible) bytes against the memory limit before they are stored."""
@@ -134,12 +195,13 @@ class BrokerState:
         group = self.groups.get(name)
         if group is not None:
             return group
-        group = ConsumerGroup(name, from_offset)
+        group = ConsumerGroup(name, from_offset, self.message)
         self.groups[name] = group
-        for offset, message in self.retained.items():
-            if offset >= from_offset:
-                group.add(message)
-                self.holders[offset] += 1
+        for block in self._blocks_from(from_offset):
+            chunk, holders = block.chunk, block.holders
+            for index in block.live_indices(max(0, from_offset - chunk.first)):
+                group.add(chunk.first + index, chunk.keys[index])
+                holders[index] += 1
         return group
 
     def apply_acks(self, group_name: str, offsets: Iterable[int]) -> None:
@@ -148,61 +210,76 @@ class BrokerState:
         if group is None:
             return
         for offset in offsets:
-            message = self.retained.get(offset)
-            if message is not None and group.discard(message):
-                self.acked(message)
+            found = self._locate(offset)
+            if found is not None and group.discard(offset, found[0].chunk.keys[found[1]]):
+                self._acked(*found)
 
     def acked(self, message: Message) -> None:
         """One group finished with `message`; drop it once no group holds it."""
-        self.on_ack(message)
-        remaining = self.holders[message.offset] - 1
-        self.holders[message.offset] = remaining
-        if remaining <= 0:
-            self._drop(message)
+        found = self._locate(message.offset)
+        if found is not None:
+            self._acked(*found)
 
-    def _drop(self, message: Message) -> None:
-        del self.retained[message.offset]
-        del self.holders[message.offset]
-        self.retained_bytes -= len(message.payload)
-        key = message.key
-        if key:
-            in_slot = self.by_slot[message.slot]
-            del in_slot[message.offset]
-            if not in_slot:
-                del self.by_slot[message.slot]
+    def _acked(self, block: Block, index: int) -> None:
+        self.on_ack(block.chunk.message(index))
+        block.holders[index] -= 1
+        if block.holders[index] <= 0:
+            self._drop(block, index)
+
+    def _drop(self, block: Block, index: int) -> None:
+        chunk = block.chunk
+        block.holders[index] = DROPPED
+        block.live -= 1
+        self.retained_count -= 1
+        size = len(chunk.payloads[index])
+        self.retained_bytes -= size
+        key = chunk.keys[index]
         left = self.key_backlog[key] - 1
         if left:
             self.key_backlog[key] = left
-            self.key_backlog_bytes[key] -= len(message.payload)
+            self.key_backlog_bytes[key] -= size
         else:
             del self.key_backlog[key]
             del self.key_backlog_bytes[key]
+        if not block.live:  # free the chunk's columns once every message in it is gone
+            del self.blocks[chunk.first]
+            del self.starts[bisect.bisect_left(self.starts, chunk.first)]
 
     def apply_release(self, offsets: Iterable[int]) -> None:
         for offset in offsets:
-            message = self.retained.get(offset)
-            if message is None:
+            found = self._locate(offset)
+            if found is None:
                 continue
+            key = found[0].chunk.keys[found[1]]
             for group in self.groups.values():
-                group.discard(message)
-            self._drop(message)
-
-    def select(self, matches: Callable[[Message], bool], from_offset: int = 0) -> list[Message]:
-        return [m for offset, m in self.retained.items() if offset >= from_offset and matches(m)]
+                group.discard(offset, key)
+            self._drop(*found)
 
     def select_slots(
         self, slots: Iterable[int], matches: Callable[[Message], bool], from_offset: int = 0
     ) -> list[Message]:
-        """`select` over the retained messages of `slots` only: cost follows those slots' backlog."""
+        """Retained messages of `slots` at or after `from_offset` that match, in offset order.
+
+        The slot test runs in C over each chunk's slot column, so `matches` (and the cost of
+        building a message) is paid only for the selected slots' messages.
+        """
+        wanted = set(slots).__contains__
         found: list[Message] = []
-        chosen = [self.by_slot[slot] for slot in set(slots) if slot in self.by_slot]
-        for in_slot in chosen:
-            found += [m for offset, m in in_slot.items() if offset >= from_offset and matches(m)]
-        if len(chosen) > 1:
-            found.sort(key=lambda m: m.offset)
+        for block in self._blocks_from(from_offset):
+            chunk, holders = block.chunk, block.holders
+            start = max(0, from_offset - chunk.first)
+            for index in compress(range(len(holders)), map(wanted, chunk.slots)):
+                if index >= start and holders[index] != DROPPED:
+                    message = chunk.message(index)
+                    if matches(message):
+                        found.append(message)
         return found
 
     def rebuild(self, records: Iterable[Record]) -> None:
         for record in records:
             self.apply(record)
-        self.retained_bytes = sum(len(m.payload) for m in self.retained.values())
+        self.retained_bytes = sum(
+            len(block.chunk.payloads[index])
+            for block in self.blocks.values()
+            for index in block.live_indices()
+        )

@@ -72,17 +72,105 @@ class Message:
         return f"Message(offset={self.offset}, key={self.key!r}, slot={self.slot}, {len(self.payload)}B)"
 
 
+class Chunk:
+    """Messages stored together, in columns; their offsets are `first` .. `first + len - 1`.
+
+    The broker holds retained messages as chunks rather than one object per message: storing a
+    batch is a few C-level list operations instead of a Python loop, and the cyclic garbage collector
+    has nothing per message to scan (str, bytes and int are not GC-tracked), so a large backlog
+    does not turn into collection pauses. `Message` views are made on demand (deliveries, exports).
+    """
+
+    __slots__ = ("first", "headers", "keys", "origin_offsets", "origin_shards", "payloads", "slots", "times")
+
+    def __init__(
+        self,
+        first: int,
+        keys: list[str],
+        slots: list[int],
+        payloads: list[bytes],
+        times: list[int],
+        headers: list[Mapping[str, str]] | None = None,
+        origin_shards: list[int] | None = None,
+        origin_offsets: list[int] | None = None,
+    ) -> None:
+        self.first = first
+        self.keys = keys
+        self.slots = slots
+        self.payloads = payloads
+        self.times = times
+        self.headers = headers  # None: no message has headers
+        # Where imported messages came from (shard, offset); None for locally published ones.
+        self.origin_shards = origin_shards
+        self.origin_offsets = origin_offsets
+
+    @classmethod
+    def of(cls, messages: list[Message]) -> Chunk:
+        """Columns of `messages`, whose offsets must be consecutive."""
+        first = messages[0].offset if messages else 0
+        if any(m.offset != first + i for i, m in enumerate(messages)):
+            raise StorageError("chunk offsets must be consecutive")
+        headers = [m.headers for m in messages]
+        imported = any(m.origin_shard >= 0 for m in messages)
+        return cls(
+            first,
+            [m.key for m in messages],
+            [m.slot for m in messages],
+            [m.payload for m in messages],
+            [m.publish_time_ms for m in messages],
+            headers if any(headers) else None,
+            [m.origin_shard for m in messages] if imported else None,
+            [m.origin_offset for m in messages] if imported else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def message(self, index: int) -> Message:
+        return Message(
+            self.first + index,
+            self.keys[index],
+            self.slots[index],
+            self.payloads[index],
+            NO_HEADERS if self.headers is None else self.headers[index],
+            self.times[index],
+            -1 if self.origin_shards is None else self.origin_shards[index],
+            0 if self.origin_offsets is None else self.origin_offsets[index],
+        )
+
+    def messages(self) -> list[Message]:
+        return [self.message(index) for index in range(len(self.keys))]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Chunk) and self.messages() == other.messages()
+
+    def __hash__(self) -> int:
+        return hash((self.first, len(self.keys)))
+
+    def __repr__(self) -> str:
+        return f"Chunk(first={self.first}, count={len(self.keys)})"
+
+
+EMPTY_CHUNK = Chunk(0, [], [], [], [])
+
+
 @dataclass(frozen=True)
 class BatchRecord:
     """Messages published (or imported) together; `producer_id` is empty for imports."""
 
     producer_id: str
     sequence: int
-    messages: list[Message]
+    chunk: Chunk
     # Indices (in the request) of the messages this batch refused (MOVED / PAUSED): a duplicate of
     # the producer's last batch is answered with the same refusals. A batch without messages only
     # records a producer sequence (carried over by ImportGroupState).
     refused: tuple[int, ...] = ()
+
+    @classmethod
+    def of(
+        cls, producer_id: str, sequence: int, messages: list[Message], refused: tuple[int, ...] = ()
+    ) -> BatchRecord:
+        return cls(producer_id, sequence, Chunk.of(messages), refused)
 
 
 @dataclass(frozen=True)

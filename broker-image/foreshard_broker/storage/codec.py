@@ -7,6 +7,7 @@ Body:    u8 type | fields...   (batch bodies are columnar, see `_encode_batch`)
 from __future__ import annotations
 
 import array
+import itertools
 import json
 import struct
 import sys
@@ -18,8 +19,8 @@ from foreshard_broker.storage.base import (
     AckRecord,
     BatchRecord,
     CheckpointRecord,
+    Chunk,
     GroupRecord,
-    Message,
     Record,
     ReleaseRecord,
     StorageError,
@@ -75,40 +76,36 @@ def _pack_u64s(values: list[int]) -> bytes:
 def _encode_batch(record: BatchRecord) -> bytes:
     """Columnar: fixed-width arrays (slots, times, lengths) then the key and payload blobs.
 
-    Offsets are consecutive inside a batch, so only the first is stored. Building arrays with
-    C-level `map` / `join` instead of a struct per message is what keeps publish cheap.
+    Offsets are consecutive inside a batch, so only the first is stored. The columns come straight
+    from the chunk and are packed with C-level `map` / `join`: no Python loop per message.
     """
-    messages = record.messages
+    chunk = record.chunk
     producer = record.producer_id.encode()
-    keys = [m.key.encode() for m in messages]
-    payloads = [m.payload for m in messages]
-    imported = any(m.origin_shard >= 0 for m in messages)
-    with_headers = any(m.headers for m in messages)
-    first = messages[0].offset if messages else 0
-    if messages and messages[-1].offset != first + len(messages) - 1:
-        raise StorageError("batch offsets must be consecutive")
+    keys = list(map(str.encode, chunk.keys))
+    with_headers = chunk.headers is not None and any(chunk.headers)
+    imported = chunk.origin_shards is not None
     flags = (
         (F_IMPORTED if imported else 0)
         | (F_HEADERS if with_headers else 0)
         | (F_REFUSED if record.refused else 0)
     )
     parts = [
-        _BATCH.pack(T_BATCH, len(producer), record.sequence, len(messages), first, flags),
+        _BATCH.pack(T_BATCH, len(producer), record.sequence, len(keys), chunk.first, flags),
         producer,
-        _array("I", [m.slot for m in messages]),
-        _array("q", [m.publish_time_ms for m in messages]),
+        _array("I", chunk.slots),
+        _array("q", chunk.times),
         _array("I", list(map(len, keys))),
-        _array("I", list(map(len, payloads))),
+        _array("I", list(map(len, chunk.payloads))),
     ]
-    if imported:
-        parts.append(_array("i", [m.origin_shard for m in messages]))
-        parts.append(_array("Q", [m.origin_offset for m in messages]))
-    if with_headers:
-        blob = json.dumps([dict(m.headers) for m in messages]).encode()
+    if chunk.origin_shards is not None and chunk.origin_offsets is not None:
+        parts.append(_array("i", chunk.origin_shards))
+        parts.append(_array("Q", chunk.origin_offsets))
+    if with_headers and chunk.headers is not None:
+        blob = json.dumps([dict(h) for h in chunk.headers]).encode()
         parts += [_U64.pack(len(blob)), blob]
     if record.refused:
         parts += [_U32.pack(len(record.refused)), _array("I", list(record.refused))]
-    parts += [b"".join(keys), b"".join(payloads)]
+    parts += [b"".join(keys), b"".join(chunk.payloads)]
     return b"".join(parts)
 
 
@@ -159,12 +156,13 @@ def _decode_batch(body: bytes) -> BatchRecord:
     times, pos = _unarray("q", body, pos, count)
     key_lens, pos = _unarray("I", body, pos, count)
     payload_lens, pos = _unarray("I", body, pos, count)
-    shards: Sequence[int] = [-1] * count
-    origins: Sequence[int] = [0] * count
+    shards: list[int] | None = None
+    origins: list[int] | None = None
     if flags & F_IMPORTED:
-        shards, pos = _unarray("i", body, pos, count)
-        origins, pos = _unarray("Q", body, pos, count)
-    headers: list[Mapping[str, str]] = [NO_HEADERS] * count
+        shard_array, pos = _unarray("i", body, pos, count)
+        origin_array, pos = _unarray("Q", body, pos, count)
+        shards, origins = shard_array.tolist(), origin_array.tolist()
+    headers: list[Mapping[str, str]] | None = None
     if flags & F_HEADERS:
         (size,) = _U64.unpack_from(body, pos)
         headers = [h or NO_HEADERS for h in json.loads(body[pos + 8 : pos + 8 + size])]
@@ -174,17 +172,17 @@ def _decode_batch(body: bytes) -> BatchRecord:
         (how_many,) = _U32.unpack_from(body, pos)
         indices, pos = _unarray("I", body, pos + 4, how_many)
         refused = tuple(indices)
-    messages = []
-    payload_pos = pos + sum(key_lens)
-    for i in range(count):
-        key = body[pos : pos + key_lens[i]].decode()
-        pos += key_lens[i]
-        payload = body[payload_pos : payload_pos + payload_lens[i]]
-        payload_pos += payload_lens[i]
-        messages.append(
-            Message(first + i, key, slots[i], payload, headers[i], times[i], shards[i], origins[i])
-        )
-    return BatchRecord(producer, sequence, messages, refused)
+    keys = _split(body, pos, key_lens)
+    pos += sum(key_lens)
+    payloads = _split(body, pos, payload_lens)
+    decoded = [key.decode() for key in keys]
+    chunk = Chunk(first, decoded, slots.tolist(), payloads, times.tolist(), headers, shards, origins)
+    return BatchRecord(producer, sequence, chunk, refused)
+
+
+def _split(body: bytes, pos: int, lengths: Sequence[int]) -> list[bytes]:
+    ends = list(itertools.accumulate(lengths, initial=pos))
+    return [body[start:end] for start, end in itertools.pairwise(ends)]
 
 
 def read_frames(data: bytes) -> Iterator[tuple[int, Record]]:

@@ -96,8 +96,9 @@ class SegmentLogStorage:
                 os.fsync(torn.fileno())
 
     def _track(self, index: int, record: Record) -> None:
-        if isinstance(record, BatchRecord) and record.messages:
-            self._max_offset[index] = max(self._max_offset.get(index, -1), record.messages[-1].offset)
+        if isinstance(record, BatchRecord) and len(record.chunk):
+            last = record.chunk.first + len(record.chunk) - 1
+            self._max_offset[index] = max(self._max_offset.get(index, -1), last)
 
     def _open(self, index: int) -> None:
         """Writer side: close the current segment (synced) and create the next one."""
