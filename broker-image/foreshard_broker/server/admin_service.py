@@ -142,8 +142,7 @@ def load_metrics_pb(service: AdminService, top_keys: int) -> Any:
     out = pb.LoadMetrics(shard=broker.config.shard, epoch=broker.routing.epoch, window_seconds=window)
     slots: dict[int, Any] = {}
     for r in rates:
-        backlog = state.key_backlog.get(r.key, 0)
-        backlog_bytes = state.key_backlog_bytes.get(r.key, 0)
+        backlog, backlog_bytes = state.backlog(r.key)
         slot = slots.setdefault(r.slot, pb.SlotLoad(slot=r.slot))
         slot.arrival_rate += r.arrival_rate
         slot.ack_rate += r.ack_rate

@@ -48,7 +48,7 @@ class Broker:
         self.routing = routing or RoutingTable.single_shard(config.shard, config.num_slots)
         self.state = BrokerState()
         self.load = LoadTracker(config.num_slots, config.rate_window_s)
-        self.state.on_ack = lambda message: self.load.acked(message.key)
+        self.state.on_ack = self.load.acked
         self.paused_slots: dict[int, int] = {}  # slot -> retry-after ms
         self.paused_keys: dict[str, int] = {}
         self.draining = False
@@ -64,11 +64,7 @@ class Broker:
         """Replay the log; must run inside the event loop before serving."""
         self.storage.checkpoint = self.state.checkpoint
         self.state.rebuild(self.storage.replay())
-        # Replayed messages are not new arrivals: count from here on, into the load tracker.
-        self.state.arrived, self.state.arrived_bytes = (
-            self.load.totals.arrived,
-            self.load.totals.arrived_bytes,
-        )
+        self.load.attach(self.state.stored, self.state.stored_bytes)
         for name in self.state.groups:
             self._changed[name] = asyncio.Event()
         log.info(

@@ -18,12 +18,11 @@ from foreshard_broker.routing import KEYLESS_SLOT, slot_of
 
 @dataclass
 class Totals:
-    arrived: Counter[str] = field(default_factory=Counter)  # a Counter: a batch's keys are counted in C
+    """Per key, since the process started: messages and bytes stored, and acknowledgements."""
+
+    arrived: dict[str, int] = field(default_factory=dict)
     arrived_bytes: dict[str, int] = field(default_factory=dict)
     acked: dict[str, int] = field(default_factory=dict)
-
-    def copy(self) -> Totals:
-        return Totals(Counter(self.arrived), dict(self.arrived_bytes), dict(self.acked))
 
 
 @dataclass
@@ -40,20 +39,40 @@ class LoadTracker:
     def __init__(self, num_slots: int, window_s: float) -> None:
         self.num_slots = num_slots
         self.window_s = window_s
-        self.totals = Totals()
+        # The broker state's all-time stored counters (see `attach`), and their values at start-up.
+        self._stored: Counter[str] = Counter()
+        self._stored_bytes: dict[str, int] = {}
+        self._baseline: Counter[str] = Counter()
+        self._baseline_bytes: dict[str, int] = {}
+        self._acked: dict[str, int] = {}
         self._snapshots: deque[tuple[float, Totals]] = deque()
         self._slots: dict[str, int] = {}
         self.tick(time.monotonic())
 
+    def attach(self, stored: Counter[str], stored_bytes: dict[str, int]) -> None:
+        """Count arrivals from the state's stored counters, minus what they hold now: messages
+        replayed from the log at start-up are not new arrivals (a counter starts at zero)."""
+        self._stored, self._stored_bytes = stored, stored_bytes
+        self._baseline, self._baseline_bytes = Counter(stored), dict(stored_bytes)
+        self._snapshots.clear()
+        self.tick(time.monotonic())
+
+    @property
+    def totals(self) -> Totals:
+        """Computed when asked (scrapes, ticks): publishing only bumps the state's counters."""
+        baseline, baseline_bytes, stored_bytes = self._baseline, self._baseline_bytes, self._stored_bytes
+        arrived = {key: count - baseline[key] for key, count in self._stored.items() if count > baseline[key]}
+        arrived_bytes = {key: stored_bytes[key] - baseline_bytes.get(key, 0) for key in arrived}
+        return Totals(arrived, arrived_bytes, dict(self._acked))
+
     def acked(self, key: str) -> None:
-        acked = self.totals.acked
-        acked[key] = acked.get(key, 0) + 1
+        self._acked[key] = self._acked.get(key, 0) + 1
 
     def tick(self, now: float) -> None:
         """Keep snapshots covering at least one window (about six per window)."""
         if self._snapshots and now - self._snapshots[-1][0] < self.window_s / 6:
             return
-        self._snapshots.append((now, self.totals.copy()))
+        self._snapshots.append((now, self.totals))
         while len(self._snapshots) > 1 and now - self._snapshots[1][0] >= self.window_s:
             self._snapshots.popleft()
 

@@ -16,6 +16,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from foreshard_broker.server.admin import Admin
+from foreshard_broker.server.load import Totals
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -72,14 +73,13 @@ class _StateCollector(Collector):
             labels = [key, str(broker.load.slot(key))]
             families["arrivals"].add_metric(labels, totals.arrived[key])
             families["acks"].add_metric(labels, totals.acked.get(key, 0))
-            families["backlog"].add_metric(labels, state.key_backlog.get(key, 0))
+            families["backlog"].add_metric(labels, state.backlog(key)[0])
         yield from families.values()
-        yield from self._slots()
+        yield from self._slots(totals)
         yield from self._broker()
 
-    def _slots(self) -> Iterator[Metric]:
-        broker = self.admin.broker
-        totals, load = broker.load.totals, broker.load
+    def _slots(self, totals: Totals) -> Iterator[Metric]:
+        load = self.admin.broker.load
         arrivals = CounterMetricFamily(
             "foreshard_broker_slot_arrivals", "Messages stored per slot.", labels=["slot"]
         )

@@ -61,13 +61,15 @@ class BrokerState:
         self.imported: dict[tuple[int, int], int] = {}  # (source shard, source offset) -> local offset
         self.next_offset = 0
         self.retained_bytes = 0
-        self.key_backlog: Counter[str] = Counter()
-        self.key_backlog_bytes: dict[str, int] = {}
-        # Arrival totals per key; the broker points these at its LoadTracker once replay is done.
-        self.arrived: Counter[str] = Counter()
-        self.arrived_bytes: dict[str, int] = {}
-        # Called with every message a group acknowledged (load metrics hook).
-        self.on_ack: Callable[[Message], None] = lambda message: None
+        # Per key, ever: messages (and bytes) stored, and dropped (acked by all, or released). Only
+        # ever incremented, so a batch costs one C-level Counter update and one loop; a key's
+        # backlog is the difference, and arrivals are what was stored since start-up (LoadTracker).
+        self.stored: Counter[str] = Counter()
+        self.stored_bytes: dict[str, int] = {}
+        self.dropped: Counter[str] = Counter()
+        self.dropped_bytes: dict[str, int] = {}
+        # Called with the key of every message a group acknowledged (load metrics hook).
+        self.on_ack: Callable[[str], None] = lambda key: None
 
     def apply(self, record: Record) -> None:
         if isinstance(record, BatchRecord):
@@ -122,6 +124,13 @@ class BrokerState:
             return None
         return block, index
 
+    def backlog(self, key: str) -> tuple[int, int]:
+        """Retained messages and payload bytes of `key`."""
+        return (
+            self.stored[key] - self.dropped[key],
+            self.stored_bytes.get(key, 0) - self.dropped_bytes.get(key, 0),
+        )
+
     def is_retained(self, offset: int) -> bool:
         return self._locate(offset) is not None
 
@@ -173,12 +182,10 @@ class BrokerState:
             raise AssertionError(f"batch at offset {first} is not after the last one ({self.starts[-1]})")
         self.starts.append(first)
         self.retained_count += count
-        self.key_backlog.update(keys)  # Counter.update counts in C
-        self.arrived.update(keys)
-        backlog_bytes, arrived_bytes = self.key_backlog_bytes, self.arrived_bytes
+        self.stored.update(keys)  # Counter.update counts in C
+        stored_bytes = self.stored_bytes
         for key, size in zip(keys, map(len, chunk.payloads), strict=True):  # the one per-message loop
-            backlog_bytes[key] = backlog_bytes.get(key, 0) + size
-            arrived_bytes[key] = arrived_bytes.get(key, 0) + size
+            stored_bytes[key] = stored_bytes.get(key, 0) + size
         if chunk.origin_shards is not None and chunk.origin_offsets is not None:
             origins = zip(chunk.origin_shards, chunk.origin_offsets, strict=True)
             self.imported.update(zip(origins, range(first, last + 1), strict=True))
@@ -221,7 +228,7 @@ class BrokerState:
             self._acked(*found)
 
     def _acked(self, block: Block, index: int) -> None:
-        self.on_ack(block.chunk.message(index))
+        self.on_ack(block.chunk.keys[index])
         block.holders[index] -= 1
         if block.holders[index] <= 0:
             self._drop(block, index)
@@ -234,13 +241,8 @@ class BrokerState:
         size = len(chunk.payloads[index])
         self.retained_bytes -= size
         key = chunk.keys[index]
-        left = self.key_backlog[key] - 1
-        if left:
-            self.key_backlog[key] = left
-            self.key_backlog_bytes[key] -= size
-        else:
-            del self.key_backlog[key]
-            del self.key_backlog_bytes[key]
+        self.dropped[key] += 1
+        self.dropped_bytes[key] = self.dropped_bytes.get(key, 0) + size
         if not block.live:  # free the chunk's columns once every message in it is gone
             del self.blocks[chunk.first]
             del self.starts[bisect.bisect_left(self.starts, chunk.first)]
