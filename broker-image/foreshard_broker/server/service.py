@@ -108,6 +108,12 @@ def batch_of(request: Any) -> Batch:
     return Batch(keys, payloads, [dict(h.entries) if h.entries else NO_HEADERS for h in request.headers])
 
 
+def request_bytes(request: Any) -> int:
+    """What a publish request holds in memory, near enough for flow control: its keys and payloads.
+    (`ByteSize()` would be exact but re-walks the message: ~0.4 ms for a 1000-message batch.)"""
+    return sum(map(len, request.payloads)) + sum(map(len, request.keys)) + 16 * len(request.keys)
+
+
 class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
     def __init__(self, broker: Broker, inflight_limit: int) -> None:
         self.broker = broker
@@ -161,7 +167,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
     ) -> None:
         try:
             async for request in requests:
-                size = request.ByteSize()
+                size = request_bytes(request)
                 await window.acquire(size)
                 answers.put_nowait((asyncio.create_task(self.publish_one(request)), size))
         finally:
