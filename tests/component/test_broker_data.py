@@ -145,7 +145,7 @@ async def test_probes_and_metrics_report_load_and_drain_turns_readiness_off(
     await client.publish("p", 1, [("hot", b"x" * 10)] * 5)
     status, body = await asyncio.to_thread(http_get, broker.http_url + "/metrics")
     assert status == 200
-    assert 'foreshard_broker_key_arrivals_total{key="hot",slot=' in body
+    assert 'foreshard_messages_published_total{key="hot",queue="default",slot=' in body
     assert "foreshard_broker_publish_latency_seconds_count 1.0" in body
     load = await admin.load_metrics(top_keys=5)
     assert [(k.key, k.arrived_total, k.backlog) for k in load.keys] == [("hot", 5, 5)]

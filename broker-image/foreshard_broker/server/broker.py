@@ -311,6 +311,7 @@ class Broker:
                 self.state.acked(message)
                 acked.append(offset)
         if acked:
+            self.load.group_acked(name, len(acked))
             self._changed[name].set()
             await self.storage.append(AckRecord(name, acked))
         return len(acked), unknown

@@ -45,6 +45,7 @@ class LoadTracker:
         self._baseline: Counter[str] = Counter()
         self._baseline_bytes: dict[str, int] = {}
         self._acked: dict[str, int] = {}
+        self.group_acks: dict[str, int] = {}  # consumer group -> acknowledgements since start-up
         self._snapshots: deque[tuple[float, Totals]] = deque()
         self._slots: dict[str, int] = {}
         self.tick(time.monotonic())
@@ -67,6 +68,9 @@ class LoadTracker:
 
     def acked(self, key: str) -> None:
         self._acked[key] = self._acked.get(key, 0) + 1
+
+    def group_acked(self, group: str, count: int) -> None:
+        self.group_acks[group] = self.group_acks.get(group, 0) + count
 
     def tick(self, now: float) -> None:
         """Keep snapshots covering at least one window (about six per window)."""

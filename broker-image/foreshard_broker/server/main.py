@@ -46,6 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--data-dir", default=env("FORESHARD_BROKER_DATA_DIR", "/var/lib/foreshard"))
     add("--grpc-listen", default=env("FORESHARD_BROKER_GRPC_LISTEN", "0.0.0.0:7070"))
     add("--http-listen", default=env("FORESHARD_BROKER_HTTP_LISTEN", "0.0.0.0:8080"))
+    add(
+        "--queue",
+        default=env("FORESHARD_BROKER_QUEUE", "default"),
+        help="queue name, the metrics' queue label",
+    )
     add("--shard", default=env("FORESHARD_BROKER_SHARD", "auto"), help="ordinal, or auto (HOSTNAME suffix)")
     add("--slots", type=int, default=int(env("FORESHARD_BROKER_SLOTS", "1024")))
     add("--sync", choices=["group", "always", "none"], default=env("FORESHARD_BROKER_SYNC", "group"))
@@ -101,7 +106,7 @@ async def serve(args: argparse.Namespace) -> int:
     broker.open()
     admin.load_routing()
     tune_gc()
-    metrics = BrokerMetrics(admin)
+    metrics = BrokerMetrics(admin, args.queue)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 2 * limits.max_batch_bytes + (1 << 20)),

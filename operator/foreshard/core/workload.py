@@ -91,20 +91,26 @@ def stateful_set(spec: QueueSpec, replicas: int) -> Manifest:
     return manifest
 
 
+def broker_args(spec: QueueSpec) -> list[str]:
+    """The broker's command line (`foreshard-broker --help`); the shard ordinal comes from the pod's
+    hostname (`<queue>-shard-<n>`), the queue name labels every metric the operator later queries."""
+    return [
+        "--grpc-listen", f"0.0.0.0:{BROKER_GRPC_PORT}",
+        "--http-listen", f"0.0.0.0:{BROKER_METRICS_PORT}",
+        "--data-dir", "/data",
+        "--queue", spec.name,
+        "--slots", str(spec.slots),
+        "--shard", "auto",
+    ]  # fmt: skip
+
+
 def _pod_template(spec: QueueSpec) -> Manifest:
     template = spec.template
     container: Manifest = {
         "name": "broker",
         "image": template.image,
         "imagePullPolicy": template.image_pull_policy,
-        "args": [
-            "--port",
-            str(BROKER_GRPC_PORT),
-            "--metrics-port",
-            str(BROKER_METRICS_PORT),
-            "--data",
-            "/data",
-        ],
+        "args": broker_args(spec),
         "ports": [
             {"name": "grpc", "containerPort": BROKER_GRPC_PORT},
             {"name": "metrics", "containerPort": BROKER_METRICS_PORT},

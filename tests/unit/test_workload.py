@@ -1,0 +1,31 @@
+"""The shard StatefulSet the operator writes starts a broker that understands its command line."""
+
+from __future__ import annotations
+
+import pytest
+
+from foreshard.api.names import BROKER_GRPC_PORT, BROKER_METRICS_PORT
+from foreshard.api.shardallocation import QueueSpec
+from foreshard.core.workload import stateful_set
+from foreshard_broker.server.main import parse_args, shard_ordinal
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_shard_pods_arguments_parse_with_the_brokers_own_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = {
+        "metadata": {"name": "orders", "namespace": "shop"},
+        "spec": {"minShards": 1, "maxShards": 4, "slots": 256},
+    }
+    manifest = stateful_set(QueueSpec.from_body(body), 2)
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    args = parse_args(container["args"])  # argparse exits on an unknown flag
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert args.grpc_listen.endswith(f":{ports['grpc']}") and ports["grpc"] == BROKER_GRPC_PORT
+    assert args.http_listen.endswith(f":{ports['metrics']}") and ports["metrics"] == BROKER_METRICS_PORT
+    assert args.data_dir == container["volumeMounts"][0]["mountPath"]
+    assert (args.queue, args.slots) == ("orders", 256)
+    assert container["readinessProbe"]["httpGet"]["port"] == "metrics"
+    # A StatefulSet pod's hostname is <set name>-<ordinal>: that is where the shard number comes from.
+    monkeypatch.setenv("HOSTNAME", f"{manifest['metadata']['name']}-3")
+    assert shard_ordinal(args.shard) == 3
