@@ -1,17 +1,34 @@
 """Publish throughput: Foreshard broker vs Redis Streams vs NATS JetStream, side by side, on this machine.
 
+Each system is driven by its own native load generator, so the figures measure the servers and not
+a client library: a Python gRPC ping-pong tops out near 1,400 calls/s on a 2-vCPU VM even against
+an echo server, and nats-py holds NATS to ~45k msg/s. The native tools are built (and cached) by
+bench/native_tools.py:
+
+  Foreshard   fsbench (tools/benchclient, Go: raw gRPC, hand-encoded protobuf)
+  Redis       redis-benchmark (Redis' C client)
+  NATS        `nats bench` of the NATS CLI (Go, the official client)
+
+The Python clients (grpc.aio BrokerClient, redis-py, nats-py) still run and are shown as reference
+rows, and under `*_pyclient*` keys of the JSON; the headline keys use the native figures.
+
 256-byte payloads over 1000 keys. Every system is started here on free loopback ports with temporary
 directories and stopped at the end:
 
-  foreshard batched      pipelined Publish streams, 1000-message batches, group-commit fsync
-  foreshard fsync-each   one client, one message per call, `--sync always` (an fsync per publish)
+  foreshard batched      fsbench pipelined: 2 Publish streams, 1000-message batches, 4 batches in
+                         flight per stream, group-commit fsync (BrokerClient the same way, reference)
+  foreshard fsync-each   fsbench pingpong: one client, one message per request on a Publish stream,
+                         waiting for each answer, `--sync always` (an fsync per publish); also
+                         unary PublishBatch (fsbench --unary; BrokerClient, reference)
   redis pipelined        XADD to one stream per key, 1000-command pipelines, appendfsync everysec,
-                         driven by redis-benchmark (C client; redis-py shown for reference)
+                         redis-benchmark (redis-py shown for reference)
   redis always           redis-benchmark, one client, unpipelined XADD, appendfsync always
-  nats js async          JetStream file store, publish_async with 4000 acks outstanding
+  nats js async          JetStream file store, `nats bench js pub async` with 4000 acks outstanding
+                         over 1000 subjects (nats-py publish_async, reference)
   p99 at half load       Foreshard publish->ack latency of 1000-message batches on one Publish
-                         stream, sent open-loop at half the measured batched rate to a fresh
-                         broker (and again with --sync none, to separate disk from broker cost)
+                         stream, sent open-loop (fsbench latency) at half the native batched rate
+                         to a fresh broker (and again with --sync none, to separate disk from
+                         broker cost); BrokerClient at half its own batched rate as reference
 
 Prints a table, then ONE JSON line (the last line). `--profile` also runs the batched case with
 the broker under cProfile and writes the top functions to bench/results/broker_throughput.profile.txt.
@@ -36,10 +53,13 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "broker-image"))
+
+import native_tools  # noqa: E402  (bench/, next to this script)
 
 from foreshard_broker.client.broker_client import BrokerClient, publish_request  # noqa: E402
 from foreshard_broker.testing import BrokerProcess  # noqa: E402
@@ -50,6 +70,13 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 RESULTS = ROOT / "bench" / "results"
 LATENCY_BATCH = 1000  # the throughput runs' batch size: "half load" is the same workload at half rate
+NATS_OUTSTANDING = 4000  # async publishes awaiting their ack, for nats bench and nats-py alike
+
+
+@dataclass(frozen=True)
+class NativeTools:
+    fsbench: Path
+    nats: Path
 
 
 def free_port() -> int:
@@ -142,6 +169,17 @@ async def foreshard_latency(endpoint: str, rate: float, seconds: float, batch: i
     return latencies
 
 
+def fsbench(binary: Path, mode: str, endpoint: str, seconds: float, *flags: str) -> dict[str, float]:
+    """Run fsbench (tools/benchclient) once; its single JSON line. It exits non-zero on any
+    `failure` outcome, refusal or short store, so a result always counts stored messages."""
+    args = [str(binary), mode, "--endpoint", endpoint, "--seconds", f"{seconds:g}", *flags]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 120)
+    if result.returncode != 0:
+        raise RuntimeError(f"fsbench {mode} failed ({result.returncode}): {result.stderr.strip()}")
+    out: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
 def fsync_latency(directory: Path, rounds: int = 200) -> list[float]:
     """fdatasync of a 290 kB append (one 1000-message batch) on the benchmark's disk, in ms."""
     path = directory / "fsync-probe"
@@ -223,7 +261,7 @@ async def nats_async(port: int, seconds: float) -> float:
     import nats
 
     connection = await nats.connect(f"nats://127.0.0.1:{port}")
-    js = connection.jetstream(publish_async_max_pending=4000)
+    js = connection.jetstream(publish_async_max_pending=NATS_OUTSTANDING)
     await js.add_stream(name="BENCH", subjects=["bench.>"], storage="file")
     subjects = [f"bench.{key}" for key in KEYS]
     done, started = 0, time.perf_counter()
@@ -237,35 +275,81 @@ async def nats_async(port: int, seconds: float) -> float:
     return done / elapsed
 
 
+NATS_STATS = re.compile(r"stats: ([\d,.]+) msgs/sec")
+
+
+def nats_bench(binary: Path, port: int, messages: int) -> float:
+    """`nats bench js pub async` (NATS' own Go client): file storage, 256-byte messages over 1000
+    subjects, NATS_OUTSTANDING acks in flight; the stream is purged first so rounds start alike."""
+    args = [str(binary), "--server", f"nats://127.0.0.1:{port}", "bench", "js", "pub", "async",
+            "natsbench.msgs", "--create", "--purge", "--storage", "file", "--stream", "NATSBENCH",
+            "--size", str(len(PAYLOAD)), "--msgs", str(messages), "--batch", str(NATS_OUTSTANDING),
+            "--multisubject", "--multisubjectmax", str(len(KEYS)), "--no-progress"]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    found = NATS_STATS.search(output)
+    if result.returncode != 0 or found is None:
+        raise RuntimeError(f"nats bench failed ({result.returncode}):\n{output.strip()}")
+    return float(found.group(1).replace(",", ""))
+
+
 def nats_args(port: int, directory: Path) -> list[str]:
     binary = shutil.which("nats-server") or "nats-server"
     return [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(directory)]
 
 
 # ---------------------------------------------------------------- driver
-async def measure_rounds(work: Path) -> dict[str, list[float]]:
+@contextlib.contextmanager
+def broker_running(directory: Path, sync: str) -> Iterator[BrokerProcess]:
+    broker = start_broker(directory, sync)
+    try:
+        yield broker
+    finally:
+        broker.terminate()
+
+
+async def foreshard_round(
+    work: Path, tools: NativeTools, round_: int, samples: dict[str, list[float]]
+) -> None:
+    """Fresh brokers for each client, so neither measures a broker holding the other's messages."""
+    with broker_running(work / f"fs-group-{round_}", "group") as broker:
+        run = fsbench(tools.fsbench, "pipelined", broker.endpoint, SECONDS,
+                      "--streams", "2", "--batch", "1000", "--window", "4")  # fmt: skip
+        samples["batched"].append(run["msgs_s"])
+    with broker_running(work / f"fs-group-py-{round_}", "group") as broker:
+        samples["batched_py"].append(await foreshard_batched(broker.endpoint, SECONDS))
+
+
+async def foreshard_fsync_round(
+    work: Path, tools: NativeTools, round_: int, samples: dict[str, list[float]]
+) -> None:
+    with broker_running(work / f"fs-always-{round_}", "always") as broker:
+        run = fsbench(tools.fsbench, "pingpong", broker.endpoint, SECONDS / 2)
+        samples["fsync_each"].append(run["msgs_s"])
+        samples["fsync_each_p99_us"].append(run["p99_us"])
+        run = fsbench(tools.fsbench, "pingpong", broker.endpoint, SECONDS / 2, "--unary")
+        samples["fsync_each_unary"].append(run["msgs_s"])
+        samples["fsync_each_py"].append(await foreshard_unbatched(broker.endpoint, SECONDS / 2))
+
+
+async def measure_rounds(work: Path, tools: NativeTools) -> dict[str, list[float]]:
     """Interleave the systems, round after round, so a busy moment on a shared machine does not
     land on one system only; medians are reported."""
     samples: dict[str, list[float]] = defaultdict(list)
     redis_port, nats_port = free_port(), free_port()
+    nats_messages = int(100_000 * SECONDS)  # nats bench counts messages: then what the last run sustained
     (work / "redis").mkdir()
     with (
         server(redis_args(redis_port, work / "redis"), redis_port),
         server(nats_args(nats_port, work / "nats"), nats_port),
     ):
         for round_ in range(ROUNDS):
-            broker = start_broker(work / f"fs-group-{round_}", "group")
-            try:
-                samples["batched"].append(await foreshard_batched(broker.endpoint, SECONDS))
-            finally:
-                broker.terminate()
+            await foreshard_round(work, tools, round_, samples)
             samples["redis_pipelined"].append(redis_benchmark(redis_port, int(150_000 * SECONDS), 4, 1000))
-            samples["nats"].append(await nats_async(nats_port, SECONDS))
-            broker = start_broker(work / f"fs-always-{round_}", "always")
-            try:
-                samples["fsync_each"].append(await foreshard_unbatched(broker.endpoint, SECONDS / 2))
-            finally:
-                broker.terminate()
+            samples["nats"].append(nats_bench(tools.nats, nats_port, nats_messages))
+            nats_messages = max(10_000, int(samples["nats"][-1] * SECONDS))
+            samples["nats_py"].append(await nats_async(nats_port, SECONDS))
+            await foreshard_fsync_round(work, tools, round_, samples)
             await redis_configure(redis_port, "always")
             samples["redis_always"].append(redis_benchmark(redis_port, int(300 * SECONDS), 1, 1))
             await redis_configure(redis_port, "everysec")
@@ -273,15 +357,18 @@ async def measure_rounds(work: Path) -> dict[str, list[float]]:
     return samples
 
 
-async def measure_latency(work: Path, rate: float) -> dict[str, float]:
-    out: dict[str, float] = {}
+async def measure_latency(work: Path, tools: NativeTools, rate: float, rate_py: float) -> dict[str, float]:
+    """fsbench at `rate` (half the native batched rate); BrokerClient at `rate_py`, for reference."""
+    out: dict[str, float] = {"rate": rate, "rate_py": rate_py}
     for sync in ("group", "none"):  # `none` separates the broker's own cost from the disk's
-        broker = start_broker(work / f"fs-latency-{sync}", sync)  # fresh: not holding earlier runs
-        try:
-            latencies = await foreshard_latency(broker.endpoint, rate, SECONDS, batch=LATENCY_BATCH)
-        finally:
-            broker.terminate()
-        out[f"p50_{sync}"], out[f"p99_{sync}"] = percentile(latencies, 0.5), percentile(latencies, 0.99)
+        with broker_running(work / f"fs-latency-{sync}", sync) as broker:  # fresh: no earlier runs
+            run = fsbench(tools.fsbench, "latency", broker.endpoint, SECONDS,
+                          "--rate", f"{rate:.0f}", "--batch", str(LATENCY_BATCH))  # fmt: skip
+        for name in ("p50_ms", "p99_ms", "max_ms", "achieved_msgs_s"):
+            out[f"{name}_{sync}"] = run[name]
+    with broker_running(work / "fs-latency-py", "group") as broker:
+        latencies = await foreshard_latency(broker.endpoint, rate_py, SECONDS, batch=LATENCY_BATCH)
+    out["p50_ms_py"], out["p99_ms_py"] = percentile(latencies, 0.5), percentile(latencies, 0.99)
     syncs = fsync_latency(work)
     out["fsync_p50"], out["fsync_p99"] = percentile(syncs, 0.5), percentile(syncs, 0.99)
     return out
@@ -306,7 +393,8 @@ async def profile_batched(work: Path) -> str:
     return str(report.relative_to(ROOT))
 
 
-def summary(samples: dict[str, list[float]], latency: dict[str, float]) -> dict[str, float]:
+def summary(samples: dict[str, list[float]], latency: dict[str, float]) -> dict[str, float | str]:
+    """Headline keys from the native load generators; `*_pyclient*` keys from the Python clients."""
     m = {name: statistics.median(values) for name, values in samples.items()}
     return {
         "foreshard_batched_msgs_s": round(m["batched"]),
@@ -317,30 +405,58 @@ def summary(samples: dict[str, list[float]], latency: dict[str, float]) -> dict[
         "ratio_batched_vs_redis": round(m["batched"] / m["redis_pipelined"], 3),
         "ratio_batched_vs_nats": round(m["batched"] / m["nats"], 3),
         "ratio_fsync_each_vs_redis_always": round(m["fsync_each"] / m["redis_always"], 3),
-        "p99_publish_ack_ms_at_half_load": round(latency["p99_group"], 3),
+        "p99_publish_ack_ms_at_half_load": round(latency["p99_ms_group"], 3),
+        "p99_publish_ack_ms_at_half_load_sync_none": round(latency["p99_ms_none"], 3),
+        "half_load_msgs_s": round(latency["rate"]),
+        "foreshard_fsync_each_p99_us": round(m["fsync_each_p99_us"], 1),
+        "foreshard_fsync_each_unary_msgs_s": round(m["fsync_each_unary"]),
+        "foreshard_batched_pyclient_msgs_s": round(m["batched_py"]),
+        "foreshard_fsync_each_pyclient_msgs_s": round(m["fsync_each_py"]),
+        "nats_js_async_pyclient_msgs_s": round(m["nats_py"]),
+        "redis_xadd_pipelined_pyclient_msgs_s": round(m["redis_pipelined_py"]),
+        "ratio_batched_vs_redis_pyclient": round(m["batched_py"] / m["redis_pipelined"], 3),
+        "ratio_batched_vs_nats_pyclient": round(m["batched_py"] / m["nats_py"], 3),
+        "p99_publish_ack_ms_at_half_load_pyclient": round(latency["p99_ms_py"], 3),
+        "natscli_version": native_tools.natscli_version(),
     }
 
 
+ROWS = [  # (system and case, client, samples key)
+    ("Foreshard, batched (group fsync)", "fsbench", "batched"),
+    ("Foreshard, batched (group fsync)", "grpc.aio (ref)", "batched_py"),
+    ("Foreshard, fsync per publish, 1 client", "fsbench", "fsync_each"),
+    ("Foreshard, fsync per publish, 1 client, unary", "fsbench", "fsync_each_unary"),
+    ("Foreshard, fsync per publish, 1 client, unary", "grpc.aio (ref)", "fsync_each_py"),
+    ("Redis XADD pipelined, everysec", "redis-benchmark", "redis_pipelined"),
+    ("Redis XADD pipelined, everysec", "redis-py (ref)", "redis_pipelined_py"),
+    ("Redis XADD unpipelined, always, 1 client", "redis-benchmark", "redis_always"),
+    ("NATS JetStream async, file", "nats bench", "nats"),
+    ("NATS JetStream async, file", "nats-py (ref)", "nats_py"),
+]
+
+
 def table(samples: dict[str, list[float]], latency: dict[str, float]) -> str:
-    rows = [
-        ("Foreshard, batched (group fsync)", "batched"),
-        ("Foreshard, fsync per publish, 1 client", "fsync_each"),
-        ("Redis XADD pipelined, everysec (C client)", "redis_pipelined"),
-        ("Redis XADD pipelined, everysec (redis-py)", "redis_pipelined_py"),
-        ("Redis XADD unpipelined, always, 1 client", "redis_always"),
-        ("NATS JetStream async, file (nats-py)", "nats"),
-    ]
-    lines = [f"{'msgs/s (median of rounds; min..max)':<46}{'median':>10}  range", "-" * 78]
-    for name, key in rows:
+    lines = [f"{'msgs/s (median of rounds; min..max)':<47}{'client':<17}{'median':>10}  range", "-" * 96]
+    for name, client, key in ROWS:
         values = samples[key]
         spread = f"{min(values):,.0f}..{max(values):,.0f}"
-        lines.append(f"{name:<46}{statistics.median(values):>10,.0f}  {spread}")
+        lines.append(f"{name:<47}{client:<17}{statistics.median(values):>10,.0f}  {spread}")
+    g, n = "group", "none"
+    p99_each = statistics.median(samples["fsync_each_p99_us"])
     lines += [
         "",
-        f"publish->ack latency, {LATENCY_BATCH}-message batches on one stream, at half the batched rate:",
-        f"  --sync group   p50 {latency['p50_group']:.2f} ms   p99 {latency['p99_group']:.2f} ms",
-        f"  --sync none    p50 {latency['p50_none']:.2f} ms   p99 {latency['p99_none']:.2f} ms  (no disk)",
+        f"fsync per publish (fsbench, Publish stream): p99 {p99_each:,.0f} µs",
+        f"publish->ack latency, {LATENCY_BATCH}-message batches on one stream, open loop, half load:",
+        f"  fsbench at {latency['rate']:,.0f} msgs/s (achieved {latency[f'achieved_msgs_s_{g}']:,.0f}):",
+        f"    --sync group   p50 {latency[f'p50_ms_{g}']:.2f} ms   p99 {latency[f'p99_ms_{g}']:.2f} ms"
+        f"   max {latency[f'max_ms_{g}']:.2f} ms",
+        f"    --sync none    p50 {latency[f'p50_ms_{n}']:.2f} ms   p99 {latency[f'p99_ms_{n}']:.2f} ms"
+        f"   max {latency[f'max_ms_{n}']:.2f} ms  (no disk)",
+        f"  grpc.aio client (ref) at {latency['rate_py']:,.0f} msgs/s, --sync group:"
+        f"   p50 {latency['p50_ms_py']:.2f} ms   p99 {latency['p99_ms_py']:.2f} ms",
         f"  disk fdatasync of 290 kB: p50 {latency['fsync_p50']:.2f} ms   p99 {latency['fsync_p99']:.2f} ms",
+        "native clients: fsbench (tools/benchclient), redis-benchmark, "
+        f"nats CLI {native_tools.natscli_version()}",
         f"rounds {ROUNDS} x {SECONDS:g} s; load average (1 min) at the end "
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
     ]
@@ -348,10 +464,12 @@ def table(samples: dict[str, list[float]], latency: dict[str, float]) -> str:
 
 
 async def run(profile: bool) -> None:
+    tools = NativeTools(native_tools.fsbench(), native_tools.nats_cli())  # cached after the first build
     with tempfile.TemporaryDirectory(prefix="foreshard-bench-") as temporary:
         work = Path(temporary)
-        samples = await measure_rounds(work)
-        latency = await measure_latency(work, statistics.median(samples["batched"]) / 2)
+        samples = await measure_rounds(work, tools)
+        half = {key: statistics.median(samples[key]) / 2 for key in ("batched", "batched_py")}
+        latency = await measure_latency(work, tools, half["batched"], half["batched_py"])
         if profile:
             await profile_batched(work)
     result = summary(samples, latency)
