@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from foreshard_broker.routing import slot_of
@@ -19,7 +18,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def scrape(metrics: BrokerMetrics) -> Samples:
-    text = generate_latest(metrics.registry).decode()
+    text = metrics.render().decode()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
@@ -69,3 +68,12 @@ async def test_a_restarted_broker_counts_arrivals_from_zero_but_keeps_its_backlo
     assert samples[("foreshard_messages_published_total", a)] == 1, "replayed messages are not arrivals"
     assert samples[("foreshard_broker_key_backlog_messages", a)] == 5
     assert again.state.backlog("a") == (5, 10)
+
+
+async def test_label_values_are_escaped_so_any_key_reads_back_exactly() -> None:
+    broker, metrics = started(MemoryStorage())
+    odd = 'say "hi"\\now\nthen'
+    await broker.publish("p", 1, Batch.of([(odd, b"x")] * 2))
+    samples = scrape(metrics)
+    labels = (("key", odd), ("queue", "orders"), ("slot", str(slot_of(odd, 16))))
+    assert samples[("foreshard_messages_published_total", labels)] == 2

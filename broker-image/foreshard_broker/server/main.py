@@ -111,13 +111,14 @@ async def serve(args: argparse.Namespace) -> int:
         options=[
             ("grpc.max_receive_message_length", 2 * limits.max_batch_bytes + (1 << 20)),
             ("grpc.max_send_message_length", 2 * limits.max_fetch_bytes + (1 << 20)),
+            ("grpc.http2.lookahead_bytes", 8 << 20),
         ]
     )
     add_service(server, "Broker", BrokerService(broker, limits.max_inflight_bytes_per_connection))
     add_service(server, "Admin", AdminService(admin))
     grpc_port = server.add_insecure_port(args.grpc_listen)
     await server.start()
-    probes = HttpEndpoint(metrics.registry, lambda: _live(broker), lambda: _ready(broker))
+    probes = HttpEndpoint(metrics.render, lambda: _live(broker), lambda: _ready(broker))
     http_server = await probes.start(*split_hostport(args.http_listen))
     http_port = http_server.sockets[0].getsockname()[1]
     print(json.dumps({"event": "listening", "grpc_port": grpc_port, "http_port": http_port}), flush=True)
@@ -133,37 +134,33 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def tune_gc() -> None:
-    """Keep the cyclic GC from pausing publishes while the broker holds a large backlog.
+    """Turn the automatic cyclic GC off; `GcPolicy` collects on a schedule instead.
 
-    Retained messages are long-lived, acyclic objects; with default thresholds full collections
-    rescan the whole backlog (hundreds of ms with a million messages). So young collections run less
-    often, and `GcPolicy` moves survivors to the permanent generation every few seconds.
+    A collection traverses every container it tracks, and the retained chunks' key and payload
+    columns are containers: at 200k messages/s the automatic collector paused the loop for 10-15 ms
+    every few seconds (seen as the publish p99). The broker makes almost no reference cycles (about
+    150 objects at start-up, none under load), so collecting them rarely costs little memory.
     """
     gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.freeze()  # start-up objects live for the whole process: keep them out of every collection
+    gc.disable()
 
 
 class GcPolicy:
-    """Freeze survivors often; once an hour unfreeze and collect everything.
+    """Collect cyclic garbage every `every` seconds (the automatic collector is off, see tune_gc).
 
-    Freezing means cyclic garbage that was still alive at a freeze is reclaimed only at the next
-    hourly full collection: a bounded leak traded for the absence of backlog-sized pauses.
+    One full collection costs about 10 ms per million retained messages; once an hour bounds both
+    that pause and the garbage that can pile up in between.
     """
 
-    def __init__(self, now: float, freeze_every: float = 5.0, full_every: float = 3600.0) -> None:
-        self.freeze_every, self.full_every = freeze_every, full_every
-        self.last_freeze = self.last_full = now
+    def __init__(self, now: float, every: float = 3600.0) -> None:
+        self.every = every
+        self.last = now
 
     def tick(self, now: float) -> None:
-        if now - self.last_full >= self.full_every:
-            self.last_full = self.last_freeze = now
-            gc.unfreeze()
+        if now - self.last >= self.every:
+            self.last = now
             gc.collect()
-            gc.freeze()
-        elif now - self.last_freeze >= self.freeze_every:
-            self.last_freeze = now
-            gc.freeze()
 
 
 def _live(broker: Broker) -> str | None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from foreshard_broker.server.admin import Admin
-from foreshard_broker.server.load import LoadTracker, Totals
+from foreshard_broker.server.load import LoadTracker
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -40,9 +40,70 @@ class BrokerMetrics:
             buckets=(*LATENCY_BUCKETS, 10.0, 30.0, 60.0),
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(admin, queue, max_keys))
+        self.registry.register(_StateCollector(admin))
+        self.admin, self.queue, self.max_keys = admin, queue, max_keys
         admin.broker.observe_publish = self.publish_latency.observe
         admin.broker.observe_deliveries = self.observe_deliveries
+
+    def render(self) -> bytes:
+        """The /metrics page: the registry, then the per-key and per-slot families.
+
+        Those are rendered here rather than by prometheus_client, which spends about 10 us per
+        labelled sample: with 1000 keys and 1000 slots a scrape held the event loop for ~45 ms.
+        """
+        return generate_latest(self.registry) + "".join(self._families()).encode()
+
+    def _families(self) -> Iterator[str]:
+        broker, queue = self.admin.broker, _escape(self.queue)
+        state, load, totals = broker.state, broker.load, broker.load.totals
+        keys = sorted(totals.arrived, key=totals.arrived.__getitem__, reverse=True)
+        shown, rest = keys[: self.max_keys], keys[self.max_keys :]
+        labels = {key: f'key="{_escape(key)}",queue="{queue}",slot="{load.slot(key)}"' for key in shown}
+        published = [(labels[key], totals.arrived[key]) for key in shown]
+        published += [
+            (f'key="",queue="{queue}",slot="{slot}"', count)
+            for slot, count in sorted(_per_slot(load, totals.arrived, rest).items())
+        ]
+        yield from _family(
+            "foreshard_messages_published_total",
+            "counter",
+            "Messages stored per key (the operator's arrival history); keys past the cardinality "
+            'cap are summed per slot under key="".',
+            published,
+        )
+        yield from _family(
+            "foreshard_messages_acked_total",
+            "counter",
+            "Messages acknowledged per consumer group (the operator's consumption history).",
+            [(f'group="{_escape(g)}",queue="{queue}"', n) for g, n in sorted(load.group_acks.items())],
+        )
+        yield from _family(
+            "foreshard_broker_key_acks_total",
+            "counter",
+            "Acknowledgements per key, all groups.",
+            [(labels[key], totals.acked.get(key, 0)) for key in shown],
+        )
+        yield from _family(
+            "foreshard_broker_key_backlog_messages",
+            "gauge",
+            "Retained unacked messages per key.",
+            [(labels[key], state.backlog(key)[0]) for key in shown],
+        )
+        arrived = _per_slot(load, totals.arrived, totals.arrived)
+        acked = _per_slot(load, totals.acked, totals.acked)
+        slots = {slot: f'queue="{queue}",slot="{slot}"' for slot in sorted(arrived)}
+        yield from _family(
+            "foreshard_broker_slot_arrivals_total",
+            "counter",
+            "Messages stored per slot.",
+            [(slots[slot], arrived[slot]) for slot in slots],
+        )
+        yield from _family(
+            "foreshard_broker_slot_acks_total",
+            "counter",
+            "Acknowledgements per slot.",
+            [(slots[slot], acked.get(slot, 0)) for slot in slots],
+        )
 
     def observe_deliveries(self, publish_times_ms: list[int]) -> None:
         now_ms = time.time() * 1000
@@ -52,60 +113,13 @@ class BrokerMetrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, admin: Admin, queue: str, max_keys: int) -> None:
+    """The broker-wide gauges (few samples: prometheus_client renders them)."""
+
+    def __init__(self, admin: Admin) -> None:
         self.admin = admin
-        self.queue = queue
-        self.max_keys = max_keys
 
     def collect(self) -> Iterator[Metric]:
-        broker = self.admin.broker
-        state, load, totals, queue = broker.state, broker.load, broker.load.totals, self.queue
-        keys = sorted(totals.arrived, key=totals.arrived.__getitem__, reverse=True)
-        shown, rest = keys[: self.max_keys], keys[self.max_keys :]
-        per_key = ["queue", "key", "slot"]
-        published = CounterMetricFamily(
-            "foreshard_messages_published",
-            "Messages stored per key (the operator's arrival history); keys past the cardinality "
-            'cap are summed per slot under key="".',
-            labels=per_key,
-        )
-        acks = CounterMetricFamily(
-            "foreshard_broker_key_acks", "Acknowledgements per key, all groups.", labels=per_key
-        )
-        backlog = GaugeMetricFamily(
-            "foreshard_broker_key_backlog_messages", "Retained unacked messages per key.", labels=per_key
-        )
-        for key in shown:
-            labels = [queue, key, str(load.slot(key))]
-            published.add_metric(labels, totals.arrived[key])
-            acks.add_metric(labels, totals.acked.get(key, 0))
-            backlog.add_metric(labels, state.backlog(key)[0])
-        for slot, count in sorted(_per_slot(load, totals.arrived, rest).items()):
-            published.add_metric([queue, "", str(slot)], count)
-        group_acks = CounterMetricFamily(
-            "foreshard_messages_acked",
-            "Messages acknowledged per consumer group (the operator's consumption history).",
-            labels=["queue", "group"],
-        )
-        for group, count in sorted(load.group_acks.items()):
-            group_acks.add_metric([queue, group], count)
-        yield from (published, acks, backlog, group_acks)
-        yield from self._slots(totals)
         yield from self._broker()
-
-    def _slots(self, totals: Totals) -> Iterator[Metric]:
-        load, labels = self.admin.broker.load, ["queue", "slot"]
-        arrivals = CounterMetricFamily(
-            "foreshard_broker_slot_arrivals", "Messages stored per slot.", labels=labels
-        )
-        acks = CounterMetricFamily("foreshard_broker_slot_acks", "Acknowledgements per slot.", labels=labels)
-        arrived = _per_slot(load, totals.arrived, totals.arrived)
-        acked = _per_slot(load, totals.acked, totals.acked)
-        for slot in sorted(arrived):
-            arrivals.add_metric([self.queue, str(slot)], arrived[slot])
-            acks.add_metric([self.queue, str(slot)], acked.get(slot, 0))
-        yield arrivals
-        yield acks
 
     def _broker(self) -> Iterator[Metric]:
         broker, admin = self.admin.broker, self.admin
@@ -135,3 +149,16 @@ def _per_slot(load: LoadTracker, counts: Mapping[str, int], keys: Iterable[str])
         slot = load.slot(key)
         out[slot] = out.get(slot, 0) + counts[key]
     return out
+
+
+def _family(name: str, kind: str, help_text: str, samples: list[tuple[str, int]]) -> Iterator[str]:
+    """One family in the Prometheus text format (0.0.4), as prometheus_client would write it."""
+    yield f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+    yield "".join([f"{name}{{{labels}}} {value}\n" for labels, value in samples])
+
+
+def _escape(value: str) -> str:
+    """A label value: backslash, double quote and newline escaped."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value

@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 Check = Callable[[], str | None]  # None when fine, else the reason
 
 
 class HttpEndpoint:
-    def __init__(self, registry: CollectorRegistry, live: Check, ready: Check) -> None:
-        self.registry = registry
+    def __init__(self, render: Callable[[], bytes], live: Check, ready: Check) -> None:
+        self.render = render  # the /metrics page
         self.live = live
         self.ready = ready
 
@@ -41,7 +41,7 @@ class HttpEndpoint:
             return "405 Method Not Allowed", "text/plain", b"only GET is served\n"
         path = parts[1].split("?", 1)[0]
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            return "200 OK", CONTENT_TYPE_LATEST, self.render()
         if path in ("/healthz", "/readyz"):
             problem = (self.live if path == "/healthz" else self.ready)()
             if problem is None:

@@ -37,14 +37,24 @@ F_IMPORTED, F_HEADERS, F_REFUSED = 1, 2, 4
 NATIVE_BIG_ENDIAN = sys.byteorder == "big"
 
 
-def frame(record: Record) -> bytes:
+def frame(record: Record) -> list[bytes]:
+    """The record framed for the log, as buffers to write in order: a writer hands them to
+    `os.writev`, so a 300 kB batch body is never copied just to be contiguous."""
     body = encode(record)
-    return FRAME.pack(len(body), zlib.crc32(body)) + body
+    crc = 0
+    for part in body:
+        crc = zlib.crc32(part, crc)
+    return [FRAME.pack(sum(map(len, body)), crc), *body]
 
 
-def encode(record: Record) -> bytes:
+def encode(record: Record) -> list[bytes]:
+    """The record's body, in parts whose concatenation is what `decode` reads."""
     if isinstance(record, BatchRecord):
         return _encode_batch(record)
+    return [_encode_small(record)]
+
+
+def _encode_small(record: AckRecord | GroupRecord | CheckpointRecord | ReleaseRecord) -> bytes:
     if isinstance(record, AckRecord):
         name = record.group.encode()
         return _LIST.pack(T_ACK, len(name), len(record.offsets)) + name + _pack_u64s(record.offsets)
@@ -73,7 +83,7 @@ def _pack_u64s(values: list[int]) -> bytes:
     return struct.pack(f"<{len(values)}Q", *values)
 
 
-def _encode_batch(record: BatchRecord) -> bytes:
+def _encode_batch(record: BatchRecord) -> list[bytes]:
     """Columnar: fixed-width arrays (slots, times, lengths) then the key and payload blobs.
 
     Offsets are consecutive inside a batch, so only the first is stored. The columns come straight
@@ -106,7 +116,7 @@ def _encode_batch(record: BatchRecord) -> bytes:
     if record.refused:
         parts += [_U32.pack(len(record.refused)), _array("I", list(record.refused))]
     parts += [b"".join(keys), b"".join(chunk.payloads)]
-    return b"".join(parts)
+    return parts
 
 
 def _array(code: str, values: list[int]) -> bytes:

@@ -33,8 +33,10 @@ from foreshard_broker.storage.codec import frame, read_frames
 
 SyncMode = Literal["group", "always", "none"]
 SUFFIX = ".seg"
-ROTATE = bytes(bytearray(b"<rotate>"))  # sentinel chunk, compared by identity: next segment starts here
-Pending = tuple[bytes, asyncio.Future[None] | None]
+Frame = list[bytes]  # one record's buffers, written in order (see codec.frame)
+ROTATE: Frame = [b"<rotate>"]  # sentinel, compared by identity: the next segment starts here
+Pending = tuple[Frame, asyncio.Future[None] | None]
+IOV_MAX = 1024  # buffers per writev call (the Linux limit)
 
 
 class SegmentLogStorage:
@@ -101,13 +103,22 @@ class SegmentLogStorage:
             self._max_offset[index] = max(self._max_offset.get(index, -1), last)
 
     def _open(self, index: int) -> None:
-        """Writer side: close the current segment (synced) and create the next one."""
+        """Writer side: close the current segment (synced) and create the next one.
+
+        With sync "none" nothing is synced here either: fsyncing a whole segment of page-cache
+        writes would stall the writer for tens of milliseconds at every rotation, for a durability
+        that mode does not promise.
+        """
+        durable = self.sync != "none"
         if self._fd >= 0:
-            os.fsync(self._fd)
+            if durable:
+                os.fsync(self._fd)
             os.close(self._fd)
         self._index = index
         path = self.directory / f"{index:08d}{SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if not durable:
+            return
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # the new file's directory entry must survive a crash too
@@ -121,9 +132,10 @@ class SegmentLogStorage:
         if self._closing:
             raise StorageError("storage is closing")
         data = frame(record)
-        if self._loop_size and self._loop_size + len(data) > self.segment_bytes:
+        size = sum(map(len, data))
+        if self._loop_size and self._loop_size + size > self.segment_bytes:
             self._rotate()
-        self._loop_size += len(data)
+        self._loop_size += size
         self._track(self._loop_index, record)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.sync == "always" and not self._pending and not self._busy:
@@ -142,10 +154,10 @@ class SegmentLogStorage:
         self._enqueue(ROTATE, None)
         if self.checkpoint is not None:
             data = frame(self.checkpoint())
-            self._loop_size += len(data)
+            self._loop_size += sum(map(len, data))
             self._enqueue(data, None)
 
-    def _enqueue(self, data: bytes, done: asyncio.Future[None] | None) -> None:
+    def _enqueue(self, data: Frame, done: asyncio.Future[None] | None) -> None:
         self._pending.append((data, done))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name="segment-log-flusher")
@@ -154,7 +166,7 @@ class SegmentLogStorage:
     async def barrier(self) -> None:
         if self._pending or self._busy:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._enqueue(b"", done)  # an empty chunk queued behind everything before it
+            self._enqueue([], done)  # an empty frame queued behind everything before it
             await done
 
     async def _flush_loop(self) -> None:
@@ -190,7 +202,7 @@ class SegmentLogStorage:
         for _, done in batch:
             _resolve(done)
 
-    def _write_now(self, chunks: list[bytes], done: asyncio.Future[None]) -> None:
+    def _write_now(self, chunks: list[Frame], done: asyncio.Future[None]) -> None:
         try:
             self._write(chunks, True)
         except OSError as error:
@@ -198,8 +210,8 @@ class SegmentLogStorage:
             raise StorageError(f"log write failed: {error}") from error
         done.set_result(None)
 
-    def _write(self, chunks: list[bytes], sync: bool) -> None:
-        """Writer side (worker thread or inline): write the chunks, rotating at ROTATE markers."""
+    def _write(self, chunks: list[Frame], sync: bool) -> None:
+        """Writer side (worker thread or inline): write the frames, rotating at ROTATE markers."""
         run: list[bytes] = []
         for chunk in chunks:
             if chunk is ROTATE:
@@ -207,16 +219,19 @@ class SegmentLogStorage:
                 run = []
                 self._open(self._index + 1)
             else:
-                run.append(chunk)
+                run += chunk
         self._write_run(run, sync)
 
     def _write_run(self, run: list[bytes], sync: bool) -> None:
-        data = b"".join(run)
-        if not data:
+        if not run:
             return
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        for start in range(0, len(run), IOV_MAX):
+            buffers = run[start : start + IOV_MAX]
+            written = os.writev(self._fd, buffers)
+            if written < sum(map(len, buffers)):  # short write (rare): finish it byte by byte
+                view = memoryview(b"".join(buffers))[written:]
+                while view:
+                    view = view[os.write(self._fd, view) :]
         if sync:
             os.fdatasync(self._fd)
 
