@@ -78,115 +78,81 @@ type response struct {
 	refusals    int
 }
 
-func (r *response) decode(b []byte) error {
-	*r = response{}
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		switch {
-		case num == 1 && typ == protowire.VarintType: // sequence
-			v, m := protowire.ConsumeVarint(b)
-			if m < 0 {
-				return protowire.ParseError(m)
-			}
-			r.sequence, b = v, b[m:]
-		case num == 2 && typ == protowire.BytesType: // stored
-			v, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return protowire.ParseError(m)
-			}
-			r.hasStored, b = true, b[m:]
-			if err := r.decodeStored(v); err != nil {
-				return err
-			}
-		case num == 5 && typ == protowire.BytesType: // failure
-			v, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return protowire.ParseError(m)
-			}
-			r.hasFailure, b = true, b[m:]
-			if err := r.decodeFailure(v); err != nil {
-				return err
-			}
-		case num == 6 && typ == protowire.BytesType: // refusals: only counted
-			m := protowire.ConsumeFieldValue(num, typ, b)
-			if m < 0 {
-				return protowire.ParseError(m)
-			}
-			r.refusals, b = r.refusals+1, b[m:]
-		default:
-			m := protowire.ConsumeFieldValue(num, typ, b)
-			if m < 0 {
-				return protowire.ParseError(m)
-			}
-			b = b[m:]
-		}
-	}
-	return nil
+// field is one decoded protobuf field: varint holds a varint's value, bytes a length-delimited one.
+type field struct {
+	num    protowire.Number
+	typ    protowire.Type
+	varint uint64
+	bytes  []byte
 }
 
-func (r *response) decodeStored(b []byte) error {
+// eachField walks the fields of one encoded message, in order, skipping no malformed input.
+func eachField(b []byte, visit func(field) error) error {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return protowire.ParseError(n)
 		}
 		b = b[n:]
-		if typ == protowire.VarintType && num >= 1 && num <= 3 {
-			v, m := protowire.ConsumeVarint(b)
-			if m < 0 {
-				return protowire.ParseError(m)
-			}
-			b = b[m:]
-			switch num {
-			case 1:
-				r.firstOffset = v
-			case 2:
-				r.count = v
-			case 3:
-				r.duplicate = v != 0
-			}
-			continue
+		f, m := field{num: num, typ: typ}, 0
+		switch typ {
+		case protowire.VarintType:
+			f.varint, m = protowire.ConsumeVarint(b)
+		case protowire.BytesType:
+			f.bytes, m = protowire.ConsumeBytes(b)
+		default:
+			m = protowire.ConsumeFieldValue(num, typ, b)
 		}
-		m := protowire.ConsumeFieldValue(num, typ, b)
 		if m < 0 {
 			return protowire.ParseError(m)
 		}
 		b = b[m:]
+		if err := visit(f); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-func (r *response) decodeFailure(b []byte) error {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
+func (r *response) decode(b []byte) error {
+	*r = response{}
+	return eachField(b, func(f field) error {
 		switch {
-		case num == 1 && typ == protowire.VarintType:
-			v, m := protowire.ConsumeVarint(b)
-			if m < 0 {
-				return protowire.ParseError(m)
-			}
-			r.failCode, b = int64(int32(v)), b[m:]
-		case num == 2 && typ == protowire.BytesType:
-			v, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return protowire.ParseError(m)
-			}
-			r.failMessage, b = string(v), b[m:]
-		default:
-			m := protowire.ConsumeFieldValue(num, typ, b)
-			if m < 0 {
-				return protowire.ParseError(m)
-			}
-			b = b[m:]
+		case f.num == 1 && f.typ == protowire.VarintType: // sequence
+			r.sequence = f.varint
+		case f.num == 2 && f.typ == protowire.BytesType: // stored
+			r.hasStored = true
+			return eachField(f.bytes, r.storedField)
+		case f.num == 5 && f.typ == protowire.BytesType: // failure
+			r.hasFailure = true
+			return eachField(f.bytes, r.failureField)
+		case f.num == 6 && f.typ == protowire.BytesType: // refusals: only counted
+			r.refusals++
 		}
+		return nil
+	})
+}
+
+func (r *response) storedField(f field) error {
+	if f.typ == protowire.VarintType {
+		switch f.num {
+		case 1:
+			r.firstOffset = f.varint
+		case 2:
+			r.count = f.varint
+		case 3:
+			r.duplicate = f.varint != 0
+		}
+	}
+	return nil
+}
+
+func (r *response) failureField(f field) error {
+	switch {
+	case f.num == 1 && f.typ == protowire.VarintType:
+		r.failCode = int64(int32(f.varint))
+	case f.num == 2 && f.typ == protowire.BytesType:
+		r.failMessage = string(f.bytes)
 	}
 	return nil
 }
