@@ -43,6 +43,29 @@ def test_a_busy_preferred_port_is_replaced_and_stopping_leaves_no_process(tmp_pa
     assert not (tmp_path / "c" / "state.json").exists()
 
 
+def test_a_restarted_cluster_is_empty_and_trusts_only_its_new_ca(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "c", nodes=1, preferred_ports=False)
+    cluster.start()
+    try:
+        cluster.kubectl("create", "namespace", "left-over")
+    finally:
+        cluster.stop()
+    cluster.start()
+    try:
+        assert "left-over" not in cluster.kubectl("get", "namespaces", "-o", "name").stdout
+        ca = (tmp_path / "c" / "pki" / "ca.crt").read_text()
+        root = cluster.kubectl(
+            "wait", "--for=create", "configmap/kube-root-ca.crt", "-n", "default", "--timeout=60s"
+        )
+        assert root.returncode == 0
+        published = cluster.kubectl(
+            "get", "configmap", "kube-root-ca.crt", "-n", "default", "-o", "jsonpath={.data.ca\\.crt}"
+        ).stdout
+        assert published.strip() == ca.strip(), "namespaces must carry the CA of this start"
+    finally:
+        cluster.stop()
+
+
 def test_a_component_that_dies_is_reported_with_its_log_and_the_rest_is_stopped(tmp_path: Path) -> None:
     real = Toolchain.default()
     real.ensure()

@@ -13,6 +13,7 @@ started. `stop()` leaves no process behind. State (PIDs, ports) is written to
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 import subprocess
 import time
@@ -104,6 +105,10 @@ class LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ports = Ports.choose(self.preferred_ports)
         certs = pki.create(self.workdir / "pki")
+        # Every start makes a new PKI, so an earlier start's etcd data would hold objects signed
+        # for the old one (service-account tokens, the root CA copied into every namespace).
+        # This is a throwaway cluster: each start is an empty one.
+        shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
         steps = (
             ("etcd", self._start_etcd),
             ("apiserver", lambda: self._start_apiserver(certs)),
