@@ -91,12 +91,13 @@ class BrokerMetrics:
         )
         arrived = _per_slot(load, totals.arrived, totals.arrived)
         acked = _per_slot(load, totals.acked, totals.acked)
-        slots = {slot: f'queue="{queue}",slot="{slot}"' for slot in sorted(arrived)}
+        # Both: after a restart, replayed messages are acked without having arrived since start-up.
+        slots = {slot: f'queue="{queue}",slot="{slot}"' for slot in sorted({*arrived, *acked})}
         yield from _family(
             "foreshard_broker_slot_arrivals_total",
             "counter",
             "Messages stored per slot.",
-            [(slots[slot], arrived[slot]) for slot in slots],
+            [(slots[slot], arrived.get(slot, 0)) for slot in slots],
         )
         yield from _family(
             "foreshard_broker_slot_acks_total",
