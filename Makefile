@@ -36,7 +36,7 @@ layers:
 	@.venv/bin/lint-imports
 
 traces: bootstrap
-	@$(PY) -m foreshard.cli traces prepare-shared
+	@$(PY) -m foreshard.cli traces prepare
 
 bench: bootstrap traces
 	@for b in bench/*.py; do [ $$b = bench/native_tools.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done

@@ -20,7 +20,6 @@ from foreshard.core.simulation.engine import SimConfig
 from foreshard.core.simulation.workload import workload_from_series
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT / ".." / "shared" / "data" / "traces"
 QUEUES = ("nyc_taxi", "taylor", "tweets", "elb", "azure_llm")
 SEASONAL = ("nyc_taxi", "elb", "taylor")
 LEADS = (120.0, 300.0)
@@ -60,7 +59,7 @@ def _cell(value: float | None, width: int) -> str:
 def main() -> int:
     build = ROOT / "build" / "traces"
     if not all((build / q).is_dir() for q in QUEUES):
-        traces.prepare_shared(SHARED.resolve(), build)
+        traces.prepare_queues(traces.BUNDLED, build)
     jobs = [(q, lead) for q in QUEUES for lead in LEADS]
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=2) as pool:

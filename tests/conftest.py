@@ -19,7 +19,6 @@ from foreshard.localcluster.cluster import LocalCluster
 from foreshard.localcluster.prometheus import PrometheusServer, backfill
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_TRACES = REPO.parent / "shared" / "data" / "traces"
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +35,8 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 
 @pytest.fixture(scope="session")
 def canonical_traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The shared traces converted to one canonical directory per queue."""
-    return traces.prepare_shared(SHARED_TRACES, tmp_path_factory.mktemp("traces"))
+    """The repository's traces (data/traces) converted to one canonical directory per queue."""
+    return traces.prepare_queues(traces.BUNDLED, tmp_path_factory.mktemp("traces"))
 
 
 class BackfilledPrometheus:

@@ -103,9 +103,14 @@ def convert_indexed(path: Path, column: str, start: str, step_s: float, key: str
     return Series(key or path.stem, parse_time(start), step_s, values)
 
 
-# How the shared traces map to canonical queues: each folder is one queue, except that the
+# The repository's own copy of the development traces (sources and licences in its README).
+# Found from the source tree, so it serves checkouts and editable installs; an installed wheel
+# passes the directory explicitly.
+BUNDLED = Path(__file__).resolve().parents[2] / "data" / "traces"
+
+# How the bundled traces map to canonical queues: each folder is one queue, except that the
 # raw LLM log and the index-only Taylor series are converted first.
-SHARED_QUEUES: dict[str, str] = {
+QUEUE_FOLDERS: dict[str, str] = {
     "tweets": "nab_realTweets",
     "elb": "nab_realAWSCloudwatch",
     "nyc_taxi": "nab_realKnownCause",
@@ -114,12 +119,15 @@ SHARED_QUEUES: dict[str, str] = {
 }
 
 
-def prepare_shared(shared: Path, out: Path) -> dict[str, Path]:
-    """Convert `shared/data/traces` into one canonical directory per queue under `out`."""
+def prepare_queues(source_dir: Path, out: Path) -> dict[str, Path]:
+    """Convert the trace folders (`data/traces` layout) into one canonical directory per queue."""
     queues: dict[str, Path] = {}
-    for queue, folder in SHARED_QUEUES.items():
+    for queue, folder in QUEUE_FOLDERS.items():
         target = out / queue
-        for source in sorted((shared / folder).glob("*.csv")):
+        files = sorted((source_dir / folder).glob("*.csv"))
+        if not files:
+            raise TraceFormatError(f"{source_dir / folder}: no CSV files (expected the data/traces layout)")
+        for source in files:
             series = _canonical(source)
             write_series(series, target / f"{series.key}.csv")
         queues[queue] = target

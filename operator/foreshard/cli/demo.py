@@ -1,6 +1,6 @@
 """`foreshard demo`: the main job on the embedded default.
 
-Starts (or reuses) the local control plane, a real Prometheus holding the shared traces as
+Starts (or reuses) the local control plane, a real Prometheus holding the bundled traces as
 history that ends now, installs the CRDs and the operator's RBAC, runs the operator as its own
 ServiceAccount, creates a sample queue and waits until the operator reports it Ready. Everything
 keeps running in the background; `foreshard cluster down` (`make down`) stops it all.
@@ -24,7 +24,6 @@ from foreshard.localcluster.process import free_port, spawn
 from foreshard.localcluster.prometheus import PrometheusServer, backfill
 
 REPO = Path(__file__).resolve().parents[3]
-SHARED = REPO.parent / "shared" / "data" / "traces"
 NAMESPACE = "demo"
 
 
@@ -33,7 +32,7 @@ def register(subparsers: Any) -> None:
         "demo", help="control plane + Prometheus + CRDs + operator + a sample queue"
     )
     parser.add_argument("--workdir", type=Path, default=Path("build/cluster"))
-    parser.add_argument("--shared-traces", type=Path, default=SHARED)
+    parser.add_argument("--traces", type=Path, default=traces.BUNDLED, help="default: data/traces")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     parser.set_defaults(func=_demo)
 
@@ -45,7 +44,7 @@ def _step(text: str) -> None:
 def _demo(args: argparse.Namespace) -> int:
     workdir = args.workdir.resolve()
     cluster = _cluster(workdir)
-    prometheus_url = _prometheus(workdir, args.shared_traces)
+    prometheus_url = _prometheus(workdir, args.traces)
     _step("installing the CRDs and the operator's RBAC")
     cluster.kubectl("apply", "-f", str(REPO / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
@@ -89,12 +88,12 @@ def _record(workdir: Path, name: str, pid: int, extra: dict[str, Any] | None = N
     state_file.write_text(json.dumps(state, indent=2))
 
 
-def _prometheus(workdir: Path, shared: Path) -> str:
+def _prometheus(workdir: Path, source: Path) -> str:
     state = json.loads((workdir / "state.json").read_text())
     if "prometheus" in state:
         return str(state["prometheus"])
-    _step("backfilling the shared traces into Prometheus as history that ends now")
-    queues = traces.prepare_shared(shared, workdir / "traces")
+    _step("backfilling the bundled traces into Prometheus as history that ends now")
+    queues = traces.prepare_queues(source, workdir / "traces")
     history = {name: traces.read_directory(queues[name]) for name in ("tweets", "elb")}
     server = PrometheusServer(workdir / "prometheus", port=free_port(29090))
     backfill(history, server.data_dir, end_at_s=time.time() // 60 * 60)

@@ -10,8 +10,6 @@ from typing import Any
 from foreshard import traces
 from foreshard.core.series import Series
 
-DEFAULT_SHARED = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "traces"
-
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("traces", help="convert arrival logs and series to canonical traces")
@@ -36,11 +34,11 @@ def register(subparsers: Any) -> None:
     indexed.add_argument("--json", action="store_true")
     indexed.set_defaults(func=_convert_indexed)
 
-    shared = verbs.add_parser("prepare-shared", help="convert the shared traces into one directory per queue")
-    shared.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
-    shared.add_argument("--out", type=Path, default=Path("build/traces"))
-    shared.add_argument("--json", action="store_true")
-    shared.set_defaults(func=_prepare_shared)
+    prepare = verbs.add_parser("prepare", help="convert the bundled traces into one directory per queue")
+    prepare.add_argument("--source", type=Path, default=traces.BUNDLED, help="default: data/traces")
+    prepare.add_argument("--out", type=Path, default=Path("build/traces"))
+    prepare.add_argument("--json", action="store_true")
+    prepare.set_defaults(func=_prepare)
 
 
 def _report(series: Series, path: Path, as_json: bool) -> int:
@@ -68,8 +66,8 @@ def _convert_indexed(args: argparse.Namespace) -> int:
     return _report(series, path, args.json)
 
 
-def _prepare_shared(args: argparse.Namespace) -> int:
-    queues = traces.prepare_shared(args.shared.resolve(), args.out)
+def _prepare(args: argparse.Namespace) -> int:
+    queues = traces.prepare_queues(args.source.resolve(), args.out)
     if args.json:
         print(json.dumps({name: str(path) for name, path in queues.items()}))
     else:
