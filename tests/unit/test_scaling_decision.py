@@ -115,10 +115,8 @@ def test_scale_down_waits_for_stabilization(status: dict[str, Any], replicas: in
     [
         (Gathered(2, HISTORY), flat(80.0, trusted=False, observed=25.0), "ForecastUntrusted", 3),
         (Gathered(2, HISTORY), insufficient, "InsufficientHistory", 2),
-        (Gathered(2, unreachable="connection refused"), flat(80.0), "PrometheusUnreachable", 2),
-        (Gathered(0, unreachable="connection refused"), flat(80.0), "PrometheusUnreachable", 1),
     ],
-    ids=["untrusted", "insufficient-history", "unreachable", "unreachable-first-pass"],
+    ids=["untrusted", "insufficient-history"],
 )
 def test_untrusted_forecast_falls_back_to_reactive_sizing(
     gathered: Gathered, estimate: Any, reason: str, replicas: int
@@ -127,6 +125,48 @@ def test_untrusted_forecast_falls_back_to_reactive_sizing(
     assert conditions_of(decision) == ("False", reason)
     assert decision.replicas == replicas  # never the untrusted 80 msg/s; a lower count waits
     assert decision.last_decision.startswith("ReactiveFallback")
+
+
+@pytest.mark.parametrize(
+    ("gathered", "reason"),
+    [
+        (Gathered(5, unreachable="connection refused"), "PrometheusUnreachable"),
+        (Gathered(5, {}), "HistoryMissing"),
+        (
+            Gathered(5, {"k": Series("k", NOW - 3 * STEP, STEP, np.array([9.0, 9.0, np.nan]))}),
+            "HistoryMissing",
+        ),
+    ],
+    ids=["unreachable", "no-series", "newest-interval-absent"],
+)
+def test_missing_data_holds_the_current_shards_and_says_why(gathered: Gathered, reason: str) -> None:
+    decision = decide(spec(), gathered, previous(1, 3600), NOW, flat(0.0))
+    assert decision.replicas == 5  # a rate of zero would have scaled in to 1 at once
+    assert conditions_of(decision) == ("False", reason)
+    assert decision.holding is not None and decision.holding.reason == "MissingData"
+    assert decision.plan is None and decision.event is None
+
+
+def test_an_outage_longer_than_the_stabilization_window_never_lowers_replicas() -> None:
+    status: dict[str, Any] = {"plan": decide(spec(), Gathered(5, HISTORY), {}, NOW, flat(5.0)).plan}
+    replicas = 5
+    for elapsed in range(10, 3 * 300, 10):  # one pass every 10 s for three windows
+        decision = decide(
+            spec(), Gathered(replicas, unreachable="timed out"), status, NOW + elapsed, flat(5.0)
+        )
+        replicas, status = decision.replicas, {"plan": decision.plan}
+        assert replicas == 5
+    assert decision.forecasting.reason == "PrometheusUnreachable"
+    assert "timed out" in decision.forecasting.message
+
+
+def test_forecasting_resumes_when_data_returns_and_a_scale_in_waits_afresh() -> None:
+    outage = decide(spec(), Gathered(5, unreachable="refused"), previous(1, 3600), NOW, flat(5.0))
+    back = decide(spec(), Gathered(5, HISTORY), {"plan": outage.plan}, NOW + 10, flat(5.0))
+    assert conditions_of(back) == ("True", "ForecastReady")
+    assert back.replicas == 5 and back.plan is not None and back.plan["decidedAt"] == timestamp(NOW + 10)
+    later = decide(spec(), Gathered(5, HISTORY), {"plan": back.plan}, NOW + 310, flat(5.0))
+    assert later.replicas == 1
 
 
 @pytest.mark.parametrize(

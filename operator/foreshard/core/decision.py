@@ -1,5 +1,6 @@
 """The scaling decision of one reconcile pass. Pure: facts and the previous status in, decision out.
 
+    no data (Prometheus unreachable, no series, newest interval empty) --> hold the current shards
     history --demand.estimate--> Forecast --planning.plan_target--> wanted shards (clamped, step-limited)
     wanted < current? --held for scaleDownStabilization (previous status.plan)?--> proposed
     mode: Auto applies proposed; DryRun applies nothing; Approve applies it once
@@ -16,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import numpy as np
 
 from foreshard.api import conditions
 from foreshard.api.conditions import Condition
@@ -82,8 +85,11 @@ def decide(
             last_decision=f"Forecasting is off: {replicas} shards (minShards).",
             event=_event(gathered.replicas, replicas, "minShards"),
         )
-    forecast, rate, forecasting = _forecast(spec, gathered, now_s, estimate)
     current = workload.desired_replicas(spec, gathered.replicas or None)
+    missing = _missing(gathered)
+    if missing is not None:
+        return _hold_on_missing_data(gathered, current, *missing)
+    forecast, rate, forecasting = _forecast(spec, gathered, now_s, estimate)
     if spec.messages_per_second is None:
         why = "capacity.learn is not implemented yet; set capacity.messagesPerSecond to plan shards"
         return Decision(current, forecasting, last_decision=f"{why}; holding {current} shards.")
@@ -110,13 +116,36 @@ def _policy(spec: QueueSpec) -> TargetPolicy:
     )
 
 
+def _missing(gathered: Gathered) -> tuple[str, str] | None:
+    """(reason, why) when this pass has no data to size on; None when the newest interval has some.
+
+    Missing is not zero: an unreachable Prometheus, a queue without series, or a newest interval
+    that no key reported (brokers not scraped) say nothing about demand, and sizing on a rate of
+    0 would scale in, after the stabilization window, on no evidence at all.
+    """
+    if gathered.history is None:
+        return "PrometheusUnreachable", gathered.unreachable or "no history was read"
+    if not gathered.history:
+        return "HistoryMissing", "Prometheus has no arrival series for this queue"
+    newest = demand.total([s.values[-1:] for s in gathered.history.values() if len(s)])
+    if not len(newest) or bool(np.isnan(newest).all()):
+        return "HistoryMissing", "no key reported arrivals in the newest interval (brokers not scraped?)"
+    return None
+
+
+def _hold_on_missing_data(gathered: Gathered, current: int, reason: str, why: str) -> Decision:
+    """Keep the current shards; the plan is dropped so that a later scale-in waits afresh."""
+    forecasting = _condition("False", reason, f"{why}; holding {current} shards until data returns.")
+    holding = _holding("MissingData", f"Holding {current} shards: {why}. Missing data is not zero.")
+    line = f"{reason}: {why}; holding {current} shards."
+    return Decision(current, forecasting, None, holding, line, _event(gathered.replicas, current, reason))
+
+
 def _forecast(
     spec: QueueSpec, gathered: Gathered, now_s: float, estimate: Estimator
 ) -> tuple[Forecast | None, float, Condition]:
     """The summed forecast (None when there is none), the latest rate, and the Forecasting condition."""
-    if gathered.history is None:
-        why = gathered.unreachable or "no history was read"
-        return None, 0.0, _condition("False", "PrometheusUnreachable", f"{why}; sizing reactively.")
+    assert gathered.history is not None  # missing data was handled by the caller
     settings = spec.forecast
     try:
         found = estimate(gathered.history, now_s, settings.long_horizon_s, settings.planning_quantile)
