@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import signal
 import subprocess
@@ -15,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from foreshard_broker.client.broker_client import AdminClient
 
 
 @dataclass
@@ -28,6 +31,9 @@ class BrokerProcess:
     process: subprocess.Popen[bytes] | None = None
     grpc_port: int = 0
     http_port: int = 0
+    # The Admin API's bearer token, written to <data_dir>/admin.token and passed as
+    # --admin-token-file; random by default. None starts a broker without one (Admin API refused).
+    admin_token: str | None = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     @property
     def endpoint(self) -> str:
@@ -41,8 +47,17 @@ class BrokerProcess:
     def log_path(self) -> Path:
         return self.data_dir / f"broker-{self.shard}.log"
 
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin.token"
+
+    def admin_client(self) -> AdminClient:
+        """An AdminClient for this broker carrying its admin token (close it when done)."""
+        return AdminClient(self.endpoint, token=self.admin_token)
+
     def args(self) -> list[str]:
         base = self.command or [sys.executable, "-m", "foreshard_broker.server.main"]
+        token = ["--admin-token-file", str(self.admin_token_file)] if self.admin_token is not None else []
         return [
             *base,
             "--data-dir", str(self.data_dir),
@@ -50,11 +65,15 @@ class BrokerProcess:
             "--http-listen", "127.0.0.1:0",
             "--shard", str(self.shard),
             "--sync", self.sync,
+            *token,
             *self.extra_args,
         ]  # fmt: skip
 
     def start(self, timeout: float = 30.0) -> BrokerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.admin_token is not None:
+            self.admin_token_file.write_text(self.admin_token + "\n")
+            self.admin_token_file.chmod(0o600)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed by close()
         self.process = subprocess.Popen(
             self.args(), stdout=subprocess.PIPE, stderr=log, env={**os.environ, **self.env}

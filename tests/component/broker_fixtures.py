@@ -45,7 +45,7 @@ class Clients:
         return client
 
     def admin(self, process: BrokerProcess) -> AdminClient:
-        client = AdminClient(process.endpoint)
+        client = process.admin_client()
         self.opened.append(client)
         return client
 

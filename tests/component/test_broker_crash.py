@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from foreshard_broker.client.broker_client import AdminClient, BrokerClient, publish_request
+from foreshard_broker.client.broker_client import BrokerClient, publish_request
 from foreshard_broker.client.broker_errors import BrokerCallError
 from foreshard_broker.testing import BrokerProcess
 
@@ -115,7 +115,7 @@ async def test_sigkill_during_publishing_loses_and_duplicates_nothing_acknowledg
         tmp_path / "crash", sync="group", extra_args=["--segment-bytes", "2000000"]
     ).start()
     try:
-        admin = AdminClient(process.endpoint)
+        admin = process.admin_client()
         await admin.create_group("audit")
         await admin.close()
         run = Run(process)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import statistics
 import time
 from collections import defaultdict
@@ -34,11 +35,15 @@ pytestmark = pytest.mark.component
 
 MESSAGES = int(os.environ.get("FORESHARD_LIVE_MOVE_MESSAGES", "200000"))
 KEYS, MOVES, SHARDS, SLOTS = 1000, 50, 3, 1024
+TOKEN = secrets.token_urlsafe(24)
 
 
 @pytest.fixture
 def brokers(tmp_path: Path) -> Iterator[list[BrokerProcess]]:
-    started = [BrokerProcess(tmp_path / f"shard-{i}", shard=i).start() for i in range(SHARDS)]
+    # One admin token for the queue's shards, as the operator gives them; the mover carries it.
+    started = [
+        BrokerProcess(tmp_path / f"shard-{i}", shard=i, admin_token=TOKEN).start() for i in range(SHARDS)
+    ]
     yield started
     for process in started:
         process.kill()
@@ -46,7 +51,7 @@ def brokers(tmp_path: Path) -> Iterator[list[BrokerProcess]]:
 
 @pytest.fixture
 async def transport(brokers: list[BrokerProcess]) -> AsyncIterator[GrpcTransport]:
-    transport = GrpcTransport()
+    transport = GrpcTransport(admin_token=TOKEN)
     table = RoutingTable(
         1, SLOTS, tuple(s % SHARDS for s in range(SLOTS)), {}, {i: b.endpoint for i, b in enumerate(brokers)}
     )
@@ -217,7 +222,7 @@ async def test_a_slot_moved_away_and_back_while_publishing_and_consuming_keeps_o
     brokers: list[BrokerProcess], resume_source: bool
 ) -> None:
     endpoints = [b.endpoint for b in brokers]
-    transport = GrpcTransport() if resume_source else NoResumeTransport()
+    transport = GrpcTransport(TOKEN) if resume_source else NoResumeTransport(TOKEN)
     table = RoutingTable(1, SLOTS, tuple(s % SHARDS for s in range(SLOTS)), {}, dict(enumerate(endpoints)))
     for endpoint in endpoints:
         await transport.update_routing(endpoint, table)

@@ -16,7 +16,7 @@ import grpc
 
 from foreshard_broker.client.broker_errors import from_rpc_error
 from foreshard_broker.routing import RoutingTable
-from foreshard_broker.wire import pb, pb_grpc
+from foreshard_broker.wire import bearer_metadata, pb, pb_grpc, routing_from_pb, routing_to_pb
 
 T = TypeVar("T")
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - absent from the type stubs
@@ -39,16 +39,6 @@ def publish_request(producer_id: str, sequence: int, messages: Iterable[OutMessa
     if any(len(item) == 3 and item[2] for item in items):
         request.headers.extend(pb.Headers(entries=item[2] if len(item) == 3 else {}) for item in items)
     return request
-
-
-def routing_pb(table: RoutingTable) -> Any:
-    return pb.RoutingTable(
-        epoch=table.epoch,
-        num_slots=table.num_slots,
-        slot_owners=table.slot_owners,
-        pinned=dict(table.pinned),
-        endpoints=dict(table.endpoints),
-    )
 
 
 async def _call(awaitable: Awaitable[T]) -> T:
@@ -123,6 +113,36 @@ class BrokerClient(_Channel):
     async def nack(self, group: str, offsets: Iterable[int]) -> Any:
         return await _call(self.stub.Nack(pb.NackRequest(group=group, offsets=list(offsets))))
 
+    async def get_routing(self) -> RoutingTable:
+        """The routing table the broker serves; needs no admin token."""
+        return routing_from_pb(await _call(self.stub.GetRouting(pb.GetRoutingRequest())))
+
+    async def backlog(self) -> Any:
+        """GetBacklogResponse: retained messages and bytes of this shard."""
+        return await _call(self.stub.GetBacklog(pb.GetBacklogRequest()))
+
+    async def create_group(self, group: str, latest: bool = False) -> bool:
+        """Join (create if absent) a consumer group; needs no admin token."""
+        return await _create_group(self.stub, group, latest)
+
+
+async def _create_group(stub: Any, group: str, latest: bool) -> bool:
+    start = pb.START_POSITION_LATEST if latest else pb.START_POSITION_EARLIEST
+    return bool((await _call(stub.CreateGroup(pb.CreateGroupRequest(group=group, start=start)))).created)
+
+
+class _Authorized:
+    """A stub whose every method sends the admin token's metadata (none when there is no token)."""
+
+    def __init__(self, stub: Any, token: str | None) -> None:
+        self._stub = stub
+        self._metadata = bearer_metadata(token)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        metadata = self._metadata
+        return lambda *args, **kwargs: method(*args, metadata=metadata, **kwargs)
+
 
 def _selector(slots: Iterable[int] = (), keys: Iterable[str] = ()) -> Any:
     return pb.Selector(slots=list(slots), keys=list(keys))
@@ -131,28 +151,28 @@ def _selector(slots: Iterable[int] = (), keys: Iterable[str] = ()) -> Any:
 class AdminClient(_Channel):
     """Admin API: routing, groups, fencing, backlog and group-state copy, drain, load, health."""
 
-    def __init__(self, endpoint: str, options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS) -> None:
+    def __init__(
+        self, endpoint: str, options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS, token: str | None = None
+    ) -> None:
+        """`token`: the broker's admin token (its --admin-token-file), sent on every call as
+        `authorization: Bearer <token>`; without one every call is refused (UNAUTHENTICATED)."""
         # Its own connection: a channel with the same target and options would share the data
         # channel's HTTP/2 connection, and a move's admin calls would queue behind publish frames.
         super().__init__(endpoint, [*options, ("grpc.use_local_subchannel_pool", 1)])
-        self.stub = pb_grpc.AdminStub(self.channel)
+        self.stub = _Authorized(pb_grpc.AdminStub(self.channel), token)
 
     async def update_routing(self, table: RoutingTable) -> int:
-        response = await _call(self.stub.UpdateRouting(routing_pb(table)))
+        response = await _call(self.stub.UpdateRouting(routing_to_pb(table)))
         return int(response.epoch)
 
     async def update_routing_pb(self, table: Any) -> int:
         return int((await _call(self.stub.UpdateRouting(table))).epoch)
 
     async def get_routing(self) -> RoutingTable:
-        t = await _call(self.stub.GetRouting(pb.GetRoutingRequest()))
-        return RoutingTable(t.epoch, t.num_slots, tuple(t.slot_owners), dict(t.pinned), dict(t.endpoints))
+        return routing_from_pb(await _call(self.stub.GetRouting(pb.GetRoutingRequest())))
 
     async def create_group(self, group: str, latest: bool = False) -> bool:
-        start = pb.START_POSITION_LATEST if latest else pb.START_POSITION_EARLIEST
-        return bool(
-            (await _call(self.stub.CreateGroup(pb.CreateGroupRequest(group=group, start=start)))).created
-        )
+        return await _create_group(self.stub, group, latest)
 
     async def pause(
         self, slots: Iterable[int] = (), keys: Iterable[str] = (), retry_after_ms: int = 0

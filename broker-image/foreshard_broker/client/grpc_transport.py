@@ -93,9 +93,12 @@ def delivery_of(message: Any) -> Delivery:
 class GrpcTransport:
     """:class:`AdminTransport` over real brokers, addressed by ``host:port``."""
 
-    def __init__(self) -> None:
+    def __init__(self, admin_token: str | None = None) -> None:
+        """`admin_token` is needed only for the admin calls of a slot move (`mover.py`); producers
+        and consumers use the data API alone (routing, backlog and group joins included)."""
         self._data: dict[str, BrokerClient] = {}
         self._admin: dict[str, AdminClient] = {}
+        self._admin_token = admin_token
 
     def data(self, endpoint: str) -> BrokerClient:
         client = self._data.get(endpoint)
@@ -106,7 +109,7 @@ class GrpcTransport:
     def admin(self, endpoint: str) -> AdminClient:
         client = self._admin.get(endpoint)
         if client is None:
-            client = self._admin[endpoint] = AdminClient(endpoint)
+            client = self._admin[endpoint] = AdminClient(endpoint, token=self._admin_token)
         return client
 
     async def close(self) -> None:
@@ -117,7 +120,7 @@ class GrpcTransport:
 
     # --- data --------------------------------------------------------------------------------
     async def routing(self, endpoint: str) -> RoutingTable:
-        return await _guard(self.admin(endpoint).get_routing(), endpoint)
+        return await _guard(self.data(endpoint).get_routing(), endpoint)
 
     async def publish(
         self, endpoint: str, producer_id: str, sequence: int, messages: Sequence[OutboundMessage]
@@ -157,11 +160,11 @@ class GrpcTransport:
         await _guard(self.data(endpoint).nack(group, [int(r) for r in receipts]), endpoint)
 
     async def create_group(self, endpoint: str, group: str) -> None:
-        await _guard(self.admin(endpoint).create_group(group), endpoint)
+        await _guard(self.data(endpoint).create_group(group), endpoint)
 
     async def backlog(self, endpoint: str) -> int:
-        metrics = await _guard(self.admin(endpoint).load_metrics(top_keys=1), endpoint)
-        return int(metrics.retained_messages)
+        answer = await _guard(self.data(endpoint).backlog(), endpoint)
+        return int(answer.retained_messages)
 
     # --- admin -------------------------------------------------------------------------------
     async def pause(self, endpoint: str, slot: int) -> int:

@@ -59,6 +59,21 @@ class BrokerStub:
                 request_serializer=foreshard_dot_v1_dot_broker__pb2.NackRequest.SerializeToString,
                 response_deserializer=foreshard_dot_v1_dot_broker__pb2.NackResponse.FromString,
                 _registered_method=True)
+        self.GetRouting = channel.unary_unary(
+                '/foreshard.v1.Broker/GetRouting',
+                request_serializer=foreshard_dot_v1_dot_broker__pb2.GetRoutingRequest.SerializeToString,
+                response_deserializer=foreshard_dot_v1_dot_broker__pb2.RoutingTable.FromString,
+                _registered_method=True)
+        self.GetBacklog = channel.unary_unary(
+                '/foreshard.v1.Broker/GetBacklog',
+                request_serializer=foreshard_dot_v1_dot_broker__pb2.GetBacklogRequest.SerializeToString,
+                response_deserializer=foreshard_dot_v1_dot_broker__pb2.GetBacklogResponse.FromString,
+                _registered_method=True)
+        self.CreateGroup = channel.unary_unary(
+                '/foreshard.v1.Broker/CreateGroup',
+                request_serializer=foreshard_dot_v1_dot_broker__pb2.CreateGroupRequest.SerializeToString,
+                response_deserializer=foreshard_dot_v1_dot_broker__pb2.CreateGroupResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -96,6 +111,27 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRouting(self, request, context):
+        """Read-only and open to every client (no admin token): the routing table this shard serves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBacklog(self, request, context):
+        """How much this shard holds, O(1): producers place keyless messages on the least-loaded shard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateGroup(self, request, context):
+        """Joining a group is a consumer's act (as in Kafka): idempotent, answers created=false if it exists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +159,21 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.Nack,
                     request_deserializer=foreshard_dot_v1_dot_broker__pb2.NackRequest.FromString,
                     response_serializer=foreshard_dot_v1_dot_broker__pb2.NackResponse.SerializeToString,
+            ),
+            'GetRouting': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRouting,
+                    request_deserializer=foreshard_dot_v1_dot_broker__pb2.GetRoutingRequest.FromString,
+                    response_serializer=foreshard_dot_v1_dot_broker__pb2.RoutingTable.SerializeToString,
+            ),
+            'GetBacklog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBacklog,
+                    request_deserializer=foreshard_dot_v1_dot_broker__pb2.GetBacklogRequest.FromString,
+                    response_serializer=foreshard_dot_v1_dot_broker__pb2.GetBacklogResponse.SerializeToString,
+            ),
+            'CreateGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGroup,
+                    request_deserializer=foreshard_dot_v1_dot_broker__pb2.CreateGroupRequest.FromString,
+                    response_serializer=foreshard_dot_v1_dot_broker__pb2.CreateGroupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +311,87 @@ class Broker:
             '/foreshard.v1.Broker/Nack',
             foreshard_dot_v1_dot_broker__pb2.NackRequest.SerializeToString,
             foreshard_dot_v1_dot_broker__pb2.NackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRouting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foreshard.v1.Broker/GetRouting',
+            foreshard_dot_v1_dot_broker__pb2.GetRoutingRequest.SerializeToString,
+            foreshard_dot_v1_dot_broker__pb2.RoutingTable.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBacklog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foreshard.v1.Broker/GetBacklog',
+            foreshard_dot_v1_dot_broker__pb2.GetBacklogRequest.SerializeToString,
+            foreshard_dot_v1_dot_broker__pb2.GetBacklogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foreshard.v1.Broker/CreateGroup',
+            foreshard_dot_v1_dot_broker__pb2.CreateGroupRequest.SerializeToString,
+            foreshard_dot_v1_dot_broker__pb2.CreateGroupResponse.FromString,
             options,
             channel_credentials,
             insecure,

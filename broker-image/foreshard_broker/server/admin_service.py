@@ -8,25 +8,14 @@ from typing import Any
 
 import grpc
 
-from foreshard_broker.routing import RoutingTable
 from foreshard_broker.server import errors
 from foreshard_broker.server.admin import Admin, GroupPending, ProducerSeen, Selector
 from foreshard_broker.server.load import ProcessStats
-from foreshard_broker.server.service import abort, add_message, guarded
+from foreshard_broker.server.service import abort, add_message, create_group, guarded
 from foreshard_broker.storage import Message
-from foreshard_broker.wire import pb, pb_grpc
+from foreshard_broker.wire import pb, pb_grpc, routing_from_pb, routing_to_pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def table_of(request: Any) -> RoutingTable:
-    return RoutingTable(
-        request.epoch,
-        request.num_slots,
-        tuple(request.slot_owners),
-        dict(request.pinned),
-        dict(request.endpoints),
-    )
 
 
 def message_of(m: Any) -> Message:
@@ -43,24 +32,15 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
         return self.admin.selector(request.slots, request.keys)
 
     async def UpdateRouting(self, request: Any, context: Context) -> Any:
-        table = await guarded(context, _call(lambda: table_of(request)))
+        table = await guarded(context, _call(lambda: routing_from_pb(request)))
         epoch = await guarded(context, self.admin.update_routing(table))
         return pb.UpdateRoutingResponse(epoch=epoch)
 
     async def GetRouting(self, request: Any, context: Context) -> Any:
-        table = self.broker.routing
-        return pb.RoutingTable(
-            epoch=table.epoch,
-            num_slots=table.num_slots,
-            slot_owners=table.slot_owners,
-            pinned=dict(table.pinned),
-            endpoints=dict(table.endpoints),
-        )
+        return routing_to_pb(self.broker.routing)
 
     async def CreateGroup(self, request: Any, context: Context) -> Any:
-        latest = request.start == pb.START_POSITION_LATEST
-        created = await guarded(context, self.broker.create_group(request.group, latest))
-        return pb.CreateGroupResponse(created=created)
+        return await create_group(self.broker, request, context)
 
     async def Pause(self, request: Any, context: Context) -> Any:
         selector = await guarded(context, _call(lambda: self._selector(request.selector)))

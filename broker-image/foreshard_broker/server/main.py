@@ -29,6 +29,7 @@ import grpc
 
 from foreshard_broker.server.admin import Admin
 from foreshard_broker.server.admin_service import AdminService
+from foreshard_broker.server.auth import AdminAuth, TokenError, read_token
 from foreshard_broker.server.broker import Broker
 from foreshard_broker.server.config import BrokerConfig, Limits
 from foreshard_broker.server.metrics import BrokerMetrics
@@ -60,6 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--ack-deadline", type=float, default=float(env("FORESHARD_BROKER_ACK_DEADLINE", "30")))
     add("--grace", type=float, default=float(env("FORESHARD_BROKER_GRACE", "10")))
     add("--log-level", default=env("FORESHARD_BROKER_LOG_LEVEL", "INFO"))
+    add(
+        "--admin-token-file",
+        default=env("FORESHARD_BROKER_ADMIN_TOKEN_FILE"),
+        help="file holding the bearer token every Admin call must carry; without it the Admin API is off",
+    )
     for limit in fields(Limits):
         flag = limit.name.replace("_", "-")
         default = int(env("FORESHARD_BROKER_" + limit.name.upper(), str(limit.default)))
@@ -97,6 +103,7 @@ def split_hostport(value: str) -> tuple[str, int]:
 
 async def serve(args: argparse.Namespace) -> int:
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+    auth = AdminAuth(read_token(Path(args.admin_token_file)) if args.admin_token_file else None)
     config = BrokerConfig(shard_ordinal(args.shard), args.slots, args.ack_deadline, limits=limits)
     data_dir = Path(args.data_dir)
     storage = SegmentLogStorage(
@@ -116,14 +123,17 @@ async def serve(args: argparse.Namespace) -> int:
         ]
     )
     add_service(server, "Broker", BrokerService(broker, limits.max_inflight_bytes_per_connection))
-    add_service(server, "Admin", AdminService(admin))
+    add_service(server, "Admin", AdminService(admin), guard=auth.check)
     grpc_port = server.add_insecure_port(args.grpc_listen)
     await server.start()
     probes = HttpEndpoint(metrics.render, lambda: _live(broker), lambda: _ready(broker))
     http_server = await probes.start(*split_hostport(args.http_listen))
     http_port = http_server.sockets[0].getsockname()[1]
     print(json.dumps({"event": "listening", "grpc_port": grpc_port, "http_port": http_port}), flush=True)
-    log.info("serving", extra={"shard": config.shard, "grpc_port": grpc_port, "http_port": http_port})
+    log.info(
+        "serving",
+        extra={"shard": config.shard, "grpc_port": grpc_port, "http_port": http_port, "admin": auth.enabled},
+    )
     await _run_until_signal(broker)
     log.info("draining")
     broker.draining = True
@@ -201,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
-    return run_loop(serve(args))
+    try:
+        return run_loop(serve(args))
+    except TokenError as error:
+        log.error(str(error))
+        return 2
 
 
 def run_loop(main: Coroutine[None, None, int]) -> int:

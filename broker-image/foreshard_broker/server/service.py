@@ -12,7 +12,7 @@ from foreshard_broker.server import errors
 from foreshard_broker.server.broker import Broker
 from foreshard_broker.server.config import Batch
 from foreshard_broker.storage.base import NO_HEADERS
-from foreshard_broker.wire import ERROR_TRAILER, pb, pb_grpc
+from foreshard_broker.wire import ERROR_TRAILER, pb, pb_grpc, routing_to_pb
 
 T = TypeVar("T")
 
@@ -201,6 +201,28 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
             context, _now(lambda: self.broker.nack(request.group, list(request.offsets)))
         )
         return pb.NackResponse(nacked=nacked, unknown=unknown)
+
+    async def GetRouting(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return routing_to_pb(self.broker.routing)
+
+    async def GetBacklog(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        broker = self.broker
+        return pb.GetBacklogResponse(
+            shard=broker.config.shard,
+            epoch=broker.routing.epoch,
+            retained_messages=broker.state.retained_count,
+            retained_bytes=broker.state.retained_bytes,
+        )
+
+    async def CreateGroup(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await create_group(self.broker, request, context)
+
+
+async def create_group(broker: Broker, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    """CreateGroup, the same on both services (a consumer joins a group; the operator may too)."""
+    latest = request.start == pb.START_POSITION_LATEST
+    created = await guarded(context, broker.create_group(request.group, latest))
+    return pb.CreateGroupResponse(created=created)
 
 
 async def _now(call: Callable[[], T]) -> T:
