@@ -28,6 +28,7 @@ from foreshard_broker.server import errors, validation
 from foreshard_broker.server.broker import Broker
 from foreshard_broker.storage import AckRecord, BatchRecord, Message, ReleaseRecord
 from foreshard_broker.storage.base import EMPTY_CHUNK
+from foreshard_broker.storage.fileops import sync_directory
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class Admin:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.routing_file)
+        sync_directory(self.routing_file.parent)  # else a power loss can bring back an older epoch
 
     # ------------------------------------------------------------------ fencing
     async def pause(self, selector: Selector, retry_after_ms: int) -> tuple[int, int]:
@@ -259,10 +261,11 @@ class Admin:
             for p in producers
             if p.producer_id and p.sequence > state.producers.get(p.producer_id, -1)
         ]
-        for record in merged:
-            state.apply_producer(record.producer_id, record.sequence, record.refused)
-        if merged:
-            await asyncio.gather(*(broker.storage.append(record) for record in merged))
+        if merged:  # appended before applied, so a rotation checkpoint cannot claim them early
+            durable = [broker.append_record(record) for record in merged]
+            for record in merged:
+                state.apply_producer(record.producer_id, record.sequence, record.refused)
+            await asyncio.gather(*durable)
         total = 0
         for entry in groups:
             await broker.create_group(entry.group, latest=False)
@@ -275,7 +278,7 @@ class Admin:
             ]
             if done:
                 state.apply_acks(entry.group, done)
-                await broker.storage.append(AckRecord(entry.group, done))
+                await broker.persist(AckRecord(entry.group, done))
                 total += len(done)
         broker.unpark_all()
         return total
@@ -298,7 +301,7 @@ class Admin:
         offsets = [message.offset for message in self._select(selector, 0)]
         if offsets:
             self.broker.state.apply_release(offsets)
-            await self.broker.storage.append(ReleaseRecord(offsets))
+            await self.broker.persist(ReleaseRecord(offsets))
         return len(offsets)
 
     async def drain(self) -> int:

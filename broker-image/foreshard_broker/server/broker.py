@@ -23,7 +23,16 @@ from foreshard_broker.server.config import Batch, BrokerConfig
 from foreshard_broker.server.groups import ConsumerGroup, Delivery
 from foreshard_broker.server.load import LoadTracker
 from foreshard_broker.server.state import BrokerState
-from foreshard_broker.storage import AckRecord, BatchRecord, Chunk, GroupRecord, Message, Storage
+from foreshard_broker.storage import (
+    AckRecord,
+    BatchRecord,
+    Chunk,
+    GroupRecord,
+    Message,
+    Record,
+    Storage,
+    StorageError,
+)
 
 log = logging.getLogger("foreshard_broker.broker")
 
@@ -63,6 +72,7 @@ class Broker:
     def open(self) -> None:
         """Replay the log; must run inside the event loop before serving."""
         self.storage.checkpoint = self.state.checkpoint
+        self.storage.on_failure = self._storage_failed
         self.state.rebuild(self.storage.replay())
         self.load.attach(self.state.stored, self.state.stored_bytes)
         for name in self.state.groups:
@@ -82,6 +92,7 @@ class Broker:
             last = self.state.producers.get(producer_id)
             if last is not None and sequence <= last:
                 await self.barrier()  # the original may still be in flight: answer once it is durable
+                self._check_writable()  # and never "duplicate" from a log that failed meanwhile
                 return self._duplicate(producer_id, sequence, batch.keys)
         slots, refusals = self._route(batch.keys)
         refused: tuple[int, ...] = ()
@@ -149,19 +160,45 @@ class Broker:
         # The batch's columns become the stored chunk as they are: no object per message.
         times = [int(time.time() * 1000)] * len(slots)
         chunk = Chunk(first, batch.keys, slots, batch.payloads, times, batch.headers)
+        record = BatchRecord(producer_id, sequence, chunk, refused)
+        # Appended before the state takes the batch: a rotation checkpoint written ahead of it
+        # must not claim its sequence (if only the checkpoint reached the disk, the resend of this
+        # unacknowledged batch would be answered "duplicate"). A failed append changes nothing.
+        durable = self._append(record)
         self.state.next_offset = first + len(slots)
         if producer_id:
             self.state.apply_producer(producer_id, sequence, refused)
         self.state.retained_bytes += nbytes
-        record = BatchRecord(producer_id, sequence, chunk, refused)
-        return self._append(record), record
+        return durable, record
 
     def _append(self, record: BatchRecord) -> asyncio.Future[None]:
-        durable = self.storage.append(record)
+        durable = self.append_record(record)
         self._unpublished.append((durable, record))
         # Visibility must not depend on the publisher still waiting (it may have been cancelled).
         durable.add_done_callback(lambda _: self._make_visible())
         return durable
+
+    def append_record(self, record: Record) -> asyncio.Future[None]:
+        try:
+            return self.storage.append(record)
+        except StorageError as error:
+            self._storage_failed(str(error))
+            raise errors.Unavailable(
+                f"the message log cannot be written ({error}); nothing was stored"
+            ) from error
+
+    async def persist(self, record: Record) -> None:
+        """Append a record and wait until it is durable; a storage failure is UNAVAILABLE."""
+        try:
+            await self.append_record(record)
+        except StorageError as error:
+            raise errors.Unavailable(f"the message log could not be written ({error})") from error
+
+    def _storage_failed(self, reason: str) -> None:
+        """Any log write or fsync error: liveness fails and every later write is refused."""
+        if self.failed is None:
+            self.failed = reason
+            log.error("storage failed; refusing writes until restarted", extra={"reason": reason})
 
     def _check_writable(self) -> None:
         if self.failed:
@@ -226,7 +263,7 @@ class Broker:
         while queue and queue[0][0].done():
             durable, record = queue.popleft()
             if durable.exception() is not None:
-                self.failed = str(durable.exception())
+                self._storage_failed(str(durable.exception()))
                 continue
             self.state.apply_batch(record)
         self._wake_all()
@@ -239,9 +276,14 @@ class Broker:
         return self.storage.compact(lowest)
 
     async def barrier(self) -> None:
-        """Everything accepted so far is durable and visible."""
-        await self.storage.barrier()
-        self._make_visible()
+        """Everything accepted so far is durable and visible (UNAVAILABLE if the log failed)."""
+        try:
+            await self.storage.barrier()
+        except StorageError as error:
+            self._storage_failed(str(error))
+            raise errors.Unavailable(f"the message log failed ({error})") from error
+        finally:
+            self._make_visible()
 
     # ------------------------------------------------------------------ consume
     def group(self, name: str) -> ConsumerGroup:
@@ -258,7 +300,7 @@ class Broker:
         from_offset = self.state.next_offset if latest else 0
         self.state.apply_group(name, from_offset)
         self._changed[name] = asyncio.Event()
-        await self.storage.append(GroupRecord(name, from_offset))
+        await self.persist(GroupRecord(name, from_offset))
         return True
 
     async def fetch(
@@ -313,7 +355,7 @@ class Broker:
         if acked:
             self.load.group_acked(name, len(acked))
             self._changed[name].set()
-            await self.storage.append(AckRecord(name, acked))
+            await self.persist(AckRecord(name, acked))
         return len(acked), unknown
 
     def nack(self, name: str, offsets: Sequence[int]) -> tuple[int, list[int]]:

@@ -36,7 +36,7 @@ from foreshard_broker.server.metrics import BrokerMetrics
 from foreshard_broker.server.probes import HttpEndpoint
 from foreshard_broker.server.registration import add_service
 from foreshard_broker.server.service import BrokerService
-from foreshard_broker.storage import SegmentLogStorage
+from foreshard_broker.storage import SegmentLogStorage, faults
 
 log = logging.getLogger("foreshard_broker")
 
@@ -107,7 +107,11 @@ async def serve(args: argparse.Namespace) -> int:
     config = BrokerConfig(shard_ordinal(args.shard), args.slots, args.ack_deadline, limits=limits)
     data_dir = Path(args.data_dir)
     storage = SegmentLogStorage(
-        data_dir / "log", sync=args.sync, segment_bytes=args.segment_bytes, linger=args.linger_ms / 1000
+        data_dir / "log",
+        sync=args.sync,
+        segment_bytes=args.segment_bytes,
+        linger=args.linger_ms / 1000,
+        ops=faults.from_environment(),  # None (the real OS calls) unless a fault test asks
     )
     broker = Broker(config, storage)
     admin = Admin(broker, data_dir / "routing.json")

@@ -11,7 +11,7 @@ import grpc
 from foreshard_broker.server import errors
 from foreshard_broker.server.broker import Broker
 from foreshard_broker.server.config import Batch
-from foreshard_broker.storage.base import NO_HEADERS
+from foreshard_broker.storage.base import NO_HEADERS, StorageError
 from foreshard_broker.wire import ERROR_TRAILER, pb, pb_grpc, routing_to_pb
 
 T = TypeVar("T")
@@ -88,6 +88,9 @@ async def guarded(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T
         return await call
     except errors.BrokerError as error:
         await abort(context, error)
+        raise AssertionError("unreachable: abort raises") from error
+    except StorageError as error:  # any path that reached the log directly: never a raw UNKNOWN
+        await abort(context, errors.Unavailable(f"the message log failed ({error}); nothing was stored"))
         raise AssertionError("unreachable: abort raises") from error
 
 

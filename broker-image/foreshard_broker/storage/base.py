@@ -226,6 +226,8 @@ class Storage(Protocol):
 
     # Supplies the state written at the start of each new segment (set by the broker).
     checkpoint: Callable[[], CheckpointRecord] | None
+    # Called once, with a reason, when a write or fsync fails (set by the broker: it stops writing).
+    on_failure: Callable[[str], None]
 
     def replay(self) -> Iterator[Record]: ...
 

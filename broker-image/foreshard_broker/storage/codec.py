@@ -196,12 +196,22 @@ def _split(body: bytes, pos: int, lengths: Sequence[int]) -> list[bytes]:
 
 
 def read_frames(data: bytes) -> Iterator[tuple[int, Record]]:
-    """Yield (end position, record) for every intact frame; stop at the first torn or corrupt one."""
+    """Yield (end position, record) for every intact frame; stop at the first torn or corrupt one.
+
+    No record has an empty body, so a zero length ends the frames too: a zero-filled tail (length
+    0, CRC 0, which is the CRC of nothing) is a torn write, not a record.
+    """
     pos = 0
     while pos + FRAME.size <= len(data):
         length, crc = FRAME.unpack_from(data, pos)
         body = data[pos + FRAME.size : pos + FRAME.size + length]
-        if len(body) < length or zlib.crc32(body) != crc:
+        if not length or len(body) < length or zlib.crc32(body) != crc:
             return
+        try:
+            record = decode(body)
+        except (IndexError, ValueError, struct.error, UnicodeDecodeError) as error:
+            raise StorageError(
+                f"record at byte {pos} has a valid checksum but cannot be decoded: {error}"
+            ) from error
         pos += FRAME.size + length
-        yield pos, decode(body)
+        yield pos, record

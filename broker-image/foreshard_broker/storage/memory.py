@@ -13,6 +13,7 @@ class MemoryStorage:
         self.records: list[Record] = []
         self._closed = False
         self.checkpoint: Callable[[], CheckpointRecord] | None = None
+        self.on_failure: Callable[[str], None] = lambda reason: None  # memory never fails
 
     def replay(self) -> Iterator[Record]:
         self._closed = False  # a broker restarted over the same object reopens it
