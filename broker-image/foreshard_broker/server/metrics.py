@@ -137,6 +137,21 @@ class _StateCollector(Collector):
             "foreshard_broker_paused_slots", "Slots paused now.", len(broker.paused_slots)
         )
         yield GaugeMetricFamily("foreshard_broker_draining", "1 while draining.", int(broker.draining))
+        yield GaugeMetricFamily(
+            "foreshard_broker_storage_failed", "1 once a log write or fsync failed.", int(bool(broker.failed))
+        )
+        recovery = getattr(broker.storage, "recovery", None)
+        if recovery is not None:
+            yield GaugeMetricFamily(
+                "foreshard_broker_log_damaged_segments",
+                "Last-segment damage found at start-up (a bad record followed by more data; truncated).",
+                recovery.damaged,
+            )
+            yield GaugeMetricFamily(
+                "foreshard_broker_log_truncated_bytes",
+                "Bytes of bad log tail truncated at start-up (torn writes and damage).",
+                recovery.truncated_bytes,
+            )
         yield CounterMetricFamily(
             "foreshard_broker_pause_seconds",
             "Seconds slots and keys spent paused, summed.",
