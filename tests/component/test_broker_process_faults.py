@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from foreshard_broker.client.broker_client import AdminClient, BrokerClient
+from foreshard_broker.client.broker_client import BrokerClient
 from foreshard_broker.client.broker_errors import BrokerCallError
 from foreshard_broker.storage.faults import ENV, power_loss_from_journal
 from foreshard_broker.testing import BrokerProcess
@@ -66,16 +66,15 @@ async def produce(endpoint: str, ledger: Ledger, stop_after_acks: int = 0) -> No
 
 
 async def read_back(endpoint: str) -> Counter[bytes]:
-    admin, client = AdminClient(endpoint), BrokerClient(endpoint)
+    client = BrokerClient(endpoint)
     try:
-        await admin.create_group("audit", latest=False)
+        await client.create_group("audit", latest=False)
         seen: Counter[bytes] = Counter()
         while messages := await client.fetch("audit", "c", max_messages=5000, wait_ms=200):
             seen.update(m.payload for m in messages)
             await client.ack("audit", [m.offset for m in messages])
         return seen
     finally:
-        await admin.close()
         await client.close()
 
 
