@@ -77,3 +77,15 @@ async def test_label_values_are_escaped_so_any_key_reads_back_exactly() -> None:
     samples = scrape(metrics)
     labels = (("key", odd), ("queue", "orders"), ("slot", str(slot_of(odd, 16))))
     assert samples[("foreshard_messages_published_total", labels)] == 2
+
+
+async def test_broker_wide_gauges_carry_the_queue_and_the_shard_so_alerts_can_join_them() -> None:
+    broker = Broker(BrokerConfig(shard=2, num_slots=16), MemoryStorage())
+    broker.open()
+    metrics = BrokerMetrics(Admin(broker), queue="orders")
+    await broker.publish("p", 1, Batch.of([("a", b"xx")]))
+    samples = scrape(metrics)
+    where = (("queue", "orders"), ("shard", "2"))
+    assert samples[("foreshard_broker_retained_messages", where)] == 1
+    assert samples[("foreshard_broker_routing_epoch", where)] == broker.routing.epoch
+    assert samples[("foreshard_broker_pause_seconds_total", where)] == 0

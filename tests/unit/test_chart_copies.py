@@ -26,10 +26,24 @@ def test_the_chart_has_no_crd_that_crds_lacks() -> None:
     }
 
 
-def test_the_chart_grants_exactly_the_rules_of_the_manifests() -> None:
+def chart_rules(name: str) -> list[dict[str, object]]:
+    rules = yaml.safe_load((CHART / "files" / "rbac" / f"{name}.yaml").read_text())
+    assert isinstance(rules, list)
+    return rules
+
+
+def test_the_manifests_cluster_role_grants_exactly_the_charts_cluster_wide_rules() -> None:
     manifests = list(yaml.safe_load_all((REPO / "manifests" / "rbac.yaml").read_text()))
     role = next(d for d in manifests if d["kind"] == "ClusterRole")
-    assert yaml.safe_load((CHART / "files" / "rules.yaml").read_text()) == role["rules"]
+    assert role["rules"] == chart_rules("namespaced") + chart_rules("cluster")
+
+
+def test_no_rule_grants_a_wildcard_secrets_or_a_delete_of_the_workload() -> None:
+    for rule in chart_rules("namespaced") + chart_rules("namespaced-peering") + chart_rules("cluster"):
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+        assert "secrets" not in rule["resources"], rule
+        if set(rule["resources"]) & {"statefulsets", "services", "pods", "shardallocations"}:
+            assert not set(rule["verbs"]) & {"delete", "deletecollection", "update"}, rule
 
 
 def test_every_value_is_covered_by_the_schema() -> None:

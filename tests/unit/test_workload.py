@@ -29,3 +29,13 @@ def test_the_shard_pods_arguments_parse_with_the_brokers_own_parser(monkeypatch:
     # A StatefulSet pod's hostname is <set name>-<ordinal>: that is where the shard number comes from.
     monkeypatch.setenv("HOSTNAME", f"{manifest['metadata']['name']}-3")
     assert shard_ordinal(args.shard) == 3
+
+
+def test_shard_pods_carry_the_scrape_annotations_pointing_at_the_brokers_metrics_port() -> None:
+    body = {"metadata": {"name": "orders", "namespace": "shop"}, "spec": {"minShards": 1, "maxShards": 4}}
+    template = stateful_set(QueueSpec.from_body(body), 1)["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    ports = {port["name"]: port["containerPort"] for port in template["spec"]["containers"][0]["ports"]}
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+    assert annotations["prometheus.io/path"] == "/metrics"

@@ -40,7 +40,7 @@ class BrokerMetrics:
             buckets=(*LATENCY_BUCKETS, 10.0, 30.0, 60.0),
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(admin))
+        self.registry.register(_StateCollector(admin, queue))
         self.admin, self.queue, self.max_keys = admin, queue, max_keys
         admin.broker.observe_publish = self.publish_latency.observe
         admin.broker.observe_deliveries = self.observe_deliveries
@@ -114,49 +114,55 @@ class BrokerMetrics:
 
 
 class _StateCollector(Collector):
-    """The broker-wide gauges (few samples: prometheus_client renders them)."""
+    """The broker-wide gauges (few samples: prometheus_client renders them).
 
-    def __init__(self, admin: Admin) -> None:
-        self.admin = admin
+    Each carries `queue` and `shard`, so an alert can compare a broker with the operator's view of
+    its queue (the routing epoch) without relying on how the scrape labels its targets.
+    """
+
+    def __init__(self, admin: Admin, queue: str) -> None:
+        self.admin, self.queue = admin, queue
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._broker()
-
-    def _broker(self) -> Iterator[Metric]:
-        broker, admin = self.admin.broker, self.admin
-        yield GaugeMetricFamily(
-            "foreshard_broker_retained_messages", "Unacked messages held.", broker.state.retained_count
-        )
-        yield GaugeMetricFamily(
-            "foreshard_broker_retained_bytes", "Unacked payload bytes held.", broker.state.retained_bytes
-        )
-        yield GaugeMetricFamily(
-            "foreshard_broker_routing_epoch", "Routing epoch served.", broker.routing.epoch
-        )
-        yield GaugeMetricFamily(
-            "foreshard_broker_paused_slots", "Slots paused now.", len(broker.paused_slots)
-        )
-        yield GaugeMetricFamily("foreshard_broker_draining", "1 while draining.", int(broker.draining))
-        yield GaugeMetricFamily(
-            "foreshard_broker_storage_failed", "1 once a log write or fsync failed.", int(bool(broker.failed))
-        )
+        broker, state = self.admin.broker, self.admin.broker.state
+        labels = [self.queue, str(broker.config.shard)]
+        gauges = [
+            ("foreshard_broker_retained_messages", "Unacked messages held.", state.retained_count),
+            ("foreshard_broker_retained_bytes", "Unacked payload bytes held.", state.retained_bytes),
+            ("foreshard_broker_routing_epoch", "Routing epoch served.", broker.routing.epoch),
+            ("foreshard_broker_paused_slots", "Slots paused now.", len(broker.paused_slots)),
+            ("foreshard_broker_draining", "1 while draining.", int(broker.draining)),
+            (
+                "foreshard_broker_storage_failed",
+                "1 once a log write or fsync failed.",
+                int(bool(broker.failed)),
+            ),
+        ]
         recovery = getattr(broker.storage, "recovery", None)
         if recovery is not None:
-            yield GaugeMetricFamily(
-                "foreshard_broker_log_damaged_segments",
-                "Last-segment damage found at start-up (a bad record followed by more data; truncated).",
-                recovery.damaged,
-            )
-            yield GaugeMetricFamily(
-                "foreshard_broker_log_truncated_bytes",
-                "Bytes of bad log tail truncated at start-up (torn writes and damage).",
-                recovery.truncated_bytes,
-            )
-        yield CounterMetricFamily(
+            gauges += [
+                (
+                    "foreshard_broker_log_damaged_segments",
+                    "Last-segment damage found at start-up (a bad record followed by more data; truncated).",
+                    recovery.damaged,
+                ),
+                (
+                    "foreshard_broker_log_truncated_bytes",
+                    "Bytes of bad log tail truncated at start-up (torn writes and damage).",
+                    recovery.truncated_bytes,
+                ),
+            ]
+        for name, help_text, value in gauges:
+            gauge = GaugeMetricFamily(name, help_text, labels=["queue", "shard"])
+            gauge.add_metric(labels, value)
+            yield gauge
+        paused = CounterMetricFamily(
             "foreshard_broker_pause_seconds",
             "Seconds slots and keys spent paused, summed.",
-            admin.pause_seconds(time.monotonic()),
+            labels=["queue", "shard"],
         )
+        paused.add_metric(labels, self.admin.pause_seconds(time.monotonic()))
+        yield paused
 
 
 def _per_slot(load: LoadTracker, counts: Mapping[str, int], keys: Iterable[str]) -> dict[int, int]:

@@ -1,8 +1,12 @@
-"""The operator's own Prometheus metrics."""
+"""The operator's own Prometheus metrics.
+
+The alerts and the dashboard in helm/foreshard/files/ are written against these names (and the
+broker's); tests/component/test_monitoring_queries.py runs every expression they contain.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter(
     "foreshard_operator_reconciles_total", "Reconcile passes, by queue and result.", ["queue", "result"]
@@ -19,4 +23,37 @@ PLANNED_SHARDS = Gauge(
 )
 FORECAST_READY = Gauge(
     "foreshard_operator_forecast_ready", "1 when the plan stands on a trusted forecast, else 0.", ["queue"]
+)
+FORECAST_RATE = Gauge(
+    "foreshard_operator_forecast_messages_per_second",
+    "Forecast arrival rate of the whole queue for the current step: bound is lower, point or upper "
+    "(the planning interval's quantiles).",
+    ["queue", "bound"],
+)
+SHARD_CAPACITY = Gauge(
+    "foreshard_operator_shard_capacity_messages_per_second",
+    "Messages per second one shard is planned to carry (spec.capacity, or the learnt value).",
+    ["queue"],
+)
+ROUTING_EPOCH = Gauge(
+    "foreshard_operator_routing_epoch", "Routing epoch recorded in status.routing.", ["queue"]
+)
+MIGRATIONS_IN_FLIGHT = Gauge(
+    "foreshard_operator_migrations_in_flight", "Slot and key moves in status.migrations.", ["queue"]
+)
+MIGRATION_PHASE_AGE = Gauge(
+    "foreshard_operator_migration_phase_age_seconds",
+    "Seconds the oldest in-flight move has spent in its current phase (0 with none in flight).",
+    ["queue"],
+)
+MOVES = Counter(
+    "foreshard_operator_moves_total",
+    "Moves finished, by result (done, rolled_back).",
+    ["queue", "result"],
+)
+MOVE_PAUSE = Histogram(
+    "foreshard_operator_move_pause_seconds",
+    "Pause the keys of one moved slot or pin saw, from fence to resume.",
+    ["queue"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )

@@ -1,9 +1,15 @@
-"""`foreshard run`: the operator process (kopf), with /metrics and a liveness endpoint."""
+"""`foreshard run`: the operator process (kopf), with /metrics and a liveness endpoint.
+
+Standalone by default (one process, as in tests and the demo); `--peering NAME` makes replicas
+elect one active operator through kopf peering, each with a random priority unless given one.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import random
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -16,8 +22,26 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
     parser.add_argument("--liveness-port", type=int, default=8081, help="kopf liveness endpoint port")
+    parser.add_argument(
+        "--peering",
+        default=os.environ.get("FORESHARD_PEERING", ""),
+        metavar="NAME",
+        help="elect one active replica through the kopf peering object NAME (default: standalone)",
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority (default: random; replicas with equal priorities would all pause)",
+    )
     parser.add_argument("--verbose", action="store_true")
     parser.set_defaults(func=_run)
+
+
+def peering_priority(given: int | None) -> int:
+    # kopf pauses every replica when two share a priority, so each picks its own at random
+    # (a collision between two replicas has a chance of one in 2**31).
+    return given if given is not None else random.SystemRandom().randint(1, 2**31 - 1)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -31,10 +55,16 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="0.0.0.0")
+    peering: dict[str, Any] = (
+        {"peering_name": args.peering, "priority": peering_priority(args.priority), "standalone": False}
+        if args.peering
+        else {"standalone": True}
+    )
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,
-        standalone=True,
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz",
+        memo=kopf.Memo(namespaces=list(args.namespace)),
+        **peering,
     )
     return 0

@@ -129,4 +129,14 @@ def _pod_template(spec: QueueSpec) -> Manifest:
     pod_spec: Manifest = {"containers": [container], "terminationGracePeriodSeconds": 30}
     if not template.storage_size:
         pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
-    return {"metadata": {"labels": labels(spec)}, "spec": pod_spec}
+    return {"metadata": {"labels": labels(spec), "annotations": scrape_annotations()}, "spec": pod_spec}
+
+
+def scrape_annotations() -> dict[str, str]:
+    """The conventional annotations a Prometheus `kubernetes-pods` job scrapes by (the chart's
+    ServiceMonitor finds brokers through the headless Service instead)."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(BROKER_METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
