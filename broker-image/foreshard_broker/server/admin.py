@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foreshard_broker.routing import RoutingError, RoutingTable, slot_of, validate
-from foreshard_broker.server import errors, validation
+from foreshard_broker.server import admin_checks, errors, validation
 from foreshard_broker.server.broker import Broker
 from foreshard_broker.storage import AckRecord, BatchRecord, Message, ReleaseRecord
 from foreshard_broker.storage.base import EMPTY_CHUNK
@@ -107,6 +107,8 @@ class Admin:
             validate(table, self.broker.config.num_slots)
         except RoutingError as error:
             raise errors.InvalidInput(str(error)) from error
+        admin_checks.check_routing_content(self.broker.limits, table)
+        admin_checks.check_epoch_step(current.epoch, table.epoch)
         if table.epoch < current.epoch:
             raise errors.StaleEpoch(current.epoch, table.epoch, "older than the table this shard serves")
         if table.epoch == current.epoch:
@@ -139,6 +141,11 @@ class Admin:
 
     # ------------------------------------------------------------------ fencing
     async def pause(self, selector: Selector, retry_after_ms: int) -> tuple[int, int]:
+        if retry_after_ms > admin_checks.MAX_RETRY_AFTER_MS:
+            raise errors.InvalidInput(
+                f"retry_after_ms={retry_after_ms} exceeds {admin_checks.MAX_RETRY_AFTER_MS}; "
+                "producers would stall"
+            )
         retry = retry_after_ms or self.broker.config.pause_retry_after_ms
         now = time.monotonic()
         for slot in selector.slots:
@@ -202,14 +209,37 @@ class Admin:
         slots = selector.slots_to_scan(self.broker.config.num_slots)
         return self.broker.state.select_slots(slots, selector.matches, from_offset)
 
-    async def import_backlog(self, source_shard: int, messages: Iterable[Message]) -> tuple[int, int]:
+    def check_source(self, source_shard: int) -> None:
         if source_shard < 0 or source_shard == self.broker.config.shard:
             raise errors.InvalidInput(f"source_shard {source_shard} must be another shard's ordinal (>= 0)")
+
+    async def import_backlog(
+        self, source_shard: int, chunks: Iterable[tuple[Selector, list[Message]]]
+    ) -> tuple[int, int]:
+        """Import the chunks of one copy, all or nothing: every chunk is checked before any is kept."""
+        self.check_source(source_shard)
+        self.broker._check_writable()
+        broker, chunks = self.broker, list(chunks)
+        incoming = sum(
+            admin_checks.check_imported(
+                broker.limits, broker.routing, broker.config.shard, source_shard, messages, selector.matches
+            )
+            for selector, messages in chunks
+        )
+        if broker.state.retained_bytes + incoming > broker.limits.max_retained_bytes:
+            raise errors.Overloaded(
+                f"importing {incoming} bytes would pass the retained limit "
+                f"({broker.limits.max_retained_bytes}); "
+                "retry after consumers catch up"
+            )
+        return await self._import(source_shard, [m for _, messages in chunks for m in messages])
+
+    async def _import(self, source_shard: int, messages: list[Message]) -> tuple[int, int]:
         state = self.broker.state
         fresh: list[Message] = []
         skipped = 0
         for message in messages:
-            if (source_shard, message.offset) in state.imported or not message.key:
+            if (source_shard, message.offset) in state.imported:
                 skipped += 1
                 continue
             offset = state.next_offset + len(fresh)
@@ -256,6 +286,8 @@ class Admin:
         answer), so a producer that resends its last batch to the new owner is de-duplicated there.
         """
         broker, state = self.broker, self.broker.state
+        for entry in groups:
+            validation.check_name(broker.limits, "group", entry.group)
         merged = [
             BatchRecord(p.producer_id, p.sequence, EMPTY_CHUNK, p.refused)
             for p in producers

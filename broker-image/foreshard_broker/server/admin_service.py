@@ -31,6 +31,16 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
     def _selector(self, request: Any) -> Selector:
         return self.admin.selector(request.slots, request.keys)
 
+    def _chunk(self, chunk: Any, sources: set[int]) -> tuple[Selector, list[Message]]:
+        self.admin.check_source(chunk.source_shard)
+        if len(sources) > 1:
+            raise errors.InvalidInput(f"one import comes from one shard; chunks name {sorted(sources)}")
+        if not chunk.HasField("selector"):
+            raise errors.InvalidInput(
+                "backlog chunk has no selector; send ExportBacklog's chunks as they are"
+            )
+        return self._selector(chunk.selector), [message_of(m) for m in chunk.messages]
+
     async def UpdateRouting(self, request: Any, context: Context) -> Any:
         table = await guarded(context, _call(lambda: routing_from_pb(request)))
         epoch = await guarded(context, self.admin.update_routing(table))
@@ -44,7 +54,7 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
 
     async def Pause(self, request: Any, context: Context) -> Any:
         selector = await guarded(context, _call(lambda: self._selector(request.selector)))
-        inflight, high = await self.admin.pause(selector, request.retry_after_ms)
+        inflight, high = await guarded(context, self.admin.pause(selector, request.retry_after_ms))
         return pb.PauseResponse(inflight=inflight, high_offset=high)
 
     async def Resume(self, request: Any, context: Context) -> Any:
@@ -56,17 +66,24 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
         selector = await guarded(context, _call(lambda: self._selector(request.selector)))
         shard = self.broker.config.shard
         async for chunk in self.admin.export_backlog(selector, request.from_offset, request.chunk_messages):
-            out = pb.BacklogChunk(source_shard=shard, next_offset=chunk[-1].offset + 1)
+            out = pb.BacklogChunk(
+                source_shard=shard, next_offset=chunk[-1].offset + 1, selector=request.selector
+            )
             for m in chunk:
                 add_message(out.messages, m)
             yield out
 
     async def ImportBacklog(self, requests: AsyncIterator[Any], context: Context) -> Any:
-        imported = skipped = 0
+        """Reads the whole stream first (an export is already held in memory by its sender), so
+        a bad chunk anywhere is refused before anything is imported."""
+        chunks: list[tuple[Selector, list[Message]]] = []
+        sources: set[int] = set()
         async for chunk in requests:
-            messages = [message_of(m) for m in chunk.messages]
-            done, again = await guarded(context, self.admin.import_backlog(chunk.source_shard, messages))
-            imported, skipped = imported + done, skipped + again
+            sources.add(chunk.source_shard)
+            chunks.append(await guarded(context, _call(lambda c=chunk: self._chunk(c, sources))))
+        if not chunks:
+            return pb.ImportBacklogResponse()
+        imported, skipped = await guarded(context, self.admin.import_backlog(sources.pop(), chunks))
         return pb.ImportBacklogResponse(imported=imported, skipped=skipped)
 
     async def ExportGroupState(self, request: Any, context: Context) -> Any:

@@ -30,7 +30,7 @@ def check_batch(limits: Limits, producer_id: str, batch: Batch) -> int:
     if batch.headers is not None:
         for index, headers in enumerate(batch.headers):
             if headers:
-                _check_headers(limits, index, headers)
+                check_headers(limits, index, headers)
     total = sum(sizes)
     if total > limits.max_batch_bytes:
         raise InvalidInput(
@@ -60,7 +60,7 @@ def _check_distinct_keys(limits: Limits, keys: Iterable[str], count: int) -> Non
         )
 
 
-def _check_headers(limits: Limits, index: int, headers: Mapping[str, str]) -> None:
+def check_headers(limits: Limits, index: int, headers: Mapping[str, str]) -> None:
     if len(headers) > limits.max_headers:
         raise InvalidInput(f"message {index} has {len(headers)} headers; the limit is {limits.max_headers}")
     size = sum(len(name) + len(value) for name, value in headers.items())
