@@ -174,6 +174,10 @@ class AdminClient(_Channel):
     async def create_group(self, group: str, latest: bool = False) -> bool:
         return await _create_group(self.stub, group, latest)
 
+    async def delete_group(self, group: str) -> Any:
+        """DeleteGroupResponse (deleted, released): the group stops holding messages."""
+        return await _call(self.stub.DeleteGroup(pb.DeleteGroupRequest(group=group)))
+
     async def pause(
         self, slots: Iterable[int] = (), keys: Iterable[str] = (), retry_after_ms: int = 0
     ) -> Any:

@@ -4,7 +4,7 @@ One channel pair (data, admin) per endpoint, opened on first use.  Broker answer
 a PublishResponse (stored, with per-message refusals, or a failure) becomes one
 :class:`PublishOutcome` per message; an unreachable broker or any other failed call becomes
 :class:`TransportError`, except an unknown group on fetch, which creates the group (reading from the
-earliest message) and comes back empty.
+latest message: see `fetch`) and comes back empty.
 """
 
 from __future__ import annotations
@@ -147,7 +147,10 @@ class GrpcTransport:
         except BrokerCallError as error:
             if error.code is not grpc.StatusCode.NOT_FOUND:
                 raise TransportError(f"{endpoint}: {error}") from error
-            await self.create_group(endpoint, request.group)
+            # The group vanished while this consumer ran (deleted, or a broker that lost it): join
+            # it again from the LATEST message, so a stale or mistyped consumer does not pin the
+            # whole backlog again. A consumer creates its group from the earliest when it starts.
+            await _guard(client.create_group(request.group, latest=True), endpoint)
             return []
         except grpc.aio.AioRpcError as error:
             raise TransportError(f"{endpoint}: {error.code().name}") from error

@@ -162,16 +162,25 @@ class TwinBroker:
         if stored.key not in group.busy:
             group.ready[stored.key] = None
 
-    def create_group(self, name: str) -> GroupState:
+    def create_group(self, name: str, latest: bool = False) -> GroupState:
         group = self.groups.get(name)
         if group is None:
             group = self.groups[name] = GroupState()
-            for stored in self.log.values():
+            for stored in () if latest else self.log.values():
                 self._enqueue(group, stored)
         return group
 
+    def _group(self, name: str) -> GroupState:
+        group = self.groups.get(name)
+        if group is None:
+            raise TransportError(f"consumer group {name!r} does not exist")
+        return group
+
     def fetch(self, request: FetchRequest) -> list[Delivery]:
-        group = self.create_group(request.group)
+        if request.group not in self.groups:  # as GrpcTransport: join from the latest, come back empty
+            self.create_group(request.group, latest=True)
+            return []
+        group = self.groups[request.group]
         self._expire(group)
         out: list[Delivery] = []
         budget = request.max_bytes
@@ -225,7 +234,7 @@ class TwinBroker:
             group.ready[stored.key] = None
 
     def ack(self, group_name: str, offsets: Iterable[int], negative: bool = False) -> None:
-        group = self.create_group(group_name)
+        group = self._group(group_name)  # NOT_FOUND on the real broker
         for offset in offsets:
             if offset not in group.inflight:
                 continue  # unknown: already acked, redelivered elsewhere or moved away

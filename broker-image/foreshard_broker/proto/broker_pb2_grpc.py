@@ -427,6 +427,11 @@ class AdminStub:
                 request_serializer=foreshard_dot_v1_dot_broker__pb2.CreateGroupRequest.SerializeToString,
                 response_deserializer=foreshard_dot_v1_dot_broker__pb2.CreateGroupResponse.FromString,
                 _registered_method=True)
+        self.DeleteGroup = channel.unary_unary(
+                '/foreshard.v1.Admin/DeleteGroup',
+                request_serializer=foreshard_dot_v1_dot_broker__pb2.DeleteGroupRequest.SerializeToString,
+                response_deserializer=foreshard_dot_v1_dot_broker__pb2.DeleteGroupResponse.FromString,
+                _registered_method=True)
         self.Pause = channel.unary_unary(
                 '/foreshard.v1.Admin/Pause',
                 request_serializer=foreshard_dot_v1_dot_broker__pb2.PauseRequest.SerializeToString,
@@ -495,6 +500,12 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGroup(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -579,6 +590,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.CreateGroup,
                     request_deserializer=foreshard_dot_v1_dot_broker__pb2.CreateGroupRequest.FromString,
                     response_serializer=foreshard_dot_v1_dot_broker__pb2.CreateGroupResponse.SerializeToString,
+            ),
+            'DeleteGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGroup,
+                    request_deserializer=foreshard_dot_v1_dot_broker__pb2.DeleteGroupRequest.FromString,
+                    response_serializer=foreshard_dot_v1_dot_broker__pb2.DeleteGroupResponse.SerializeToString,
             ),
             'Pause': grpc.unary_unary_rpc_method_handler(
                     servicer.Pause,
@@ -712,6 +728,33 @@ class Admin:
             '/foreshard.v1.Admin/CreateGroup',
             foreshard_dot_v1_dot_broker__pb2.CreateGroupRequest.SerializeToString,
             foreshard_dot_v1_dot_broker__pb2.CreateGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foreshard.v1.Admin/DeleteGroup',
+            foreshard_dot_v1_dot_broker__pb2.DeleteGroupRequest.SerializeToString,
+            foreshard_dot_v1_dot_broker__pb2.DeleteGroupResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,10 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
     async def CreateGroup(self, request: Any, context: Context) -> Any:
         return await create_group(self.broker, request, context)
 
+    async def DeleteGroup(self, request: Any, context: Context) -> Any:
+        deleted, released = await guarded(context, self.broker.delete_group(request.group))
+        return pb.DeleteGroupResponse(deleted=deleted, released=released)
+
     async def Pause(self, request: Any, context: Context) -> Any:
         selector = await guarded(context, _call(lambda: self._selector(request.selector)))
         inflight, high = await guarded(context, self.admin.pause(selector, request.retry_after_ms))

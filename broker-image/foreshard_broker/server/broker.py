@@ -27,6 +27,8 @@ from foreshard_broker.storage import (
     AckRecord,
     BatchRecord,
     Chunk,
+    ExpireRecord,
+    GroupDeletedRecord,
     GroupRecord,
     Message,
     Record,
@@ -151,6 +153,9 @@ class Broker:
         nbytes: int,
         refused: tuple[int, ...] = (),
     ) -> tuple[asyncio.Future[None], BatchRecord]:
+        retention = self.config.retention_max_bytes
+        if retention and self.state.retained_bytes + nbytes > retention:
+            self._expire(self.state.expiry_for_bytes(self.state.retained_bytes + nbytes - retention))
         if self.state.retained_bytes + nbytes > self.limits.max_retained_bytes:
             raise errors.Overloaded(
                 f"broker holds {self.state.retained_bytes} unacknowledged bytes (limit "
@@ -303,6 +308,43 @@ class Broker:
         await self.persist(GroupRecord(name, from_offset))
         return True
 
+    async def delete_group(self, name: str) -> tuple[bool, int]:
+        """Forget a group and free what only it held; (deleted, messages dropped)."""
+        validation.check_name(self.limits, "group", name)
+        if name not in self.state.groups:
+            return False, 0
+        self._check_writable()
+        dropped = self.state.apply_group_deleted(name)
+        event = self._changed.pop(name, None)
+        if event is not None:
+            event.set()  # fetches waiting on it find the group gone (NOT_FOUND)
+        await self.persist(GroupDeletedRecord(name))
+        log.info("group deleted", extra={"group": name, "released": dropped})
+        return True, dropped
+
+    def expire_by_age(self, now_ms: int) -> int:
+        """Retention by age (called periodically); returns the messages dropped."""
+        age = self.config.retention_max_age_s
+        if not age or self.failed:
+            return 0
+        return self._expire(self.state.expiry_for_age(now_ms - int(age * 1000)))
+
+    def _expire(self, before_offset: int) -> int:
+        """Drop every retained message below the offset, for every group (the retention policy)."""
+        if before_offset <= self.state.lowest_retained():
+            return 0
+        lagging = dict(self.state.expired)
+        dropped = self.state.apply_expire(before_offset)
+        done = self.append_record(ExpireRecord(before_offset))
+        done.add_done_callback(lambda future: future.cancelled() or future.exception())  # failure: on_failure
+        for group, count in self.state.expired.items():
+            if group and count and not lagging.get(group):
+                log.warning(
+                    "retention drops messages a lagging group has not consumed", extra={"group": group}
+                )
+        self._wake_all()
+        return dropped
+
     async def fetch(
         self, name: str, consumer: str, limit: int, max_bytes: int, wait_ms: int
     ) -> list[Delivery]:
@@ -314,6 +356,8 @@ class Broker:
         give_up = loop.time() + wait_ms / 1000
         changed = self._changed[name]
         while True:
+            if self.state.groups.get(name) is not group:
+                raise errors.NotFound(f"consumer group {name!r} was deleted")
             changed.clear()
             now = loop.time()
             group.expire(now)

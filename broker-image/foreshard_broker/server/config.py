@@ -40,6 +40,10 @@ class BrokerConfig:
     pause_retry_after_ms: int = 100
     rate_window_s: float = 60.0
     limits: Limits = field(default_factory=Limits)
+    # Retention (0 = no limit): past either limit the oldest messages are dropped for every group
+    # still holding them (counted per group), so a forgotten group cannot stop the shard.
+    retention_max_age_s: float = 7 * 86400.0
+    retention_max_bytes: int = 768 * MiB
 
 
 @dataclass(frozen=True)

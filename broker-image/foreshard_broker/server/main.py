@@ -59,6 +59,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--segment-bytes", type=int, default=int(env("FORESHARD_BROKER_SEGMENT_BYTES", str(64 << 20))))
     add("--linger-ms", type=float, default=float(env("FORESHARD_BROKER_LINGER_MS", "0")))
     add("--ack-deadline", type=float, default=float(env("FORESHARD_BROKER_ACK_DEADLINE", "30")))
+    add(
+        "--retention-age",
+        type=float,
+        default=float(env("FORESHARD_BROKER_RETENTION_AGE", str(7 * 86400))),
+        help="seconds a message is kept for a group that has not consumed it (0: no limit)",
+    )
+    add(
+        "--retention-bytes",
+        type=int,
+        default=int(env("FORESHARD_BROKER_RETENTION_BYTES", str(768 << 20))),
+        help="unacknowledged bytes kept; past it the oldest are dropped for lagging groups (0: no limit)",
+    )
     add("--grace", type=float, default=float(env("FORESHARD_BROKER_GRACE", "10")))
     add("--log-level", default=env("FORESHARD_BROKER_LOG_LEVEL", "INFO"))
     add(
@@ -104,7 +116,14 @@ def split_hostport(value: str) -> tuple[str, int]:
 async def serve(args: argparse.Namespace) -> int:
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
     auth = AdminAuth(read_token(Path(args.admin_token_file)) if args.admin_token_file else None)
-    config = BrokerConfig(shard_ordinal(args.shard), args.slots, args.ack_deadline, limits=limits)
+    config = BrokerConfig(
+        shard_ordinal(args.shard),
+        args.slots,
+        args.ack_deadline,
+        limits=limits,
+        retention_max_age_s=args.retention_age,
+        retention_max_bytes=args.retention_bytes,
+    )
     data_dir = Path(args.data_dir)
     storage = SegmentLogStorage(
         data_dir / "log",
@@ -200,6 +219,7 @@ async def _run_until_signal(broker: Broker) -> None:
     while not stop.is_set():
         now = time.monotonic()
         broker.load.tick(now)
+        broker.expire_by_age(int(time.time() * 1000))
         collector.tick(now)
         if now - last_compaction >= 10:
             last_compaction = now

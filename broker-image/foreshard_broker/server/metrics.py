@@ -132,6 +132,7 @@ class _StateCollector(Collector):
             ("foreshard_broker_routing_epoch", "Routing epoch served.", broker.routing.epoch),
             ("foreshard_broker_paused_slots", "Slots paused now.", len(broker.paused_slots)),
             ("foreshard_broker_draining", "1 while draining.", int(broker.draining)),
+            ("foreshard_broker_groups", "Consumer groups.", len(state.groups)),
             (
                 "foreshard_broker_storage_failed",
                 "1 once a log write or fsync failed.",
@@ -163,6 +164,15 @@ class _StateCollector(Collector):
         )
         paused.add_metric(labels, self.admin.pause_seconds(time.monotonic()))
         yield paused
+        dropped = CounterMetricFamily(
+            "foreshard_broker_retention_dropped_messages",
+            "Messages dropped by retention (age or bytes limit) per group that had not consumed them; "
+            'group="" counts messages no group held.',
+            labels=["queue", "shard", "group"],
+        )
+        for group, count in sorted(state.expired.items()):
+            dropped.add_metric([*labels, group], count)
+        yield dropped
 
 
 def _per_slot(load: LoadTracker, counts: Mapping[str, int], keys: Iterable[str]) -> dict[int, int]:

@@ -24,6 +24,8 @@ from foreshard_broker.storage import (
     BatchRecord,
     CheckpointRecord,
     Chunk,
+    ExpireRecord,
+    GroupDeletedRecord,
     GroupRecord,
     Message,
     Record,
@@ -68,6 +70,9 @@ class BrokerState:
         self.stored_bytes: dict[str, int] = {}
         self.dropped: Counter[str] = Counter()
         self.dropped_bytes: dict[str, int] = {}
+        # Retention: messages dropped past the age/bytes limits, per group that still held them
+        # ("" counts those no group held, kept for a group created later).
+        self.expired: Counter[str] = Counter()
         # Called with the key of every message a group acknowledged (load metrics hook).
         self.on_ack: Callable[[str], None] = lambda key: None
 
@@ -80,6 +85,10 @@ class BrokerState:
             self.apply_group(record.group, record.from_offset)
         elif isinstance(record, ReleaseRecord):
             self.apply_release(record.offsets)
+        elif isinstance(record, GroupDeletedRecord):
+            self.apply_group_deleted(record.group)
+        elif isinstance(record, ExpireRecord):
+            self.apply_expire(record.before_offset)
         else:
             self.apply_checkpoint(record)
 
@@ -246,6 +255,67 @@ class BrokerState:
         if not block.live:  # free the chunk's columns once every message in it is gone
             del self.blocks[chunk.first]
             del self.starts[bisect.bisect_left(self.starts, chunk.first)]
+
+    def apply_group_deleted(self, name: str) -> int:
+        """Forget a group; returns how many messages that only it held are dropped."""
+        group = self.groups.pop(name, None)
+        if group is None:
+            return 0
+        held = [offset for queue in group.pending.values() for offset in queue]
+        held += [*group.keyless, *group.keyless_parked]
+        held += [offset for offset, d in group.inflight.items() if not d.message.key]
+        dropped = 0
+        for offset in held:
+            found = self._locate(offset)
+            if found is None:
+                continue
+            block, index = found
+            block.holders[index] -= 1
+            if block.holders[index] <= 0:
+                self._drop(block, index)
+                dropped += 1
+        return dropped
+
+    def apply_expire(self, before_offset: int) -> int:
+        """Retention: drop every retained message below `before_offset` from every group holding
+        it (counted per group in `expired`); returns how many messages were dropped."""
+        dropped = 0
+        groups = list(self.groups.values())
+        for block in list(self._blocks_from(0)):
+            chunk = block.chunk
+            if chunk.first >= before_offset:
+                break
+            for index in list(block.live_indices()):
+                offset = chunk.first + index
+                if offset >= before_offset:
+                    break
+                key = chunk.keys[index]
+                held = [group.name for group in groups if group.discard(offset, key)]
+                self.expired.update(held or [""])
+                self._drop(block, index)
+                dropped += 1
+        return dropped
+
+    def expiry_for_bytes(self, excess: int) -> int:
+        """The offset below which dropping the oldest retained messages frees `excess` bytes (or
+        everything retained); retention's bytes limit uses it."""
+        freed = 0
+        for block in self._blocks_from(0):
+            chunk = block.chunk
+            for index in block.live_indices():
+                freed += len(chunk.payloads[index])
+                if freed >= excess:
+                    return chunk.first + index + 1
+        return self.next_offset
+
+    def expiry_for_age(self, oldest_kept_ms: int) -> int:
+        """The offset below which every retained message was published before `oldest_kept_ms`."""
+        for block in self._blocks_from(0):
+            times = block.chunk.times
+            for index in block.live_indices():
+                if times[index] >= oldest_kept_ms:
+                    return block.chunk.first + index
+        return self.next_offset
 
     def apply_release(self, offsets: Iterable[int]) -> None:
         for offset in offsets:

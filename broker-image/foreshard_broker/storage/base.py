@@ -188,6 +188,20 @@ class GroupRecord:
 
 
 @dataclass(frozen=True)
+class GroupDeletedRecord:
+    """A consumer group was deleted: it holds nothing from here on."""
+
+    group: str
+
+
+@dataclass(frozen=True)
+class ExpireRecord:
+    """Retention: every message below `before_offset` still retained is dropped, for every group."""
+
+    before_offset: int
+
+
+@dataclass(frozen=True)
 class ReleaseRecord:
     """Messages deleted from this shard after their slot moved away."""
 
@@ -209,7 +223,15 @@ class CheckpointRecord:
     refused: dict[str, tuple[int, ...]] = field(default_factory=dict)  # producer id -> last batch's refusals
 
 
-Record = BatchRecord | AckRecord | GroupRecord | ReleaseRecord | CheckpointRecord
+Record = (
+    BatchRecord
+    | AckRecord
+    | GroupRecord
+    | ReleaseRecord
+    | CheckpointRecord
+    | GroupDeletedRecord
+    | ExpireRecord
+)
 
 
 class StorageError(RuntimeError):

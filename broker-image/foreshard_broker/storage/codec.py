@@ -20,6 +20,8 @@ from foreshard_broker.storage.base import (
     BatchRecord,
     CheckpointRecord,
     Chunk,
+    ExpireRecord,
+    GroupDeletedRecord,
     GroupRecord,
     Record,
     ReleaseRecord,
@@ -32,7 +34,7 @@ _LIST = struct.Struct("<BHI")  # type, name length, number of u64 offsets
 _GROUP = struct.Struct("<BHQ")
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
-T_BATCH, T_ACK, T_GROUP, T_RELEASE, T_CHECKPOINT = 1, 2, 3, 4, 5
+T_BATCH, T_ACK, T_GROUP, T_RELEASE, T_CHECKPOINT, T_GROUP_DELETED, T_EXPIRE = 1, 2, 3, 4, 5, 6, 7
 F_IMPORTED, F_HEADERS, F_REFUSED = 1, 2, 4
 NATIVE_BIG_ENDIAN = sys.byteorder == "big"
 
@@ -54,7 +56,14 @@ def encode(record: Record) -> list[bytes]:
     return [_encode_small(record)]
 
 
-def _encode_small(record: AckRecord | GroupRecord | CheckpointRecord | ReleaseRecord) -> bytes:
+def _encode_small(
+    record: AckRecord | GroupRecord | CheckpointRecord | ReleaseRecord | GroupDeletedRecord | ExpireRecord,
+) -> bytes:
+    if isinstance(record, GroupDeletedRecord):
+        name = record.group.encode()
+        return _GROUP.pack(T_GROUP_DELETED, len(name), 0) + name
+    if isinstance(record, ExpireRecord):
+        return bytes([T_EXPIRE]) + _U64.pack(record.before_offset)
     if isinstance(record, AckRecord):
         name = record.group.encode()
         return _LIST.pack(T_ACK, len(name), len(record.offsets)) + name + _pack_u64s(record.offsets)
@@ -146,9 +155,12 @@ def decode(body: bytes) -> Record:
         if kind == T_ACK:
             return AckRecord(body[_LIST.size : start].decode(), offsets)
         return ReleaseRecord(offsets)
-    if kind == T_GROUP:
+    if kind in (T_GROUP, T_GROUP_DELETED):
         _, name_len, from_offset = _GROUP.unpack_from(body)
-        return GroupRecord(body[_GROUP.size : _GROUP.size + name_len].decode(), from_offset)
+        name = body[_GROUP.size : _GROUP.size + name_len].decode()
+        return GroupRecord(name, from_offset) if kind == T_GROUP else GroupDeletedRecord(name)
+    if kind == T_EXPIRE:
+        return ExpireRecord(_U64.unpack_from(body, 1)[0])
     if kind == T_CHECKPOINT:
         raw = json.loads(body[1:])
         imported = {(shard, origin): local for shard, origin, local in raw["imported"]}
