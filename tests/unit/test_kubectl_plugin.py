@@ -205,3 +205,12 @@ def test_forecast_without_points_cannot_be_plotted(
 ) -> None:
     code, _, err = run(cluster, capsys, "forecast", "audit-checkout", "--plot", str(tmp_path / "x.png"))
     assert code == 1 and "no forecast points to plot yet" in err
+
+
+def test_approve_without_the_reviewed_plan_id_is_a_usage_error(
+    cluster: RecordedCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(cluster, capsys, "approve", "orders")
+    assert exited.value.code == 2 and "--plan" in capsys.readouterr().err
+    assert cluster.patches == []

@@ -2,7 +2,7 @@
 
     kubectl foreshard status [QUEUE] [-A]       shards, routing epoch, migrations, forecast trust
     kubectl foreshard plan QUEUE                the pending plan with its moves and evidence
-    kubectl foreshard approve QUEUE [--plan ID] approve the shown plan (refused if it changed)
+    kubectl foreshard approve QUEUE --plan ID   approve the plan you reviewed (refused if it changed)
     kubectl foreshard forecast KEY [--plot F]   an OrderParamForecast's points, or a PNG of them
 
 Every command takes `--json`, `-n/--namespace`, `--context` and `--kubeconfig` as kubectl does.
@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     shown.set_defaults(func=_plan)
     approve = commands.add_parser("approve", parents=[common], help="approve the queue's plan (Approve mode)")
     approve.add_argument("queue")
-    approve.add_argument("--plan", dest="plan_id", help="the plan id you reviewed; refused if it changed")
+    approve.add_argument(
+        "--plan", dest="plan_id", required=True, help="the plan id you reviewed (kubectl foreshard plan)"
+    )
     approve.set_defaults(func=_approve)
     forecast = commands.add_parser("forecast", parents=[common], help="an OrderParamForecast's points")
     forecast.add_argument("key", help="the forecast key (spec.key) or the object's name")

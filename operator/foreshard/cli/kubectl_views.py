@@ -160,10 +160,10 @@ def plan_text(shown: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def approval(body: Body, plan_id: str | None) -> tuple[str, dict[str, str]]:
+def approval(body: Body, plan_id: str) -> tuple[str, dict[str, str]]:
     """The plan id to approve and the annotation that approves it; Refused when the plan moved on."""
     current = plan(body)["id"]
-    if plan_id is not None and plan_id != current:
+    if plan_id != current:
         raise Refused(
             f"the plan of {body['metadata']['name']} is now {current}, not {plan_id}: "
             "read it again (kubectl foreshard plan) and approve the id you have reviewed."
