@@ -210,19 +210,19 @@ async def test_the_prefetch_buffer_stays_within_its_byte_bound_under_a_producer_
     assert consumer.buffer.peak_bytes > bound // 2  # about 8 MB arrived: the bound was what held it back
 
 
-class NoResumeTransport(GrpcTransport):
-    """The documented order without the source's Resume: the switch and Release must lift the pause."""
+class PauseFreeTransport(GrpcTransport):
+    """The mover with no explicit lease lift: only the switch may end the source's fence."""
 
-    async def resume(self, endpoint: str, slot: int) -> None:
-        return None
+    async def unfence(self, source: str, lease_id: str) -> bool:
+        raise AssertionError("a move that completes never unfences: the switch lifts the lease")
 
 
-@pytest.mark.parametrize("resume_source", [True, False], ids=["source-resumed", "source-never-resumed"])
+@pytest.mark.parametrize("lease_lifted_by", ["switch", "switch-only"], ids=["grpc", "no-unfence"])
 async def test_a_slot_moved_away_and_back_while_publishing_and_consuming_keeps_order(
-    brokers: list[BrokerProcess], resume_source: bool
+    brokers: list[BrokerProcess], lease_lifted_by: str
 ) -> None:
     endpoints = [b.endpoint for b in brokers]
-    transport = GrpcTransport(TOKEN) if resume_source else NoResumeTransport(TOKEN)
+    transport = GrpcTransport(TOKEN) if lease_lifted_by == "switch" else PauseFreeTransport(TOKEN)
     table = RoutingTable(1, SLOTS, tuple(s % SHARDS for s in range(SLOTS)), {}, dict(enumerate(endpoints)))
     for endpoint in endpoints:
         await transport.update_routing(endpoint, table)

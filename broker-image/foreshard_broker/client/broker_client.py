@@ -165,6 +165,10 @@ class AdminClient(_Channel):
         response = await _call(self.stub.UpdateRouting(routing_to_pb(table)))
         return int(response.epoch)
 
+    async def switch(self, table: RoutingTable) -> Any:
+        """UpdateRouting, answering the whole response (what the table took away unfenced)."""
+        return await _call(self.stub.UpdateRouting(routing_to_pb(table)))
+
     async def update_routing_pb(self, table: Any) -> int:
         return int((await _call(self.stub.UpdateRouting(table))).epoch)
 
@@ -188,10 +192,18 @@ class AdminClient(_Channel):
         await _call(self.stub.Resume(pb.ResumeRequest(selector=_selector(slots, keys))))
 
     async def export_backlog(
-        self, slots: Iterable[int] = (), keys: Iterable[str] = (), from_offset: int = 0, chunk: int = 1000
+        self,
+        slots: Iterable[int] = (),
+        keys: Iterable[str] = (),
+        from_offset: int = 0,
+        chunk: int = 1000,
+        max_bytes: int = 0,
     ) -> AsyncIterator[Any]:
         request = pb.ExportBacklogRequest(
-            selector=_selector(slots, keys), from_offset=from_offset, chunk_messages=chunk
+            selector=_selector(slots, keys),
+            from_offset=from_offset,
+            chunk_messages=chunk,
+            max_bytes=max_bytes,
         )
         try:
             async for item in self.stub.ExportBacklog(request):
@@ -213,6 +225,37 @@ class AdminClient(_Channel):
         response = await _call(self.stub.Release(pb.ReleaseRequest(selector=_selector(slots, keys))))
         return int(response.released)
 
+    async def fence(
+        self,
+        lease_id: str,
+        slots: Iterable[int] = (),
+        keys: Iterable[str] = (),
+        ttl_ms: int = 0,
+        from_offset: int = 0,
+        settle_ms: int = 0,
+        retry_after_ms: int = 0,
+    ) -> Any:
+        """Fence under a lease and export the delta and group state (a FenceResponse)."""
+        request = pb.FenceRequest(
+            lease_id=lease_id,
+            selector=_selector(slots, keys),
+            ttl_ms=ttl_ms,
+            from_offset=from_offset,
+            settle_ms=settle_ms,
+            retry_after_ms=retry_after_ms,
+        )
+        return await _call(self.stub.Fence(request))
+
+    async def unfence(self, lease_id: str) -> bool:
+        return bool((await _call(self.stub.Unfence(pb.UnfenceRequest(lease_id=lease_id)))).lifted)
+
+    async def import_fenced(self, fenced: Any) -> Any:
+        return await _call(self.stub.ImportFenced(fenced))
+
+    async def discard(self, slots: Iterable[int] = (), keys: Iterable[str] = ()) -> int:
+        response = await _call(self.stub.Discard(pb.DiscardRequest(selector=_selector(slots, keys))))
+        return int(response.discarded)
+
     async def drain(self) -> int:
         return int((await _call(self.stub.Drain(pb.DrainRequest()))).retained)
 
@@ -224,12 +267,17 @@ class AdminClient(_Channel):
 
 
 async def copy_backlog(
-    source: AdminClient, target: AdminClient, slots: Iterable[int], keys: Iterable[str], from_offset: int
+    source: AdminClient,
+    target: AdminClient,
+    slots: Iterable[int],
+    keys: Iterable[str],
+    from_offset: int,
+    max_bytes: int = 0,
 ) -> tuple[Any, int]:
     """Stream an export from `source` into an import on `target`; returns (result, next offset)."""
     next_offset = from_offset
     chunks: list[Any] = []
-    async for chunk in source.export_backlog(list(slots), list(keys), from_offset):
+    async for chunk in source.export_backlog(list(slots), list(keys), from_offset, max_bytes=max_bytes):
         chunks.append(chunk)
         next_offset = chunk.next_offset
     result = await target.import_backlog(chunks) if chunks else pb.ImportBacklogResponse()

@@ -18,11 +18,13 @@ from foreshard_broker.client.broker_client import AdminClient, BrokerClient, cop
 from foreshard_broker.client.broker_errors import BrokerCallError
 from foreshard_broker.client.transport import (
     Delivery,
+    Fenced,
     FetchRequest,
     OutboundMessage,
     PublishOutcome,
     PublishStatus,
     RoutingTable,
+    Selection,
     TransportError,
 )
 
@@ -32,6 +34,14 @@ _STORED = PublishOutcome(PublishStatus.OK)
 # Failures worth retrying the same batch for, after a short wait (overload, draining, restarting).
 _RETRYABLE = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
 _RETRY_AFTER_S = 0.05
+# Definite answers: the broker refused the call as it stands (retrying it will not help).
+_REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+}
 _PAUSE_RETRY_AFTER_MS = 5
 
 
@@ -39,7 +49,7 @@ async def _guard(call: Awaitable[T], endpoint: str) -> T:
     try:
         return await call
     except BrokerCallError as error:
-        raise TransportError(f"{endpoint}: {error}") from error
+        raise TransportError(f"{endpoint}: {error}", error.code in _REFUSALS) from error
     except grpc.aio.AioRpcError as error:
         raise TransportError(f"{endpoint}: {error.code().name}: {error.details()}") from error
 
@@ -170,27 +180,73 @@ class GrpcTransport:
         return int(answer.retained_messages)
 
     # --- admin -------------------------------------------------------------------------------
-    async def pause(self, endpoint: str, slot: int) -> int:
-        response = await _guard(
-            self.admin(endpoint).pause([slot], retry_after_ms=_PAUSE_RETRY_AFTER_MS), endpoint
-        )
-        return int(response.inflight)
-
-    async def resume(self, endpoint: str, slot: int) -> None:
-        await _guard(self.admin(endpoint).resume([slot]), endpoint)
-
-    async def copy_backlog(self, source: str, target: str, slot: int, from_offset: int) -> int:
+    async def copy_backlog(
+        self, source: str, target: str, selection: Selection, from_offset: int, max_bytes: int = 0
+    ) -> int:
         _, next_offset = await _guard(
-            copy_backlog(self.admin(source), self.admin(target), [slot], [], from_offset), source
+            copy_backlog(
+                self.admin(source),
+                self.admin(target),
+                selection.slots,
+                selection.keys,
+                from_offset,
+                max_bytes,
+            ),
+            source,
         )
         return next_offset
 
-    async def copy_group_state(self, source: str, target: str, slot: int) -> None:
-        state = await _guard(self.admin(source).export_group_state([slot]), source)
+    async def fence(
+        self,
+        source: str,
+        target: str,
+        selection: Selection,
+        lease_id: str,
+        ttl_s: float,
+        from_offset: int,
+        settle_s: float,
+    ) -> Fenced:
+        fenced = await _guard(
+            self.admin(source).fence(
+                lease_id,
+                selection.slots,
+                selection.keys,
+                ttl_ms=round(ttl_s * 1000),
+                from_offset=from_offset,
+                settle_ms=round(settle_s * 1000),
+                retry_after_ms=_PAUSE_RETRY_AFTER_MS,
+            ),
+            source,
+        )
+        imported = await _guard(self.admin(target).import_fenced(fenced), target)
+        return Fenced(
+            fenced.inflight, fenced.high_offset, imported.imported, fenced.renewed, fenced.expires_at_ms
+        )
+
+    async def unfence(self, source: str, lease_id: str) -> bool:
+        return await _guard(self.admin(source).unfence(lease_id), source)
+
+    async def discard(self, target: str, selection: Selection) -> int:
+        return await _guard(self.admin(target).discard(selection.slots, selection.keys), target)
+
+    async def switch_source(
+        self, source: str, target: str, table: RoutingTable, selection: Selection, from_offset: int
+    ) -> bool:
+        answer = await _guard(self.admin(source).switch(table), source)
+        lapsed = set(answer.unfenced_slots) & set(selection.slots) or set(answer.unfenced_keys) & set(
+            selection.keys
+        )
+        if not lapsed:
+            return False
+        # The lease lapsed before this switch: the source may have served (stored, delivered, acked)
+        # the selection after the fence's export. It no longer owns it, so copy that tail again.
+        await self.copy_backlog(source, target, selection, from_offset)
+        state = await _guard(self.admin(source).export_group_state(selection.slots, selection.keys), source)
         await _guard(self.admin(target).import_group_state(state), target)
+        return True
 
     async def update_routing(self, endpoint: str, table: RoutingTable) -> None:
         await _guard(self.admin(endpoint).update_routing(table), endpoint)
 
-    async def release(self, endpoint: str, slot: int) -> None:
-        await _guard(self.admin(endpoint).release([slot]), endpoint)
+    async def release(self, endpoint: str, selection: Selection) -> None:
+        await _guard(self.admin(endpoint).release(selection.slots, selection.keys), endpoint)

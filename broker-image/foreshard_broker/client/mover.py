@@ -1,45 +1,58 @@
-"""Move one slot between two brokers through the admin API (DESIGN.md §4), in five steps:
+"""Move one slot or pinned key between two brokers through the admin API (DESIGN.md §4):
 
-    prepare  copy the slot's backlog ahead, while the source keeps serving
-    fence    pause the slot on the source; wait (bounded) for its in-flight deliveries to be acked;
-             copy the delta and the consumer-group state
-    switch   raise the routing epoch (slot -> target) on every broker
-    resume   the source answers MOVED, the target serves the slot: the broker lifts the source's
-             pause when the switch takes the slot away, so the measured pause ends with the switch
-             (the explicit Resume after it is a no-op kept for brokers that predate that)
-    drain    release the slot's data on the source
+    prepare  copy the backlog ahead while the source keeps serving (ExportBacklog -> ImportBacklog)
+    fence    Fence on the source: a persisted lease that lapses by itself, in-flight deliveries
+             settle (bounded), the delta and the group state come back in the same reply;
+             ImportFenced on the target. The pause is these two round trips and the switch.
+    switch   UpdateRouting(epoch+1) on the source first: it answers MOVED and lifts its lease (if
+             the lease had lapsed, the tail is copied again before anyone else switches); then on
+             every other broker, at once. The target serves the selection from here.
+    drain    Release on the source.
 
-Every step is idempotent, so a caller that crashed can run the same move again.  The operator's
-migration state machine performs the same steps; this function is the straight-line version used by
-tests and tools.  The pause the slot saw (fence to switch) is returned.
+Before the switch, any failure rolls back (try/finally): Unfence on the source (the lease would
+lapse anyway), Discard on the target; then MoveError, and the source serves as before. Once the
+switch has started, the move only rolls forward (pushes are retried; MoveError names the table to
+push if they keep failing). Every call is idempotent. The operator's migration state machine
+(`foreshard.core.migration`) performs the same calls, recording each phase before acting; this
+function is the straight-line version for tools and tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from foreshard_broker.client.transport import AdminTransport, RoutingTable
+from foreshard_broker.client.transport import AdminTransport, RoutingTable, Selection, TransportError
+
+SWITCH_ATTEMPTS = 5
 
 
 class MoveError(Exception):
-    """The move could not complete; the source still owns the slot (or the switch must be retried)."""
+    """The move did not complete. ``table`` is None when it rolled back (the source owns the
+    selection as before); otherwise it is the table whose push must be completed."""
+
+    def __init__(self, message: str, table: RoutingTable | None = None) -> None:
+        super().__init__(message)
+        self.table = table
 
 
 @dataclass(frozen=True)
 class MoveReport:
-    slot: int
+    slot: int  # -1 for a pinned key
     source: int
     target: int
     epoch: int
     paused_s: float
     inflight_at_switch: int
-    # Where the pause went: waiting for in-flight acks, copying delta and group state, switching.
+    # Where the pause went: fence + delta import, and the switch.
     fence_s: float = 0.0
     copy_s: float = 0.0
     switch_s: float = 0.0
+    key: str = ""
 
 
 def moved(table: RoutingTable, slot: int, target: int) -> RoutingTable:
@@ -51,6 +64,12 @@ def moved(table: RoutingTable, slot: int, target: int) -> RoutingTable:
     )
 
 
+def pinned_to(table: RoutingTable, key: str, target: int) -> RoutingTable:
+    """The routing table with ``key`` pinned to ``target``, one epoch later."""
+    pins = {**table.pinned, key: target}
+    return RoutingTable(table.epoch + 1, table.num_slots, table.slot_owners, pins, dict(table.endpoints))
+
+
 async def move_slot(
     transport: AdminTransport,
     table: RoutingTable,
@@ -58,49 +77,104 @@ async def move_slot(
     target: int,
     inflight_timeout_s: float = 5.0,
     clock: Callable[[], float] | None = None,
+    lease_ttl_s: float = 10.0,
 ) -> tuple[RoutingTable, MoveReport]:
     """Move ``slot`` to shard ``target``; returns the new routing table and what the move cost."""
-    now = clock or asyncio.get_running_loop().time
     source = table.slot_owners[slot]
     if source == target:
         raise MoveError(f"slot {slot} already belongs to shard {target}")
-    source_ep, target_ep = table.endpoint(source), table.endpoint(target)
-    ahead = await transport.copy_backlog(source_ep, target_ep, slot, 0)
-    marks = [now()]
-    inflight = await _fence(transport, source_ep, slot, now() + inflight_timeout_s, now)
-    marks.append(now())
-    await transport.copy_backlog(source_ep, target_ep, slot, ahead)
-    await transport.copy_group_state(source_ep, target_ep, slot)
-    marks.append(now())
-    new_table = moved(table, slot, target)
-    # All brokers at once: each persists the table before answering, and a client that meets the
-    # two owners at different epochs just retries (MOVED at an older epoch backs off briefly).
-    everyone = sorted({*table.endpoints.values(), target_ep})
-    await asyncio.gather(*(transport.update_routing(endpoint, new_table) for endpoint in everyone))
-    marks.append(now())  # the target serves the slot from here: the pause ends with the switch
-    # The switch lifted the source's pause; Resume is kept (idempotent) for brokers that predate that,
-    # so a slot that later moves back is never left paused there.
-    await transport.resume(source_ep, slot)
-    await transport.release(source_ep, slot)
-    fence_s, copy_s, switch_s = (b - a for a, b in itertools.pairwise(marks))
-    report = MoveReport(
-        slot, source, target, new_table.epoch, marks[-1] - marks[0], inflight, fence_s, copy_s, switch_s
-    )
+    mover = _Mover(transport, table, Selection(slots=(slot,)), source, target, clock)
+    new_table, report = await mover.run(moved(table, slot, target), inflight_timeout_s, lease_ttl_s)
     return new_table, report
 
 
-async def _fence(
-    transport: AdminTransport, endpoint: str, slot: int, deadline: float, now: Callable[[], float]
-) -> int:
-    """Pause the slot and wait until its in-flight deliveries are acked, or the deadline passes.
+async def move_key(
+    transport: AdminTransport,
+    table: RoutingTable,
+    key: str,
+    target: int,
+    inflight_timeout_s: float = 5.0,
+    clock: Callable[[], float] | None = None,
+    lease_ttl_s: float = 10.0,
+) -> tuple[RoutingTable, MoveReport]:
+    """Pin ``key`` to shard ``target`` (moving its messages there); returns the new table."""
+    source = table.owner_of_key(key)
+    if source == target:
+        raise MoveError(f"key {key!r} already belongs to shard {target}")
+    mover = _Mover(transport, table, Selection(keys=(key,)), source, target, clock)
+    return await mover.run(pinned_to(table, key, target), inflight_timeout_s, lease_ttl_s)
 
-    Deliveries still unacked at the deadline move as "to redeliver": order holds, but the consumer
-    may see those messages twice, so the wait is worth a few milliseconds of pause.
-    """
-    inflight = await transport.pause(endpoint, slot)
-    delay = 0.001
-    while inflight and now() < deadline:
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.01)
-        inflight = await transport.pause(endpoint, slot)
-    return inflight
+
+class _Mover:
+    def __init__(
+        self,
+        transport: AdminTransport,
+        table: RoutingTable,
+        selection: Selection,
+        source: int,
+        target: int,
+        clock: Callable[[], float] | None,
+    ) -> None:
+        self.transport, self.table, self.selection = transport, table, selection
+        self.source, self.target = source, target
+        self.source_ep, self.target_ep = table.endpoint(source), table.endpoint(target)
+        self.now = clock or asyncio.get_running_loop().time
+        self.lease = f"mover-{uuid.uuid4().hex[:16]}"
+
+    async def run(
+        self, new_table: RoutingTable, settle_s: float, ttl_s: float
+    ) -> tuple[RoutingTable, MoveReport]:
+        t, selection = self.transport, self.selection
+        try:
+            ahead = await t.copy_backlog(self.source_ep, self.target_ep, selection, 0)
+            marks = [self.now()]
+            fenced = await t.fence(
+                self.source_ep, self.target_ep, selection, self.lease, ttl_s, ahead, settle_s
+            )
+            marks.append(self.now())
+        except TransportError as error:
+            left = await self._roll_back()
+            raise MoveError(f"moving {selection} rolled back{left}: {error}") from error
+        await self._switch(new_table, fenced.high_offset)
+        marks.append(self.now())  # the target serves the selection from here: the pause ends
+        await t.release(self.source_ep, selection)
+        fence_s, switch_s = (b - a for a, b in itertools.pairwise(marks))
+        report = MoveReport(
+            selection.slots[0] if selection.slots else -1,
+            self.source,
+            self.target,
+            new_table.epoch,
+            marks[-1] - marks[0],
+            fenced.inflight,
+            fence_s,
+            0.0,
+            switch_s,
+            selection.keys[0] if selection.keys else "",
+        )
+        return new_table, report
+
+    async def _roll_back(self) -> str:
+        """Unfence the source (best effort: the lease lapses anyway) and discard the target's copy;
+        returns what is left to do, if anything."""
+        with contextlib.suppress(TransportError):
+            await self.transport.unfence(self.source_ep, self.lease)
+        try:
+            await self.transport.discard(self.target_ep, self.selection)
+        except TransportError as error:
+            return f" (the target's partial copy is still there, discard it: {error})"
+        return ""
+
+    async def _switch(self, table: RoutingTable, copied_through: int) -> None:
+        """Source first (no two owners, even if the lease lapsed), then everyone else; retried."""
+        everyone = sorted({*self.table.endpoints.values(), self.target_ep} - {self.source_ep})
+        for attempt in range(SWITCH_ATTEMPTS):
+            try:
+                await self.transport.switch_source(
+                    self.source_ep, self.target_ep, table, self.selection, copied_through
+                )
+                await asyncio.gather(*(self.transport.update_routing(ep, table) for ep in everyone))
+                return
+            except TransportError as error:
+                if attempt == SWITCH_ATTEMPTS - 1:
+                    raise MoveError(f"switch to epoch {table.epoch} incomplete: {error}", table) from error
+                await asyncio.sleep(0.05 * 2**attempt)

@@ -21,11 +21,13 @@ from foreshard_broker.routing import RoutingTable, slot_of
 __all__ = [
     "AdminTransport",
     "Delivery",
+    "Fenced",
     "FetchRequest",
     "OutboundMessage",
     "PublishOutcome",
     "PublishStatus",
     "RoutingTable",
+    "Selection",
     "Transport",
     "TransportError",
     "slot_of",
@@ -33,7 +35,15 @@ __all__ = [
 
 
 class TransportError(Exception):
-    """The broker could not be reached or failed; the call may or may not have taken effect."""
+    """The broker could not be reached or failed; the call may or may not have taken effect.
+
+    ``refused`` is True when the broker answered and refused (bad input, a precondition such as
+    ownership or a lease held by someone else): retrying the same call will not help.
+    """
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -129,24 +139,69 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Selection:
+    """What a move carries: ordinary keys of slots (pinned keys excluded) and/or pinned keys."""
+
+    slots: tuple[int, ...] = ()
+    keys: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return ", ".join([*(f"slot {s}" for s in self.slots), *(f"key {k!r}" for k in self.keys)])
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """A fence held on the source, its delta and group state imported on the target."""
+
+    inflight: int  # deliveries still unacked when the group state was taken (they move as redeliveries)
+    high_offset: int  # the next copy of the selection starts here
+    imported: int
+    renewed: bool
+    expires_at_ms: int  # source wall clock
+
+
 class AdminTransport(Transport, Protocol):
-    """The admin calls a slot move needs (see ``mover.py``)."""
+    """The admin calls a move needs (see ``mover.py``); each is idempotent."""
 
-    async def pause(self, endpoint: str, slot: int) -> int:
-        """Fence the slot (idempotent); returns its deliveries still awaiting an ack."""
+    async def copy_backlog(
+        self, source: str, target: str, selection: Selection, from_offset: int, max_bytes: int = 0
+    ) -> int:
+        """Copy the selection's messages from source offset ``from_offset`` on (at most about
+        ``max_bytes`` of payload when given); returns the next source offset to copy from."""
         ...
 
-    async def resume(self, endpoint: str, slot: int) -> None: ...
-
-    async def copy_backlog(self, source: str, target: str, slot: int, from_offset: int) -> int:
-        """Copy the slot's messages from source offset ``from_offset`` on (idempotent); returns the
-        next source offset to copy from."""
+    async def fence(
+        self,
+        source: str,
+        target: str,
+        selection: Selection,
+        lease_id: str,
+        ttl_s: float,
+        from_offset: int,
+        settle_s: float,
+    ) -> Fenced:
+        """Fence the selection on the source under a lease (it lapses after ``ttl_s`` unless renewed
+        by fencing again), wait up to ``settle_s`` for its in-flight deliveries, and import the delta
+        and the group state on the target: two round trips."""
         ...
 
-    async def copy_group_state(self, source: str, target: str, slot: int) -> None: ...
+    async def unfence(self, source: str, lease_id: str) -> bool: ...
+
+    async def discard(self, target: str, selection: Selection) -> int:
+        """Drop a rolled-back move's partial copy on the target."""
+        ...
+
+    async def switch_source(
+        self, source: str, target: str, table: RoutingTable, selection: Selection, from_offset: int
+    ) -> bool:
+        """Push ``table`` to the source first; if the source had stopped fencing the selection (its
+        lease lapsed), copy the tail and the group state to the target again before anyone else is
+        switched. Returns whether that re-copy was needed."""
+        ...
 
     async def update_routing(self, endpoint: str, table: RoutingTable) -> None: ...
 
-    async def release(self, endpoint: str, slot: int) -> None:
-        """Drop the slot's data from a shard that no longer owns it."""
+    async def release(self, endpoint: str, selection: Selection) -> None:
+        """Drop the selection's data from a shard that no longer owns it."""
         ...

@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 
 from foreshard_broker.client.transport import (
     Delivery,
+    Fenced,
     FetchRequest,
     OutboundMessage,
     PublishOutcome,
     PublishStatus,
     RoutingTable,
+    Selection,
     TransportError,
     slot_of,
 )
@@ -78,6 +80,7 @@ class TwinBroker:
         self.last_sequence: dict[str, int] = {}
         self.refused: dict[str, tuple[int, ...]] = {}  # producer -> indices its last batch refused
         self.paused: set[int] = set()
+        self.leases: dict[str, set[int]] = {}
         self.groups: dict[str, GroupState] = {}
         self.changed = asyncio.Event()
 
@@ -257,11 +260,16 @@ class TwinBroker:
         if table.epoch < self.table.epoch:
             raise TransportError(f"stale epoch {table.epoch} < {self.table.epoch}")
         before, self.table = self.table, table
-        self.paused -= {
+        gone = {
             slot
-            for slot in self.paused
+            for slot in range(table.num_slots)
             if before.slot_owners[slot] == self.shard and table.slot_owners[slot] != self.shard
         }
+        self.paused -= gone
+        for lease_id, slots in list(self.leases.items()):
+            slots -= gone
+            if not slots:
+                del self.leases[lease_id]
         self._unpark()
 
     def resume(self, slot: int) -> None:
@@ -323,15 +331,19 @@ class TwinBroker:
                 if producer in refused:
                     self.refused[producer] = refused[producer]
 
-    def release(self, slot: int) -> None:
+    def release(self, slot: int, forget_imports: bool = False) -> int:
         self.paused.discard(slot)
-        for offset in [o for o, s in self.log.items() if s.slot == slot]:
-            del self.log[offset]
+        gone = [o for o, s in self.log.items() if s.slot == slot]
+        for offset in gone:
+            origin = self.log.pop(offset).origin
+            if forget_imports and origin is not None:
+                self.imported.discard(origin)
         for group in self.groups.values():
             for key in [k for k, q in group.pending.items() if q and q[0].slot == slot]:
                 del group.pending[key]
                 group.ready.pop(key, None)
                 group.parked.discard(key)
+        return len(gone)
 
 
 def _acked_at_source(stored: Stored, source: int, slot: int, unacked: set[int]) -> bool:
@@ -426,35 +438,78 @@ class TwinTransport:
     async def close(self) -> None:
         return None
 
-    # --- admin -------------------------------------------------------------------------------
-    async def pause(self, endpoint: str, slot: int) -> int:
-        await self._hop("pause")
-        broker = self.network.broker(endpoint)
-        broker.paused.add(slot)
-        return broker.inflight(slot)
-
-    async def resume(self, endpoint: str, slot: int) -> None:
-        await self._hop("resume")
-        self.network.broker(endpoint).resume(slot)
-
-    async def copy_backlog(self, source: str, target: str, slot: int, from_offset: int) -> int:
+    # --- admin (slots only: the twin does not move pinned keys) --------------------------------
+    async def copy_backlog(
+        self, source: str, target: str, selection: Selection, from_offset: int, max_bytes: int = 0
+    ) -> int:
         await self._hop("copy")
         origin = self.network.broker(source)
-        chunk = origin.export(slot, from_offset)
+        chunk = [s for slot in _slots(selection) for s in origin.export(slot, from_offset)]
+        chunk.sort(key=lambda stored: stored.offset)
         self.network.broker(target).import_messages(origin.shard, chunk)
         return chunk[-1].offset + 1 if chunk else from_offset
 
-    async def copy_group_state(self, source: str, target: str, slot: int) -> None:
-        await self._hop("copy-groups")
+    async def fence(
+        self,
+        source: str,
+        target: str,
+        selection: Selection,
+        lease_id: str,
+        ttl_s: float,
+        from_offset: int,
+        settle_s: float,
+    ) -> Fenced:
+        """Pause and wait for in-flight deliveries to settle; the twin's lease never lapses."""
+        await self._hop("fence")
         origin = self.network.broker(source)
+        slots = _slots(selection)
+        renewed = origin.leases.get(lease_id) == set(slots)
+        origin.leases[lease_id] = set(slots)
+        origin.paused.update(slots)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settle_s
+        while sum(map(origin.inflight, slots)) and loop.time() < deadline:
+            await asyncio.sleep(0.001)
+        inflight = sum(map(origin.inflight, slots))
+        high = max(origin.log, default=-1) + 1
         destination = self.network.broker(target)
-        destination.import_group_state(origin.shard, slot, origin.export_group_state(slot))
+        before = len(destination.log)
+        await self.copy_backlog(source, target, selection, from_offset)
+        for slot in slots:
+            destination.import_group_state(origin.shard, slot, origin.export_group_state(slot))
         destination.import_producers(origin.last_sequence, origin.refused)
+        return Fenced(inflight, high, len(destination.log) - before, renewed, 0)
+
+    async def unfence(self, source: str, lease_id: str) -> bool:
+        await self._hop("unfence")
+        broker = self.network.broker(source)
+        slots = broker.leases.pop(lease_id, None)
+        for slot in slots or ():
+            broker.resume(slot)
+        return slots is not None
+
+    async def discard(self, target: str, selection: Selection) -> int:
+        await self._hop("discard")
+        broker = self.network.broker(target)
+        return sum(broker.release(slot, forget_imports=True) for slot in _slots(selection))
+
+    async def switch_source(
+        self, source: str, target: str, table: RoutingTable, selection: Selection, from_offset: int
+    ) -> bool:
+        await self.update_routing(source, table)
+        return False
 
     async def update_routing(self, endpoint: str, table: RoutingTable) -> None:
         await self._hop("update-routing")
         self.network.broker(endpoint).set_table(table)
 
-    async def release(self, endpoint: str, slot: int) -> None:
+    async def release(self, endpoint: str, selection: Selection) -> None:
         await self._hop("release")
-        self.network.broker(endpoint).release(slot)
+        for slot in _slots(selection):
+            self.network.broker(endpoint).release(slot)
+
+
+def _slots(selection: Selection) -> list[int]:
+    if selection.keys:
+        raise TransportError("the twin moves slots only, not pinned keys", refused=True)
+    return list(selection.slots)

@@ -472,6 +472,26 @@ class AdminStub:
                 request_serializer=foreshard_dot_v1_dot_broker__pb2.DrainRequest.SerializeToString,
                 response_deserializer=foreshard_dot_v1_dot_broker__pb2.DrainResponse.FromString,
                 _registered_method=True)
+        self.Fence = channel.unary_unary(
+                '/foreshard.v1.Admin/Fence',
+                request_serializer=foreshard_dot_v1_dot_broker__pb2.FenceRequest.SerializeToString,
+                response_deserializer=foreshard_dot_v1_dot_broker__pb2.FenceResponse.FromString,
+                _registered_method=True)
+        self.Unfence = channel.unary_unary(
+                '/foreshard.v1.Admin/Unfence',
+                request_serializer=foreshard_dot_v1_dot_broker__pb2.UnfenceRequest.SerializeToString,
+                response_deserializer=foreshard_dot_v1_dot_broker__pb2.UnfenceResponse.FromString,
+                _registered_method=True)
+        self.ImportFenced = channel.unary_unary(
+                '/foreshard.v1.Admin/ImportFenced',
+                request_serializer=foreshard_dot_v1_dot_broker__pb2.FenceResponse.SerializeToString,
+                response_deserializer=foreshard_dot_v1_dot_broker__pb2.ImportFencedResponse.FromString,
+                _registered_method=True)
+        self.Discard = channel.unary_unary(
+                '/foreshard.v1.Admin/Discard',
+                request_serializer=foreshard_dot_v1_dot_broker__pb2.DiscardRequest.SerializeToString,
+                response_deserializer=foreshard_dot_v1_dot_broker__pb2.DiscardResponse.FromString,
+                _registered_method=True)
         self.GetLoadMetrics = channel.unary_unary(
                 '/foreshard.v1.Admin/GetLoadMetrics',
                 request_serializer=foreshard_dot_v1_dot_broker__pb2.LoadMetricsRequest.SerializeToString,
@@ -561,6 +581,33 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Fence(self, request, context):
+        """A move's fence: lease + delta export + group state in one round trip (see FenceRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unfence(self, request, context):
+        """Lift a lease (rollback before the switch); idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportFenced(self, request, context):
+        """The target's half of a fence: import the delta, then the group state, in one round trip.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Discard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetLoadMetrics(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -635,6 +682,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=foreshard_dot_v1_dot_broker__pb2.DrainRequest.FromString,
                     response_serializer=foreshard_dot_v1_dot_broker__pb2.DrainResponse.SerializeToString,
+            ),
+            'Fence': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fence,
+                    request_deserializer=foreshard_dot_v1_dot_broker__pb2.FenceRequest.FromString,
+                    response_serializer=foreshard_dot_v1_dot_broker__pb2.FenceResponse.SerializeToString,
+            ),
+            'Unfence': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unfence,
+                    request_deserializer=foreshard_dot_v1_dot_broker__pb2.UnfenceRequest.FromString,
+                    response_serializer=foreshard_dot_v1_dot_broker__pb2.UnfenceResponse.SerializeToString,
+            ),
+            'ImportFenced': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportFenced,
+                    request_deserializer=foreshard_dot_v1_dot_broker__pb2.FenceResponse.FromString,
+                    response_serializer=foreshard_dot_v1_dot_broker__pb2.ImportFencedResponse.SerializeToString,
+            ),
+            'Discard': grpc.unary_unary_rpc_method_handler(
+                    servicer.Discard,
+                    request_deserializer=foreshard_dot_v1_dot_broker__pb2.DiscardRequest.FromString,
+                    response_serializer=foreshard_dot_v1_dot_broker__pb2.DiscardResponse.SerializeToString,
             ),
             'GetLoadMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLoadMetrics,
@@ -971,6 +1038,114 @@ class Admin:
             '/foreshard.v1.Admin/Drain',
             foreshard_dot_v1_dot_broker__pb2.DrainRequest.SerializeToString,
             foreshard_dot_v1_dot_broker__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foreshard.v1.Admin/Fence',
+            foreshard_dot_v1_dot_broker__pb2.FenceRequest.SerializeToString,
+            foreshard_dot_v1_dot_broker__pb2.FenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unfence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foreshard.v1.Admin/Unfence',
+            foreshard_dot_v1_dot_broker__pb2.UnfenceRequest.SerializeToString,
+            foreshard_dot_v1_dot_broker__pb2.UnfenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportFenced(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foreshard.v1.Admin/ImportFenced',
+            foreshard_dot_v1_dot_broker__pb2.FenceResponse.SerializeToString,
+            foreshard_dot_v1_dot_broker__pb2.ImportFencedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Discard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foreshard.v1.Admin/Discard',
+            foreshard_dot_v1_dot_broker__pb2.DiscardRequest.SerializeToString,
+            foreshard_dot_v1_dot_broker__pb2.DiscardResponse.FromString,
             options,
             channel_credentials,
             insecure,

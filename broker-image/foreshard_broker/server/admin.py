@@ -2,80 +2,59 @@
 
 Migration of a selection (slots and/or pinned keys) from shard A to shard B:
 
-    B.ImportBacklog(A.ExportBacklog(from 0))         copy ahead while A serves
-    A.Pause -> wait until inflight == 0 (bounded)    fence
-    B.ImportBacklog(A.ExportBacklog(from next))      copy the delta
-    B.ImportGroupState(A.ExportGroupState)           acked prefixes, in-flight become redeliveries
-    UpdateRouting(epoch+1) on every shard            switch: A answers MOVED from now on, and
-                                                     lifts its pause of what it no longer owns
-    A.Release                                        drain A's copy (also lifts A's pause)
+    B.ImportBacklog(A.ExportBacklog(from 0))          copy ahead while A serves (repeat, throttled)
+    B.ImportFenced(A.Fence(lease, ttl, from next))    fence with a persisted lease that lapses by
+                                                      itself; A waits (bounded) for in-flight
+                                                      deliveries, answers with the delta and the
+                                                      group state in the same reply; B imports both
+    UpdateRouting(epoch+1) on A, then on the others   switch: A answers MOVED and lifts its lease;
+                                                      A reports what it had stopped fencing (a lease
+                                                      that lapsed), and that tail is copied again
+                                                      before B serves
+    A.Release                                         drain A's copy
 
-Every step is idempotent: imports skip (source shard, source offset) pairs already present.
+Rollback before the switch: A.Unfence(lease) (or let it lapse) and B.Discard(selection).
+Every step is idempotent: imports skip (source shard, source offset) pairs already present and
+everything at or below the import marks (see imports.py), so a copy re-run after consumption and
+compaction imports nothing again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
-from foreshard_broker.routing import RoutingError, RoutingTable, slot_of, validate
+from foreshard_broker.routing import RoutingError, RoutingTable, validate
 from foreshard_broker.server import admin_checks, errors, validation
 from foreshard_broker.server.broker import Broker
+from foreshard_broker.server.fences import LeaseBook, check_lease
+from foreshard_broker.server.fencing import Fencing
+from foreshard_broker.server.files import read_json, write_json
+from foreshard_broker.server.imports import ImportMarks, item_of
+from foreshard_broker.server.selection import Fenced, GroupPending, ProducerSeen, Selector, Switched
 from foreshard_broker.storage import AckRecord, BatchRecord, Message, ReleaseRecord
 from foreshard_broker.storage.base import EMPTY_CHUNK
-from foreshard_broker.storage.fileops import sync_directory
 
-
-@dataclass(frozen=True)
-class Selector:
-    slots: frozenset[int] = frozenset()
-    keys: frozenset[str] = frozenset()
-    pinned: Mapping[str, int] = field(default_factory=dict)
-
-    def slots_to_scan(self, num_slots: int) -> set[int]:
-        """Every slot a matching message can live in: the selected slots and the pinned keys' slots."""
-        return {*self.slots, *(slot_of(key, num_slots) for key in self.keys)}
-
-    def matches(self, message: Message) -> bool:
-        key = message.key
-        if not key:
-            return False
-        if key in self.keys:
-            return True
-        return message.slot in self.slots and key not in self.pinned
-
-
-@dataclass(frozen=True)
-class GroupPending:
-    group: str
-    pending_offsets: list[int]
-
-
-@dataclass(frozen=True)
-class ProducerSeen:
-    """A producer id's last stored batch: its sequence and the indices that batch refused."""
-
-    producer_id: str
-    sequence: int
-    refused: tuple[int, ...] = ()
+MAX_SETTLE_MS = 60_000
+__all__ = ["Admin", "Fenced", "GroupPending", "ProducerSeen", "Selector", "Switched"]
 
 
 class Admin:
-    def __init__(self, broker: Broker, routing_file: Path | None = None) -> None:
+    def __init__(self, broker: Broker, routing_file: Path | None = None, durable: bool = True) -> None:
         self.broker = broker
         self.routing_file = routing_file
-        self._paused_since: dict[int | str, float] = {}
+        self.durable = durable
+        folder = None if routing_file is None else routing_file.parent
+        self.fencing = Fencing(broker, LeaseBook(folder and folder / "fences.json", durable))
+        self.marks = ImportMarks(folder and folder / "imports.json", durable)
         self._routing_lock = asyncio.Lock()
-        self._pause_total = 0.0
+        self._last_switch = Switched(broker.routing.epoch)
 
     def pause_seconds(self, now: float) -> float:
         """Total time slots and keys have spent paused, counting the pauses still open."""
-        return self._pause_total + sum(now - since for since in self._paused_since.values())
+        return self.fencing.pause_seconds(now)
 
     def selector(self, slots: Iterable[int], keys: Iterable[str]) -> Selector:
         slots, keys = list(slots), list(keys)
@@ -84,24 +63,27 @@ class Admin:
 
     # ------------------------------------------------------------------ routing
     def load_routing(self) -> None:
-        """Restore the last accepted routing table (the operator re-pushes it anyway)."""
-        if self.routing_file is None or not self.routing_file.exists():
-            return
-        raw = json.loads(self.routing_file.read_text())
-        self.broker.routing = RoutingTable(
-            raw["epoch"],
-            raw["num_slots"],
-            tuple(raw["slot_owners"]),
-            raw["pinned"],
-            {int(shard): endpoint for shard, endpoint in raw["endpoints"].items()},
-        )
+        """Restore the last accepted routing table (the operator re-pushes it anyway), the leases
+        still held and the import marks."""
+        raw = read_json(self.routing_file)
+        if raw is not None:
+            self.broker.routing = RoutingTable(
+                raw["epoch"],
+                raw["num_slots"],
+                tuple(raw["slot_owners"]),
+                raw["pinned"],
+                {int(shard): endpoint for shard, endpoint in raw["endpoints"].items()},
+            )
+        self._last_switch = Switched(self.broker.routing.epoch)
+        self.fencing.load()
+        self.marks.load()
 
-    async def update_routing(self, table: RoutingTable) -> int:
+    async def update_routing(self, table: RoutingTable) -> Switched:
         """Validate, persist (fsync in a worker thread, so the data path keeps running), then serve."""
         async with self._routing_lock:  # one update at a time: check, persist and switch together
             return await self._update_routing(table)
 
-    async def _update_routing(self, table: RoutingTable) -> int:
+    async def _update_routing(self, table: RoutingTable) -> Switched:
         current = self.broker.routing
         try:
             validate(table, self.broker.config.num_slots)
@@ -114,12 +96,26 @@ class Admin:
         if table.epoch == current.epoch:
             if table != current:
                 raise errors.StaleEpoch(current.epoch, table.epoch, "same epoch with a different table")
-            return current.epoch  # an idempotent retry
+            return self._last_switch  # an idempotent retry gets the first answer again
         await asyncio.to_thread(self._persist, table)
         self.broker.routing = table
-        self._unpause_moved_away(current)
+        slots, keys = self._taken_away(current, table)
+        unfenced_slots, unfenced_keys = await self.fencing.taken_away(slots, keys)
         self.broker.unpark_all()
-        return table.epoch
+        self._last_switch = Switched(table.epoch, unfenced_slots, unfenced_keys)
+        return self._last_switch
+
+    def _taken_away(self, before: RoutingTable, after: RoutingTable) -> tuple[set[int], set[str]]:
+        """Slots and pinned keys this shard served under `before` and does not under `after`."""
+        me = self.broker.config.shard
+        slots = {
+            slot
+            for slot, (old, new) in enumerate(zip(before.slot_owners, after.slot_owners, strict=True))
+            if old == me and new != me
+        }
+        candidates = {*before.pinned, *after.pinned, *self.broker.paused_keys}
+        keys = {k for k in candidates if before.owner_of_key(k) == me and after.owner_of_key(k) != me}
+        return slots, keys
 
     def _persist(self, table: RoutingTable) -> None:
         if self.routing_file is None:
@@ -131,79 +127,104 @@ class Admin:
             "pinned": dict(table.pinned),
             "endpoints": {str(shard): endpoint for shard, endpoint in table.endpoints.items()},
         }
-        temporary = self.routing_file.with_suffix(".tmp")
-        with open(temporary, "w") as handle:
-            json.dump(body, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.routing_file)
-        sync_directory(self.routing_file.parent)  # else a power loss can bring back an older epoch
+        write_json(self.routing_file, body, durable=True)
 
     # ------------------------------------------------------------------ fencing
     async def pause(self, selector: Selector, retry_after_ms: int) -> tuple[int, int]:
+        """An unleased pause (memory only); moves use `fence`."""
         if retry_after_ms > admin_checks.MAX_RETRY_AFTER_MS:
             raise errors.InvalidInput(
                 f"retry_after_ms={retry_after_ms} exceeds {admin_checks.MAX_RETRY_AFTER_MS}; "
                 "producers would stall"
             )
         retry = retry_after_ms or self.broker.config.pause_retry_after_ms
-        now = time.monotonic()
-        for slot in selector.slots:
-            self.broker.paused_slots[slot] = retry
-            self._paused_since.setdefault(slot, now)
-        for key in selector.keys:
-            self.broker.paused_keys[key] = retry
-            self._paused_since.setdefault(key, now)
+        self.fencing.pause(selector.slots, selector.keys, retry)
         await self.broker.barrier()  # batches accepted before the pause become durable and exportable
-        inflight = sum(
+        return self._inflight(selector), self.broker.state.next_offset
+
+    def resume(self, selector: Selector) -> None:
+        self.fencing.resume(selector.slots, selector.keys)
+
+    def _inflight(self, selector: Selector) -> int:
+        return sum(
             1
             for group in self.broker.state.groups.values()
             for delivery in group.inflight.values()
             if selector.matches(delivery.message)
         )
-        return inflight, self.broker.state.next_offset
 
-    def resume(self, selector: Selector) -> None:
-        self._unpause(selector.slots, selector.keys)
-        self.broker.unpark_all()
+    async def fence(
+        self,
+        lease_id: str,
+        selector: Selector,
+        ttl_ms: int,
+        from_offset: int,
+        settle_ms: int,
+        retry_after_ms: int = 0,
+    ) -> Fenced:
+        """Fence `selector` under a lease, let in-flight deliveries settle (bounded), then export the
+        delta from `from_offset` and the group state: one round trip for the whole fence."""
+        ttl = check_lease(lease_id, ttl_ms)
+        if settle_ms > MAX_SETTLE_MS:
+            raise errors.InvalidInput(f"settle_ms={settle_ms} exceeds the limit {MAX_SETTLE_MS}")
+        self._refuse_unowned(selector, "fence")
+        retry = retry_after_ms or self.broker.config.pause_retry_after_ms
+        lease, renewed = await self.fencing.grant(lease_id, selector.slots, selector.keys, ttl, retry)
+        await self.broker.barrier()  # batches accepted before the fence become durable and exportable
+        settled_ms, inflight = await self._settle(selector, settle_ms)
+        delta = self._select(selector, from_offset)
+        return Fenced(
+            lease,
+            renewed,
+            inflight,
+            self.broker.state.next_offset,
+            delta,
+            self.export_group_state(selector),
+            self.export_producers(),
+            settled_ms,
+        )
 
-    def _unpause(self, slots: Iterable[int], keys: Iterable[str]) -> None:
-        now = time.monotonic()
-        for slot in slots:
-            self._pause_total += now - self._paused_since.pop(slot, now)
-            self.broker.paused_slots.pop(slot, None)
-        for key in keys:
-            self._pause_total += now - self._paused_since.pop(key, now)
-            self.broker.paused_keys.pop(key, None)
+    async def _settle(self, selector: Selector, settle_ms: int) -> tuple[int, int]:
+        """Wait until the selection has no delivery awaiting an ack, or `settle_ms` passed."""
+        started = time.monotonic()
+        deadline, delay = started + settle_ms / 1000, 0.0005
+        inflight = self._inflight(selector)
+        while inflight and time.monotonic() < deadline:
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.005)
+            inflight = self._inflight(selector)
+        return round((time.monotonic() - started) * 1000), inflight
 
-    def _unpause_moved_away(self, before: RoutingTable) -> None:
-        """A pause fences a slot this shard serves: once the slot (or key) moved away, lift it, so
-        the slot is not answered PAUSED forever if it ever moves back (MOVED is the answer now).
-        Only what this table takes away is lifted (a pause set ahead on a future owner stays)."""
-        broker, me = self.broker, self.broker.config.shard
-        table = broker.routing
-        slots = [
-            slot
-            for slot in broker.paused_slots
-            if before.slot_owners[slot] == me and table.slot_owners[slot] != me
-        ]
-        keys = [
-            key
-            for key in broker.paused_keys
-            if before.owner_of_key(key) == me and table.owner_of_key(key) != me
-        ]
+    async def unfence(self, lease_id: str) -> bool:
+        return await self.fencing.lift(lease_id)
+
+    def _refuse_unowned(self, selector: Selector, what: str) -> None:
+        routing, me = self.broker.routing, self.broker.config.shard
+        slots = [slot for slot in selector.slots if routing.slot_owners[slot] != me]
+        keys = [key for key in selector.keys if routing.owner_of_key(key) != me]
         if slots or keys:
-            self._unpause(slots, keys)
+            raise errors.InvalidInput(
+                f"refusing to {what} what this shard does not own (slots {slots[:5]}, keys {keys[:5]}); "
+                "fence on the current owner"
+            )
 
     # ------------------------------------------------------------------ backlog copy
     async def export_backlog(
-        self, selector: Selector, from_offset: int, chunk: int
+        self, selector: Selector, from_offset: int, chunk: int, max_bytes: int = 0
     ) -> AsyncIterator[list[Message]]:
+        """The selection's messages from `from_offset` on, in chunks; stops after `max_bytes` of
+        payload (a throttled copy-ahead resumes from the last chunk's next offset)."""
         await self.broker.barrier()
         selected = self._select(selector, from_offset)
         chunk = max(1, min(chunk or 1000, self.broker.limits.max_batch_messages))
+        sent = 0
         for start in range(0, len(selected), chunk):
-            yield selected[start : start + chunk]
+            part = selected[start : start + chunk]
+            if max_bytes:
+                part, sent = _within(part, sent, max_bytes)
+            yield part
+            if max_bytes and sent >= max_bytes:
+                return
 
     def _select(self, selector: Selector, from_offset: int) -> list[Message]:
         slots = selector.slots_to_scan(self.broker.config.num_slots)
@@ -232,31 +253,52 @@ class Admin:
                 f"({broker.limits.max_retained_bytes}); "
                 "retry after consumers catch up"
             )
-        return await self._import(source_shard, [m for _, messages in chunks for m in messages])
+        imported = await self._import(source_shard, chunks)
+        await self.marks.persist()  # after the imported records are durable
+        return imported, sum(len(messages) for _, messages in chunks) - imported
 
-    async def _import(self, source_shard: int, messages: list[Message]) -> tuple[int, int]:
-        state = self.broker.state
+    async def _import(self, source_shard: int, chunks: list[tuple[Selector, list[Message]]]) -> int:
+        """Append what was not imported before: neither in the exact index of retained imports nor
+        at or below the import mark of its (source shard, slot or pinned key); returns how many."""
+        state, marks = self.broker.state, self.marks
         fresh: list[Message] = []
-        skipped = 0
-        for message in messages:
-            if (source_shard, message.offset) in state.imported:
-                skipped += 1
+        items: list[str] = []
+        for selector, message in ((s, m) for s, messages in chunks for m in messages):
+            item = item_of(message, selector.keys)
+            if (source_shard, message.offset) in state.imported or marks.seen(
+                source_shard, item, message.offset
+            ):
                 continue
-            offset = state.next_offset + len(fresh)
+            items.append(item)
             fresh.append(
                 Message(
-                    offset, message.key, message.slot, message.payload, message.headers,
-                    message.publish_time_ms, source_shard, message.offset,
+                    state.next_offset + len(fresh), message.key, message.slot, message.payload,
+                    message.headers, message.publish_time_ms, source_shard, message.offset,
                 )
             )  # fmt: skip
         if fresh:
+            for item, message in zip(items, fresh, strict=True):
+                marks.advance(source_shard, item, message.origin_offset)
             state.next_offset += len(fresh)
             state.account(fresh)
             for message in fresh:  # reserve now so a concurrent retry of the same chunk skips them
                 state.imported[(source_shard, message.origin_offset)] = message.offset
             await self.broker._append(BatchRecord.of("", 0, fresh))
             self.broker._make_visible()
-        return len(fresh), skipped
+        return len(fresh)
+
+    async def import_fenced(
+        self,
+        source_shard: int,
+        selector: Selector,
+        delta: list[Message],
+        groups: list[GroupPending],
+        producers: Iterable[ProducerSeen],
+    ) -> tuple[int, int, int]:
+        """The target's half of a fence: the delta, then the group state; (imported, skipped, acked)."""
+        imported, skipped = await self.import_backlog(source_shard, [(selector, delta)])
+        acked = await self.import_group_state(source_shard, selector, groups, producers)
+        return imported, skipped, acked
 
     # ------------------------------------------------------------------ group state
     def export_group_state(self, selector: Selector) -> list[GroupPending]:
@@ -317,26 +359,48 @@ class Admin:
 
     # ------------------------------------------------------------------ drain
     async def release(self, selector: Selector) -> int:
-        owned = [
-            slot for slot in selector.slots if slot in self.broker.routing.slots_of(self.broker.config.shard)
-        ]
-        owned_keys = [
-            key for key in selector.keys if self.broker.routing.owner_of_key(key) == self.broker.config.shard
-        ]
-        if owned or owned_keys:
-            raise errors.InvalidInput(
-                f"refusing to release data this shard still owns (slots {owned[:5]}, keys {owned_keys[:5]}); "
-                "switch routing first"
-            )
-        self._unpause(selector.slots, selector.keys)  # not owned: MOVED is the answer, not PAUSED
+        """Delete the copy of a selection this shard no longer owns (the move's drain)."""
+        self._refuse_owned(selector, "release")
+        await self.fencing.taken_away(set(selector.slots), set(selector.keys))  # MOVED, not PAUSED
+        return await self._drop(selector)
+
+    async def discard(self, selector: Selector) -> int:
+        """Delete a rolled-back move's partial copy here, so a later move copies it from scratch."""
+        self._refuse_owned(selector, "discard")
+        return await self._drop(selector)
+
+    async def _drop(self, selector: Selector) -> int:
         await self.broker.barrier()
         offsets = [message.offset for message in self._select(selector, 0)]
         if offsets:
             self.broker.state.apply_release(offsets)
             await self.broker.persist(ReleaseRecord(offsets))
+        self.marks.forget(selector.slots, selector.keys)
+        await self.marks.persist()
         return len(offsets)
+
+    def _refuse_owned(self, selector: Selector, what: str) -> None:
+        routing, me = self.broker.routing, self.broker.config.shard
+        owned = [slot for slot in selector.slots if routing.slot_owners[slot] == me]
+        owned_keys = [key for key in selector.keys if routing.owner_of_key(key) == me]
+        if owned or owned_keys:
+            raise errors.InvalidInput(
+                f"refusing to {what} data this shard still owns (slots {owned[:5]}, keys {owned_keys[:5]}); "
+                "switch routing first"
+            )
 
     async def drain(self) -> int:
         self.broker.draining = True
         await self.broker.barrier()
         return self.broker.state.retained_count
+
+
+def _within(messages: list[Message], sent: int, limit: int) -> tuple[list[Message], int]:
+    """The prefix of `messages` sent while fewer than `limit` payload bytes went out."""
+    taken = []
+    for message in messages:
+        if sent >= limit:
+            break
+        taken.append(message)
+        sent += len(message.payload)
+    return taken, sent

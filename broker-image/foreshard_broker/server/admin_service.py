@@ -43,8 +43,12 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
 
     async def UpdateRouting(self, request: Any, context: Context) -> Any:
         table = await guarded(context, _call(lambda: routing_from_pb(request)))
-        epoch = await guarded(context, self.admin.update_routing(table))
-        return pb.UpdateRoutingResponse(epoch=epoch)
+        switched = await guarded(context, self.admin.update_routing(table))
+        return pb.UpdateRoutingResponse(
+            epoch=switched.epoch,
+            unfenced_slots=switched.unfenced_slots,
+            unfenced_keys=switched.unfenced_keys,
+        )
 
     async def GetRouting(self, request: Any, context: Context) -> Any:
         return routing_to_pb(self.broker.routing)
@@ -68,14 +72,11 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
 
     async def ExportBacklog(self, request: Any, context: Context) -> AsyncIterator[Any]:
         selector = await guarded(context, _call(lambda: self._selector(request.selector)))
-        shard = self.broker.config.shard
-        async for chunk in self.admin.export_backlog(selector, request.from_offset, request.chunk_messages):
-            out = pb.BacklogChunk(
-                source_shard=shard, next_offset=chunk[-1].offset + 1, selector=request.selector
-            )
-            for m in chunk:
-                add_message(out.messages, m)
-            yield out
+        chunks = self.admin.export_backlog(
+            selector, request.from_offset, request.chunk_messages, request.max_bytes
+        )
+        async for chunk in chunks:
+            yield backlog_chunk(self.broker.config.shard, request.selector, chunk, chunk[-1].offset + 1)
 
     async def ImportBacklog(self, requests: AsyncIterator[Any], context: Context) -> Any:
         """Reads the whole stream first (an export is already held in memory by its sender), so
@@ -90,17 +91,58 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
         imported, skipped = await guarded(context, self.admin.import_backlog(sources.pop(), chunks))
         return pb.ImportBacklogResponse(imported=imported, skipped=skipped)
 
+    async def Fence(self, request: Any, context: Context) -> Any:
+        selector = await guarded(context, _call(lambda: self._selector(request.selector)))
+        fenced = await guarded(
+            context,
+            self.admin.fence(
+                request.lease_id,
+                selector,
+                request.ttl_ms,
+                request.from_offset,
+                request.settle_ms,
+                request.retry_after_ms,
+            ),
+        )
+        shard = self.broker.config.shard
+        return pb.FenceResponse(
+            expires_at_ms=fenced.lease.expires_at_ms,
+            renewed=fenced.renewed,
+            inflight=fenced.inflight,
+            high_offset=fenced.high_offset,
+            delta=backlog_chunk(shard, request.selector, fenced.delta, fenced.high_offset),
+            group_state=group_state_pb(shard, request.selector, fenced.groups, fenced.producers),
+            settled_ms=fenced.settled_ms,
+            fenced_since_ms=fenced.lease.granted_at_ms,
+        )
+
+    async def Unfence(self, request: Any, context: Context) -> Any:
+        return pb.UnfenceResponse(lifted=await guarded(context, self.admin.unfence(request.lease_id)))
+
+    async def ImportFenced(self, request: Any, context: Context) -> Any:
+        source = request.group_state.source_shard
+        if request.delta.source_shard != source or source == self.broker.config.shard:
+            await abort(context, errors.InvalidInput("ImportFenced takes a Fence answer from another shard"))
+        selector = await guarded(context, _call(lambda: self._selector(request.group_state.selector)))
+        groups = [GroupPending(g.group, list(g.pending_offsets)) for g in request.group_state.groups]
+        producers = [
+            ProducerSeen(p.producer_id, p.sequence, tuple(p.refused)) for p in request.group_state.producers
+        ]
+        delta = [message_of(m) for m in request.delta.messages]
+        imported, skipped, acked = await guarded(
+            context, self.admin.import_fenced(source, selector, delta, groups, producers)
+        )
+        return pb.ImportFencedResponse(imported=imported, skipped=skipped, acked=acked)
+
+    async def Discard(self, request: Any, context: Context) -> Any:
+        selector = await guarded(context, _call(lambda: self._selector(request.selector)))
+        return pb.DiscardResponse(discarded=await guarded(context, self.admin.discard(selector)))
+
     async def ExportGroupState(self, request: Any, context: Context) -> Any:
         selector = await guarded(context, _call(lambda: self._selector(request.selector)))
         groups = self.admin.export_group_state(selector)
-        return pb.ExportGroupStateResponse(
-            source_shard=self.broker.config.shard,
-            selector=request.selector,
-            groups=[pb.GroupState(group=g.group, pending_offsets=g.pending_offsets) for g in groups],
-            producers=[
-                pb.ProducerState(producer_id=p.producer_id, sequence=p.sequence, refused=p.refused)
-                for p in self.admin.export_producers()
-            ],
+        return group_state_pb(
+            self.broker.config.shard, request.selector, groups, self.admin.export_producers()
         )
 
     async def ImportGroupState(self, request: Any, context: Context) -> Any:
@@ -134,6 +176,27 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
             draining=broker.draining,
             high_offset=broker.state.next_offset,
         )
+
+
+def backlog_chunk(shard: int, selector: Any, messages: list[Message], next_offset: int) -> Any:
+    out = pb.BacklogChunk(source_shard=shard, next_offset=next_offset, selector=selector)
+    for m in messages:
+        add_message(out.messages, m)
+    return out
+
+
+def group_state_pb(
+    shard: int, selector: Any, groups: list[GroupPending], producers: list[ProducerSeen]
+) -> Any:
+    return pb.ExportGroupStateResponse(
+        source_shard=shard,
+        selector=selector,
+        groups=[pb.GroupState(group=g.group, pending_offsets=g.pending_offsets) for g in groups],
+        producers=[
+            pb.ProducerState(producer_id=p.producer_id, sequence=p.sequence, refused=p.refused)
+            for p in producers
+        ],
+    )
 
 
 def load_metrics_pb(service: AdminService, top_keys: int) -> Any:

@@ -27,6 +27,10 @@ class Unavailable(BrokerError):
     pass
 
 
+class Conflict(BrokerError):
+    """The request contradicts state another caller holds (e.g. a selection fenced by another lease)."""
+
+
 class Moved(BrokerError):
     def __init__(self, slot: int, key: str, owner: int, endpoint: str, epoch: int) -> None:
         super().__init__(f"slot {slot} (key {key!r}) is owned by shard {owner} at epoch {epoch}")

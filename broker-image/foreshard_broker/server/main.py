@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=int(env("FORESHARD_BROKER_RETENTION_BYTES", str(768 << 20))),
         help="unacknowledged bytes kept; past it the oldest are dropped for lagging groups (0: no limit)",
     )
+    add(
+        "--compact-every",
+        type=float,
+        default=float(env("FORESHARD_BROKER_COMPACT_EVERY", "10")),
+        help="seconds between compactions of the acknowledged log prefix",
+    )
     add("--grace", type=float, default=float(env("FORESHARD_BROKER_GRACE", "10")))
     add("--log-level", default=env("FORESHARD_BROKER_LOG_LEVEL", "INFO"))
     add(
@@ -133,7 +139,8 @@ async def serve(args: argparse.Namespace) -> int:
         ops=faults.from_environment(),  # None (the real OS calls) unless a fault test asks
     )
     broker = Broker(config, storage)
-    admin = Admin(broker, data_dir / "routing.json")
+    # Fence leases and import marks follow the log's durability (sync none: page cache only).
+    admin = Admin(broker, data_dir / "routing.json", durable=args.sync != "none")
     broker.open()
     admin.load_routing()
     tune_gc()
@@ -157,7 +164,7 @@ async def serve(args: argparse.Namespace) -> int:
         "serving",
         extra={"shard": config.shard, "grpc_port": grpc_port, "http_port": http_port, "admin": auth.enabled},
     )
-    await _run_until_signal(broker)
+    await _run_until_signal(broker, args.compact_every)
     log.info("draining")
     broker.draining = True
     await server.stop(grace=args.grace)
@@ -209,7 +216,7 @@ def _ready(broker: Broker) -> str | None:
     return _live(broker) or ("draining" if broker.draining else None)
 
 
-async def _run_until_signal(broker: Broker) -> None:
+async def _run_until_signal(broker: Broker, compact_every: float = 10.0) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -221,13 +228,13 @@ async def _run_until_signal(broker: Broker) -> None:
         broker.load.tick(now)
         broker.expire_by_age(int(time.time() * 1000))
         collector.tick(now)
-        if now - last_compaction >= 10:
+        if now - last_compaction >= compact_every:
             last_compaction = now
             freed = broker.compact()
             if freed:
                 log.info("compacted", extra={"freed_bytes": freed})
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await asyncio.wait_for(stop.wait(), timeout=min(1.0, compact_every))
 
 
 def main(argv: list[str] | None = None) -> int:

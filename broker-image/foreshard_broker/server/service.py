@@ -26,6 +26,7 @@ STATUS: dict[type[errors.BrokerError], grpc.StatusCode] = {
     errors.Moved: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Paused: grpc.StatusCode.UNAVAILABLE,
     errors.StaleEpoch: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

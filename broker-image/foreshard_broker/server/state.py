@@ -318,11 +318,16 @@ class BrokerState:
         return self.next_offset
 
     def apply_release(self, offsets: Iterable[int]) -> None:
+        """Delete messages (a moved-away selection, a rolled-back copy); an imported one leaves the
+        import index too, so a later move of its selection copies it again."""
         for offset in offsets:
             found = self._locate(offset)
             if found is None:
                 continue
-            key = found[0].chunk.keys[found[1]]
+            chunk = found[0].chunk
+            if chunk.origin_shards is not None and chunk.origin_offsets is not None:
+                self.imported.pop((chunk.origin_shards[found[1]], chunk.origin_offsets[found[1]]), None)
+            key = chunk.keys[found[1]]
             for group in self.groups.values():
                 group.discard(offset, key)
             self._drop(*found)
