@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from foreshard.api.names import FIELD_MANAGER
+from foreshard.api.names import FIELD_MANAGER, GROUP, ORDER_PARAM_FORECASTS, SHARD_ALLOCATIONS, VERSION
 from foreshard.core.queue_status import Observed
 
 APPLY = "application/apply-patch+yaml"
@@ -51,4 +52,106 @@ class KubeAdapter:
         return Observed(
             replicas=int(found.spec.replicas or 0),
             ready_replicas=int(found.status.ready_replicas or 0) if found.status else 0,
+        )
+
+
+class ForecastPort(Protocol):
+    """OrderParamForecasts and scale subresources, for the forecast loop."""
+
+    def list_forecasts(self, namespace: str) -> list[dict[str, Any]]: ...
+
+    def create_forecast(self, manifest: dict[str, Any]) -> None: ...
+
+    def delete_forecast(self, namespace: str, name: str) -> None: ...
+
+    def patch_forecast_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+    def read_scale(self, namespace: str, ref: ScaleRef) -> int | None: ...
+
+    def patch_scale(self, namespace: str, ref: ScaleRef, replicas: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class ScaleRef:
+    """A resource with a scale subresource, as spec.consumerGroups[].scaleTargetRef names it."""
+
+    api_version: str  # e.g. apps/v1
+    kind: str  # e.g. Deployment
+    name: str
+
+    @property
+    def group_version(self) -> tuple[str, str]:
+        group, _, version = self.api_version.rpartition("/")
+        return group, version
+
+    @property
+    def plural(self) -> str:
+        # kinds with a scale subresource are regular nouns (Deployment, StatefulSet, ReplicaSet, CRDs
+        # that follow the convention); discovery would be one more round trip per pass
+        return self.kind.lower() + "s"
+
+
+class ForecastAdapter:
+    """ForecastPort through the official client (CustomObjectsApi speaks every API group)."""
+
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self.custom = client.CustomObjectsApi(api or client.ApiClient())
+
+    def list_forecasts(self, namespace: str) -> list[dict[str, Any]]:
+        found = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, ORDER_PARAM_FORECASTS)
+        return list(cast(dict[str, Any], found).get("items", []))
+
+    def create_forecast(self, manifest: dict[str, Any]) -> None:
+        meta = manifest["metadata"]
+        try:
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], ORDER_PARAM_FORECASTS, manifest
+            )
+        except ApiException as error:
+            if error.status != 409:  # made by an earlier cycle whose list did not see it yet
+                raise
+
+    def delete_forecast(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, ORDER_PARAM_FORECASTS, name
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def patch_forecast_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, ORDER_PARAM_FORECASTS, name, {"status": status}
+            )
+        except ApiException as error:
+            if error.status != 404:  # deleted meanwhile (its queue went, or a person removed it)
+                raise
+
+    def queue_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, SHARD_ALLOCATIONS, name)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    def read_scale(self, namespace: str, ref: ScaleRef) -> int | None:
+        group, version = ref.group_version
+        try:
+            found = self.custom.get_namespaced_custom_object_scale(
+                group, version, namespace, ref.plural, ref.name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return int((cast(dict[str, Any], found).get("spec") or {}).get("replicas") or 0)
+
+    def patch_scale(self, namespace: str, ref: ScaleRef, replicas: int) -> None:
+        group, version = ref.group_version
+        self.custom.patch_namespaced_custom_object_scale(
+            group, version, namespace, ref.plural, ref.name, {"spec": {"replicas": replicas}}
         )

@@ -57,3 +57,19 @@ MOVE_PAUSE = Histogram(
     ["queue"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+# Consumer-side forecasts, for KEDA's Prometheus scaler or an HPA on external metrics.
+PREDICTED_ARRIVALS = Gauge(
+    "foreshard_predicted_arrivals",
+    "Planning-quantile peak arrival rate (messages/s) over the short horizon, as the group must consume it.",
+    ["namespace", "queue", "group"],
+)
+PREDICTED_BACKLOG = Gauge(
+    "foreshard_predicted_backlog",
+    "Messages the group is predicted to have unacknowledged at now + leadTime if its consumers stay as is.",
+    ["namespace", "queue", "group"],
+)
+PREDICTED_ACKS = Gauge(
+    "foreshard_predicted_acks",
+    "Forecast acknowledgement rate (messages/s) of the group over the short horizon.",
+    ["namespace", "queue", "group"],
+)

@@ -35,11 +35,13 @@ class PrometheusUnreachable(RuntimeError):
 
 
 class RangeQuerier(Protocol):
-    """The one method of prometheus_api_client.PrometheusConnect this adapter uses."""
+    """The two methods of prometheus_api_client.PrometheusConnect this adapter uses."""
 
     def custom_query_range(
         self, query: str, start_time: datetime, end_time: datetime, step: str
     ) -> list[dict[str, Any]]: ...
+
+    def custom_query(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
 
 
 def quote(value: str) -> str:
@@ -79,6 +81,37 @@ def arrival_query(queue: str, step_s: float, by: str = "key", only: Sequence[str
 def ack_query(queue: str, step_s: float, groups: Sequence[str] | None = None) -> str:
     """Messages acknowledged per interval, per consumer group."""
     return increase_query(ACKS, {"queue": queue}, "group", groups, step_s)
+
+
+def total_query(queue: str, step_s: float) -> str:
+    """Messages published per interval over the whole queue (one series: the tail is total - tracked)."""
+    return f"sum (increase({ARRIVALS}{{queue={quote(queue)}}}[{duration(step_s)}]))"
+
+
+def volume_query(queue: str, window_s: float, by: str = "key") -> str:
+    """Messages per key over one window ending at the evaluation time (ranks the heaviest keys)."""
+    return increase_query(ARRIVALS, {"queue": queue}, by, None, window_s)
+
+
+def backlog_query(queue: str, groups: Sequence[str]) -> str:
+    """Per group: messages published minus messages the group acknowledged (all time, all brokers).
+
+    Both counters live on the same brokers, so a broker restart resets both sides together.
+    """
+    published = f"scalar(sum({ARRIVALS}{{queue={quote(queue)}}}))"
+    matchers = ",".join([f"queue={quote(queue)}", *[m for m in [matcher("group", groups)] if m]])
+    acked = f"sum by (group) ({ACKS}{{{matchers}}})"
+    return f"clamp_min({published} - {acked}, 0)"
+
+
+def parse_vector(vector: Sequence[Mapping[str, Any]], label: str) -> dict[str, float]:
+    """An instant-query vector to label value -> number (NaN answers dropped)."""
+    out = {}
+    for item in vector:
+        value = float(item.get("value", [0, "NaN"])[1])
+        if math.isfinite(value):
+            out[str(item.get("metric", {}).get(label, ""))] = value
+    return dict(sorted(out.items()))
 
 
 def duration(step_s: float) -> str:
@@ -154,6 +187,29 @@ class PrometheusHistory:
     ) -> dict[str, Series]:
         """Acknowledged messages per interval per consumer group."""
         return self._fetch(ack_query(queue, step_s, groups), "group", start_s, end_s, step_s)
+
+    def total(self, queue: str, start_s: float, end_s: float, step_s: float) -> Series:
+        """Counts per interval over every key of the queue (NaN where nothing was scraped)."""
+        found = self._fetch(total_query(queue, step_s), "__none__", start_s, end_s, step_s)
+        count = math.floor((end_s - start_s) / step_s + 1e-9)
+        return next(iter(found.values()), Series("", start_s, step_s, np.full(count, np.nan)))
+
+    def volumes(self, queue: str, end_s: float, window_s: float) -> dict[str, float]:
+        """Messages per key over [end_s - window_s, end_s]."""
+        return self._instant(volume_query(queue, window_s), "key", end_s)
+
+    def backlogs(self, queue: str, groups: Sequence[str], at_s: float) -> dict[str, float]:
+        """Messages each consumer group has still to acknowledge, now."""
+        return self._instant(backlog_query(queue, groups), "group", at_s)
+
+    def _instant(self, query: str, label: str, at_s: float) -> dict[str, float]:
+        try:
+            vector = self.client.custom_query(query, params={"time": f"{at_s:.3f}"})
+        except Exception as error:  # as in _fetch: every client error means the same to the caller
+            raise PrometheusUnreachable(
+                f"instant query failed ({type(error).__name__}: {error}): {query}"
+            ) from error
+        return parse_vector(vector, label)
 
     def _fetch(
         self, query: str, label: str, start_s: float, end_s: float, step_s: float

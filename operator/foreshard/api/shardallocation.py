@@ -29,6 +29,7 @@ class ForecastSettings:
     step_s: float = 300.0
     long_horizon_s: float = 3600.0
     planning_quantile: float = 0.9
+    short_horizon_s: float | None = None  # set: scale-out sizes on [leadTime, shortHorizon] only
 
     @classmethod
     def from_spec(cls, forecast: dict[str, Any]) -> ForecastSettings:
@@ -39,6 +40,7 @@ class ForecastSettings:
             step_s=max(1.0, float(round(seconds(forecast.get("step", "5m"))))),
             long_horizon_s=seconds(forecast.get("longHorizon", "1h")),
             planning_quantile=float(forecast.get("planningQuantile", 0.9)),
+            short_horizon_s=seconds(forecast["shortHorizon"]) if "shortHorizon" in forecast else None,
         )
 
 

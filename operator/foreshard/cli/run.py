@@ -47,6 +47,7 @@ def peering_priority(given: int | None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
+    import foreshard.handlers.orderparamforecast
     import foreshard.handlers.shardallocation
     import foreshard.handlers.startup  # noqa: F401
 

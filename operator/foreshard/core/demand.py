@@ -79,10 +79,11 @@ def estimate(
             continue  # a key seen a couple of times only; its volume is negligible by definition
     if not fitted:
         raise InsufficientHistory(f"none of {len(series)} keys has enough history to forecast")
-    return _summed(fitted, quantile, latest_rate(series), len(series))
+    return combine(fitted, quantile, latest_rate(series), len(series))
 
 
-def _summed(fitted: list[Forecast], quantile: float, rate: float, keys: int) -> Demand:
+def combine(fitted: Sequence[Forecast], quantile: float, rate: float, keys: int) -> Demand:
+    """Sum per-series forecasts (same start, step and length) into the queue's demand."""
     mean = np.sum([f.mean for f in fitted], axis=0)
     band = np.sum([f.quantile(quantile) for f in fitted], axis=0)
     volume = float(mean.sum())

@@ -27,6 +27,7 @@ from foreshard.core.series import Series
 from foreshard.localcluster.process import Managed, free_port, http_ok, spawn, stop, wait_until
 
 METRIC = "foreshard_messages_published"
+ACKS = "foreshard_messages_acked"  # acks backfill as this counter, by queue and consumer group
 # Backfilled history reaches months back; the default 15 d retention would delete it at start.
 RETENTION = "36500d"
 
@@ -134,12 +135,15 @@ CHUNK_S = 24 * BLOCK_S
 
 
 def samples(
-    queues: Mapping[str, Sequence[Series]], shift_s: Mapping[str, float]
+    queues: Mapping[str, Sequence[Series]],
+    shift_s: Mapping[str, float],
+    metric: str = METRIC,
+    label: str = "key",
 ) -> Iterator[tuple[str, float, float]]:
     """(series selector, counter value, timestamp) for every sample, series after series, in time order."""
     for queue in sorted(queues):
         for series in sorted(queues[queue], key=lambda s: s.key):
-            selector = f'{METRIC}_total{{queue="{_escape(queue)}",key="{_escape(series.key)}"}}'
+            selector = f'{metric}_total{{queue="{_escape(queue)}",{label}="{_escape(series.key)}"}}'
             offset = shift_s.get(queue, 0.0)
             yield selector, 0.0, series.start_s + offset
             present = np.isfinite(series.values)
@@ -150,14 +154,27 @@ def samples(
 
 
 def openmetrics_chunks(
-    queues: Mapping[str, Sequence[Series]], shift_s: Mapping[str, float]
+    queues: Mapping[str, Sequence[Series]],
+    shift_s: Mapping[str, float],
+    acks: Mapping[str, Sequence[Series]] | None = None,
 ) -> dict[int, list[str]]:
-    """OpenMetrics documents (as lines) per block-aligned chunk of time."""
+    """OpenMetrics documents (as lines) per block-aligned chunk of time; `acks`: per queue, one
+    series per consumer group (Series.key is the group), shifted like the queue's arrivals."""
+    families = [(METRIC, "key", "Messages published, by queue and order key.", queues)]
+    if acks:
+        families.append((ACKS, "group", "Messages acknowledged, by queue and consumer group.", acks))
     chunks: dict[int, list[str]] = {}
-    for selector, value, timestamp in samples(queues, shift_s):
-        chunks.setdefault(int(timestamp // CHUNK_S), []).append(f"{selector} {value:.17g} {timestamp:.3f}\n")
-    header = [f"# HELP {METRIC} Messages published, by queue and order key.\n", f"# TYPE {METRIC} counter\n"]
-    return {chunk: [*header, *lines, "# EOF\n"] for chunk, lines in sorted(chunks.items())}
+    for metric, label, help_text, data in families:
+        header = [f"# HELP {metric} {help_text}\n", f"# TYPE {metric} counter\n"]
+        opened: set[int] = set()  # chunks whose latest header is this family's
+        for selector, value, timestamp in samples(data, shift_s, metric, label):
+            chunk = int(timestamp // CHUNK_S)
+            lines = chunks.setdefault(chunk, [])
+            if chunk not in opened:
+                lines.extend(header)
+                opened.add(chunk)
+            lines.append(f"{selector} {value:.17g} {timestamp:.3f}\n")
+    return {chunk: [*lines, "# EOF\n"] for chunk, lines in sorted(chunks.items())}
 
 
 def shifts_to_end_at(queues: Mapping[str, Sequence[Series]], end_at_s: float | None) -> dict[str, float]:
@@ -168,17 +185,21 @@ def shifts_to_end_at(queues: Mapping[str, Sequence[Series]], end_at_s: float | N
 
 
 def backfill(
-    queues: Mapping[str, Sequence[Series]], data_dir: Path, end_at_s: float | None = None
+    queues: Mapping[str, Sequence[Series]],
+    data_dir: Path,
+    end_at_s: float | None = None,
+    acks: Mapping[str, Sequence[Series]] | None = None,
 ) -> dict[str, float]:
     """Write the queues' traces as TSDB blocks into `data_dir`; returns each queue's time shift.
 
+    `acks` (optional): per queue, acknowledgements per consumer group on the arrivals' time axis.
     Run it before the server starts (a running server only sees new blocks at its next reload).
     """
     shifts = shifts_to_end_at(queues, end_at_s)
     data_dir.mkdir(parents=True, exist_ok=True)
     promtool = binary("promtool")
     with tempfile.TemporaryDirectory() as scratch:
-        for chunk, lines in openmetrics_chunks(queues, shifts).items():
+        for chunk, lines in openmetrics_chunks(queues, shifts, acks).items():
             source = Path(scratch) / f"chunk-{chunk}.om"
             source.write_text("".join(lines))
             command = [

@@ -22,6 +22,7 @@ from foreshard.adapters.metrics import (
 from foreshard.api.shardallocation import QueueSpec
 from foreshard.core import decision, queue_status, workload
 from foreshard.core.series import Series
+from foreshard.reconcile import forecasts
 
 
 class HistoryReader(Protocol):
@@ -65,7 +66,13 @@ def reconcile(
     spec = QueueSpec.from_body(body)
     before = kube.observe_stateful_set(spec.namespace, workload.shard_name(spec.name))
     previous: Mapping[str, Any] = body.get("status") or {}
-    decided = decision.decide(spec, gather(spec, before.replicas, now_s, connect), previous, now_s)
+    # the forecast loop (reconcile/forecasts.py) publishes the demand; fit here only without it
+    published = forecasts.plan_inputs(spec, before.replicas, now_s)
+    if published is not None:
+        spec, gathered, estimate = published
+        decided = decision.decide(spec, gathered, previous, now_s, estimate)
+    else:
+        decided = decision.decide(spec, gather(spec, before.replicas, now_s, connect), previous, now_s)
     desired = decided.replicas
     kube.apply(queue_status.owned_by(workload.headless_service(spec), body))
     kube.apply(queue_status.owned_by(workload.stateful_set(spec, desired), body))
