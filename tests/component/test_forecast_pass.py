@@ -234,4 +234,3 @@ def test_an_unreachable_prometheus_keeps_the_forecasts_and_says_why(first: Any) 
     assert result.published.unreachable is not None and result.published.demand is None
     status = kube.objects[object_name("orders", Target.of_key("a"))]["status"]
     assert {c["type"]: c["reason"] for c in status["conditions"]}["Ready"] == "PrometheusUnreachable"
-

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from foreshard.core.forecasting import Forecast, fit
-from foreshard.core.forecasting import report
+from foreshard.core.forecasting import Forecast, fit, report
 from foreshard.core.series import Series
 
 pytestmark = pytest.mark.unit
