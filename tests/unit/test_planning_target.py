@@ -48,6 +48,19 @@ def test_a_forecast_ramp_scales_out_before_the_load_arrives() -> None:
     assert "80.0 msg/s" in decision.message
 
 
+def test_a_short_horizon_scales_out_only_for_what_comes_within_it_and_the_long_one_guards_scale_in() -> None:
+    from dataclasses import replace
+
+    short = replace(POLICY, short_horizon_s=600.0)
+    later_peak = forecast([10, 10, 10, 80, 80, 10])  # the peak starts 15 minutes out
+    assert plan_target(later_peak, 0.0, 2, 10.0, [], POLICY).target == 10
+    assert plan_target(later_peak, 0.0, 2, 10.0, [], short).reason == "Hold"
+    # at 10 shards, the same long-horizon peak still refuses scale-in
+    assert plan_target(later_peak, 0.0, 10, 10.0, [], short).target == 10
+    soon = forecast([10, 80, 80, 10, 10, 10])
+    assert plan_target(soon, 0.0, 2, 10.0, [], short).target == 10
+
+
 def test_scale_in_waits_until_the_stabilization_window_agrees() -> None:
     quiet = forecast([10] * 8)
     held = plan_target(quiet, 0.0, 10, 10.0, [10, 9], POLICY)

@@ -109,6 +109,7 @@ def _policy(spec: QueueSpec) -> TargetPolicy:
         capacity=spec.messages_per_second,
         lead_s=spec.scaling.lead_s,
         horizon_s=spec.forecast.long_horizon_s,
+        short_horizon_s=spec.forecast.short_horizon_s,
         quantile=spec.forecast.planning_quantile,
         headroom=spec.scaling.headroom,
         min_shards=spec.min_shards,

@@ -33,6 +33,10 @@ class TargetPolicy:
     capacity: float  # messages/s per shard
     lead_s: float = 120.0
     horizon_s: float = 3600.0
+    # spec.forecast.shortHorizon: scale-out sizes on [lead, short horizon] (pods started now serve
+    # what comes soon; a peak hours away is the long horizon's business, which still guards
+    # scale-in); None: scale-out sizes on [lead, horizon]
+    short_horizon_s: float | None = None
     quantile: float = 0.9
     headroom: float = 0.2  # plan for rate * (1 + headroom)
     min_shards: int = 1
@@ -81,7 +85,8 @@ def plan_target(
             observed_rate,
             f"{why}: sized {reactive} shards on {observed_rate:.1f} msg/s",
         )
-    ahead = window_peak(forecast, now_s, policy.lead_s, policy.horizon_s, policy.quantile)
+    reach = policy.horizon_s if policy.short_horizon_s is None else max(policy.short_horizon_s, policy.lead_s)
+    ahead = window_peak(forecast, now_s, policy.lead_s, reach, policy.quantile)
     hold = max(window_peak(forecast, now_s, 0.0, policy.horizon_s, policy.quantile), observed_rate)
     up = _clamp(max(shards_for_rate(ahead, policy.capacity, policy.utilization), reactive), policy)
     if up > current:
