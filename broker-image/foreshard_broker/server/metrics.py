@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -41,6 +41,8 @@ class BrokerMetrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(admin, queue))
+        # process_cpu_seconds_total and friends: the operator's capacity.learn divides CPU by messages
+        ProcessCollector(registry=self.registry)
         self.admin, self.queue, self.max_keys = admin, queue, max_keys
         admin.broker.observe_publish = self.publish_latency.observe
         admin.broker.observe_deliveries = self.observe_deliveries
@@ -70,6 +72,12 @@ class BrokerMetrics:
             "Messages stored per key (the operator's arrival history); keys past the cardinality "
             'cap are summed per slot under key="".',
             published,
+        )
+        yield from _family(
+            "foreshard_broker_published_bytes_total",
+            "counter",
+            "Payload bytes stored, all keys (the operator's capacity.learn reads bytes per message).",
+            [(f'queue="{queue}"', sum(totals.arrived_bytes.values()))],
         )
         yield from _family(
             "foreshard_messages_acked_total",

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from foreshard.core.planning.capacity import LoadSample
 from foreshard.core.series import Series
 
 ARRIVALS = "foreshard_messages_published_total"
@@ -102,6 +103,25 @@ def backlog_query(queue: str, groups: Sequence[str]) -> str:
     matchers = ",".join([f"queue={quote(queue)}", *[m for m in [matcher("group", groups)] if m]])
     acked = f"sum by (group) ({ACKS}{{{matchers}}})"
     return f"clamp_min({published} - {acked}, 0)"
+
+
+CPU = "process_cpu_seconds_total"
+BYTES = "foreshard_broker_published_bytes_total"
+
+
+def load_queries(queue: str, window_s: float) -> dict[str, str]:
+    """Per broker (instance): CPU cores used, messages/s and bytes/s stored, for capacity.learn.
+
+    The process counter has no queue label: `and on (instance)` keeps the brokers that export the
+    queue's arrivals, so other processes Prometheus scrapes are left out.
+    """
+    q, w = quote(queue), duration(window_s)
+    brokers = f"group by (instance) ({ARRIVALS}{{queue={q}}})"
+    return {
+        "cpu": f"sum by (instance) (rate({CPU}[{w}]) and on (instance) {brokers})",
+        "messages": f"sum by (instance) (rate({ARRIVALS}{{queue={q}}}[{w}]))",
+        "bytes": f"sum by (instance) (rate({BYTES}{{queue={q}}}[{w}]))",
+    }
 
 
 def parse_vector(vector: Sequence[Mapping[str, Any]], label: str) -> dict[str, float]:
@@ -201,6 +221,27 @@ class PrometheusHistory:
     def backlogs(self, queue: str, groups: Sequence[str], at_s: float) -> dict[str, float]:
         """Messages each consumer group has still to acknowledge, now."""
         return self._instant(backlog_query(queue, groups), "group", at_s)
+
+    def load(
+        self, queue: str, start_s: float, end_s: float, step_s: float, window_s: float
+    ) -> list[LoadSample]:
+        """One LoadSample per broker and interval in which it stored messages."""
+        parts = {
+            name: self._fetch(query, "instance", start_s, end_s, step_s)
+            for name, query in load_queries(queue, window_s).items()
+        }
+        samples = []
+        for instance, messages in parts["messages"].items():
+            cpu, stored = parts["cpu"].get(instance), parts["bytes"].get(instance)
+            if cpu is None:
+                continue
+            sizes = stored.values if stored is not None else np.zeros(len(messages))
+            for rate, cores, size in zip(messages.values, cpu.values, sizes, strict=True):
+                if np.isfinite(rate) and np.isfinite(cores) and rate > 0:
+                    samples.append(
+                        LoadSample(float(rate), float(size) if np.isfinite(size) else 0.0, float(cores))
+                    )
+        return samples
 
     def _instant(self, query: str, label: str, at_s: float) -> dict[str, float]:
         try:

@@ -91,7 +91,10 @@ def decide(
         return _hold_on_missing_data(gathered, current, *missing)
     forecast, rate, forecasting = _forecast(spec, gathered, now_s, estimate)
     if spec.messages_per_second is None:
-        why = "capacity.learn is not implemented yet; set capacity.messagesPerSecond to plan shards"
+        why = (
+            "capacity is unknown: capacity.learn has not measured enough broker load yet (status."
+            "learntCapacity says what it saw); set capacity.messagesPerSecond to plan meanwhile"
+        )
         return Decision(current, forecasting, last_decision=f"{why}; holding {current} shards.")
     target = plan_target(forecast, now_s, current, rate, (), _policy(spec))
     wanted = _limited(spec, current, target.target)

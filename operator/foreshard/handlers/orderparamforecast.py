@@ -33,6 +33,8 @@ async def forecast_cycle(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, lo
     )
     if result.decisions:
         patch.status["consumerGroups"] = [d.to_status() for d in result.decisions]
+    if result.learnt is not None:
+        patch.status["learntCapacity"] = result.learnt.to_status()
     logger.debug(
         "forecast cycle of %s: %d fits, %d created, %d deleted, %.2fs",
         body["metadata"]["name"],

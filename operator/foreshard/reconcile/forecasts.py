@@ -41,7 +41,7 @@ from foreshard.core.forecasting import (
 )
 from foreshard.core.planning.consumers import GroupDecision
 from foreshard.core.series import Series
-from foreshard.reconcile import consumers
+from foreshard.reconcile import capacity, consumers
 from foreshard.reconcile import history as hist
 from foreshard.reconcile.history import HistoryCache, HistoryReader
 
@@ -95,6 +95,7 @@ class PassResult:
     statuses: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # OPF name -> status
     groups: tuple[consumers.GroupForecast, ...] = ()
     decisions: tuple[GroupDecision, ...] = ()  # filled by `cycle` (it reads the scale targets)
+    learnt: capacity.Learnt | None = None  # capacity.learn's result, when the queue asks for it
     fits: int = 0
     timings: Mapping[str, float] = field(default_factory=dict)
 
@@ -124,7 +125,8 @@ def plan_inputs(
     found = current(spec.namespace, spec.name, now_s)
     if found is None:
         return None
-    if found.capacity is not None and spec.messages_per_second is None:
+    if found.capacity is not None:
+        # capacity.learn asked for it: the measurement wins over spec.capacity.messagesPerSecond
         spec = replace(spec, messages_per_second=found.capacity)
     if found.unreachable is not None:
         return spec, decision.Gathered(replicas, unreachable=found.unreachable), _estimator(found)
@@ -231,6 +233,7 @@ def run(
     try:
         reader = connect(settings.prometheus_url)
         series, tracked, backlogs = _read(body, spec, mine, memo, reader, now_s, limit)
+        learnt = capacity.learn(spec, body, reader, now_s) if capacity.wanted(body) else None
     except prometheus.PrometheusUnreachable as error:
         why = Condition(
             conditions.READY, "False", "PrometheusUnreachable", f"{error}; keeping the last forecast."
@@ -253,11 +256,15 @@ def run(
         for g in groups
     )
     published = _publish(spec, series, tracked, forecasts, problems, now_s)
+    if learnt is not None and learnt.capacity is not None:
+        published = replace(published, capacity=learnt.capacity.messages_per_s)
     statuses = _statuses(spec, mine, diff, targets, series, forecasts, problems, memo, now_s)
     memo.cycle += 1
     timings = {"read_s": read_s, "total_s": time.perf_counter() - started}
     creates = tuple(manifest(dict(body), t) for t in diff.create)
-    return PassResult(published, creates, diff.delete, statuses, group_forecasts, fits=fits, timings=timings)
+    return PassResult(
+        published, creates, diff.delete, statuses, group_forecasts, fits=fits, timings=timings, learnt=learnt
+    )
 
 
 def _read(

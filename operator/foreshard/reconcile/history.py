@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from foreshard.core.planning.capacity import LoadSample
 from foreshard.core.series import Series
 
 RANK_EVERY_S = 600.0  # the heaviest keys change slowly; ranking 10k keys is the costliest query
@@ -46,6 +47,10 @@ class HistoryReader(Protocol):
     ) -> dict[str, Series]: ...
 
     def backlogs(self, queue: str, groups: Sequence[str], at_s: float) -> dict[str, float]: ...
+
+    def load(
+        self, queue: str, start_s: float, end_s: float, step_s: float, window_s: float
+    ) -> list[LoadSample]: ...
 
 
 @dataclass
