@@ -201,25 +201,22 @@ def group_state_pb(
 
 def load_metrics_pb(service: AdminService, top_keys: int) -> Any:
     broker, state = service.broker, service.broker.state
-    window, rates = broker.load.rates(time.monotonic())
-    rates.sort(key=lambda r: r.arrival_rate, reverse=True)
+    window, keys, slots = broker.load.rates(time.monotonic(), top=top_keys)
+    keys.sort(key=lambda r: r.arrival_rate, reverse=True)
     out = pb.LoadMetrics(shard=broker.config.shard, epoch=broker.routing.epoch, window_seconds=window)
-    slots: dict[int, Any] = {}
-    for r in rates:
+    for r in keys:
         backlog, backlog_bytes = state.backlog(r.key)
-        slot = slots.setdefault(r.slot, pb.SlotLoad(slot=r.slot))
-        slot.arrival_rate += r.arrival_rate
-        slot.ack_rate += r.ack_rate
-        slot.backlog += backlog
-        slot.backlog_bytes += backlog_bytes
-        slot.arrived_total += r.arrived
-        slot.arrived_bytes_total += r.arrived_bytes
-        if not top_keys or len(out.keys) < top_keys:
-            out.keys.add(
-                key=r.key, slot=r.slot, arrival_rate=r.arrival_rate, ack_rate=r.ack_rate, backlog=backlog,
-                backlog_bytes=backlog_bytes, arrived_total=r.arrived, arrived_bytes_total=r.arrived_bytes,
-            )  # fmt: skip
-    out.slots.extend(slots[slot] for slot in sorted(slots))
+        out.keys.add(
+            key=r.key, slot=r.slot, arrival_rate=r.arrival_rate, ack_rate=r.ack_rate, backlog=backlog,
+            backlog_bytes=backlog_bytes, arrived_total=r.arrived, arrived_bytes_total=r.arrived_bytes,
+        )  # fmt: skip
+    held = broker.load.slot_backlog()
+    for s in slots:  # every slot with arrivals or acks; folded keys count in their slot
+        backlog, backlog_bytes = held.get(s.slot, (0, 0))
+        out.slots.add(
+            slot=s.slot, arrival_rate=s.arrival_rate, ack_rate=s.ack_rate, backlog=backlog,
+            backlog_bytes=backlog_bytes, arrived_total=s.arrived, arrived_bytes_total=s.arrived_bytes,
+        )  # fmt: skip
     cpu_seconds, cpu_percent, rss = service.process.sample()
     out.process_cpu_seconds, out.process_cpu_percent, out.process_rss_bytes = cpu_seconds, cpu_percent, rss
     out.retained_messages = state.retained_count

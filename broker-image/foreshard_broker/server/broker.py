@@ -76,7 +76,7 @@ class Broker:
         self.storage.checkpoint = self.state.checkpoint
         self.storage.on_failure = self._storage_failed
         self.state.rebuild(self.storage.replay())
-        self.load.attach(self.state.stored, self.state.stored_bytes)
+        self.load.attach(self.state)
         for name in self.state.groups:
             self._changed[name] = asyncio.Event()
         log.info(

@@ -3,26 +3,45 @@
 The hot path only bumps dict counters; rates come from the difference between now and a snapshot
 about one window old (snapshots are taken by `tick`, called periodically), which keeps publish
 cheap and makes every rate an honest average over a known window.
+
+Bounded by the keys that are active, not by every key ever seen: on each snapshot, a key with no
+backlog whose counts did not change for a whole window is *folded* (its totals are added to its
+slot's aggregate and its per-key entries, here and in the broker state, are deleted); and past
+`max_keys` tracked keys, the oldest keys with no backlog are folded even if they were active (their
+per-key rates then count only in their slot). A key with backlog is never folded (its retained
+messages still name it). Slot totals are the aggregates plus the tracked keys, so folding changes no
+slot rate, and `GetLoadMetrics` costs O(tracked keys + slots).
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 import resource
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from foreshard_broker.routing import KEYLESS_SLOT, slot_of
+
+if TYPE_CHECKING:
+    from foreshard_broker.server.state import BrokerState
+
+MAX_TRACKED_KEYS = 100_000  # keys with no backlog kept per key; past it the oldest are folded
 
 
 @dataclass
 class Totals:
-    """Per key, since the process started: messages and bytes stored, and acknowledgements."""
+    """Per tracked key, since the process started: messages and bytes stored, and acknowledgements;
+    per slot, the same for every key (tracked and folded)."""
 
     arrived: dict[str, int] = field(default_factory=dict)
     arrived_bytes: dict[str, int] = field(default_factory=dict)
     acked: dict[str, int] = field(default_factory=dict)
+    slot_arrived: dict[int, int] = field(default_factory=dict)
+    slot_arrived_bytes: dict[int, int] = field(default_factory=dict)
+    slot_acked: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -35,28 +54,47 @@ class KeyRates:
     arrived_bytes: int
 
 
+@dataclass
+class SlotRates:
+    slot: int
+    arrival_rate: float
+    ack_rate: float
+    arrived: int
+    arrived_bytes: int
+
+
 class LoadTracker:
-    def __init__(self, num_slots: int, window_s: float) -> None:
+    def __init__(self, num_slots: int, window_s: float, max_keys: int = MAX_TRACKED_KEYS) -> None:
         self.num_slots = num_slots
         self.window_s = window_s
-        # The broker state's all-time stored counters (see `attach`), and their values at start-up.
+        self.max_keys = max_keys
+        # The broker state's all-time per-key counters (see `attach`), and their values at start-up.
         self._stored: Counter[str] = Counter()
         self._stored_bytes: dict[str, int] = {}
+        self._state: BrokerState | None = None
         self._baseline: Counter[str] = Counter()
         self._baseline_bytes: dict[str, int] = {}
         self._acked: dict[str, int] = {}
+        # Folded keys' totals per slot: [arrived, arrived bytes, acked].
+        self._folded: dict[int, list[int]] = {}
+        self.folded_keys = 0
         self.group_acks: dict[str, int] = {}  # consumer group -> acknowledgements since start-up
         self._snapshots: deque[tuple[float, Totals]] = deque()
         self._slots: dict[str, int] = {}
         self.tick(time.monotonic())
 
-    def attach(self, stored: Counter[str], stored_bytes: dict[str, int]) -> None:
+    def attach(self, state: BrokerState) -> None:
         """Count arrivals from the state's stored counters, minus what they hold now: messages
         replayed from the log at start-up are not new arrivals (a counter starts at zero)."""
-        self._stored, self._stored_bytes = stored, stored_bytes
-        self._baseline, self._baseline_bytes = Counter(stored), dict(stored_bytes)
+        self._state = state
+        self._stored, self._stored_bytes = state.stored, state.stored_bytes
+        self._baseline, self._baseline_bytes = Counter(state.stored), dict(state.stored_bytes)
         self._snapshots.clear()
         self.tick(time.monotonic())
+
+    @property
+    def tracked_keys(self) -> int:
+        return len(self._stored)
 
     @property
     def totals(self) -> Totals:
@@ -64,7 +102,24 @@ class LoadTracker:
         baseline, baseline_bytes, stored_bytes = self._baseline, self._baseline_bytes, self._stored_bytes
         arrived = {key: count - baseline[key] for key, count in self._stored.items() if count > baseline[key]}
         arrived_bytes = {key: stored_bytes[key] - baseline_bytes.get(key, 0) for key in arrived}
-        return Totals(arrived, arrived_bytes, dict(self._acked))
+        totals = Totals(arrived, arrived_bytes, dict(self._acked))
+        for folded_slot, (count, size, acks) in self._folded.items():
+            totals.slot_arrived[folded_slot], totals.slot_arrived_bytes[folded_slot] = count, size
+            totals.slot_acked[folded_slot] = acks
+        slot_arrived, slot_bytes, slot_acked = (
+            totals.slot_arrived,
+            totals.slot_arrived_bytes,
+            totals.slot_acked,
+        )
+        slot = self.slot
+        for key, count in arrived.items():
+            at = slot(key)
+            slot_arrived[at] = slot_arrived.get(at, 0) + count
+            slot_bytes[at] = slot_bytes.get(at, 0) + arrived_bytes[key]
+        for key, count in totals.acked.items():
+            at = slot(key)
+            slot_acked[at] = slot_acked.get(at, 0) + count
+        return totals
 
     def acked(self, key: str) -> None:
         self._acked[key] = self._acked.get(key, 0) + 1
@@ -73,12 +128,55 @@ class LoadTracker:
         self.group_acks[group] = self.group_acks.get(group, 0) + count
 
     def tick(self, now: float) -> None:
-        """Keep snapshots covering at least one window (about six per window)."""
+        """Keep snapshots covering at least one window (about six per window); fold cold keys."""
+        if len(self._stored) > self.max_keys:
+            self.fold(idle_since=None)
         if self._snapshots and now - self._snapshots[-1][0] < self.window_s / 6:
             return
+        if self._snapshots and now - self._snapshots[0][0] >= self.window_s:
+            self.fold(idle_since=self._snapshots[0][1])
         self._snapshots.append((now, self.totals))
         while len(self._snapshots) > 1 and now - self._snapshots[1][0] >= self.window_s:
             self._snapshots.popleft()
+
+    def fold(self, idle_since: Totals | None) -> int:
+        """Fold keys without backlog: those unchanged since `idle_since` (a snapshot a window old),
+        or with None, the oldest until a quarter below `max_keys`. Returns how many were folded."""
+        state = self._state
+        if state is None:
+            return 0
+        stored, dropped = self._stored, state.dropped
+        if idle_since is None:
+            excess = len(stored) - self.max_keys * 3 // 4
+            candidates = [k for k in stored if stored[k] == dropped[k]]  # oldest first: insertion order
+            cold = candidates[: max(excess, 0)]
+        else:
+            arrived, acked = idle_since.arrived, idle_since.acked
+            baseline, now_acked = self._baseline, self._acked
+            cold = [
+                key
+                for key, count in stored.items()
+                if count == dropped[key]
+                and count - baseline[key] == arrived.get(key, 0)
+                and now_acked.get(key, 0) == acked.get(key, 0)
+            ]
+        for key in cold:
+            self._fold_key(key, state)
+        self.folded_keys += len(cold)
+        return len(cold)
+
+    def _fold_key(self, key: str, state: BrokerState) -> None:
+        aggregate = self._folded.setdefault(self.slot(key), [0, 0, 0])
+        aggregate[0] += state.stored.pop(key) - self._baseline.pop(key, 0)
+        aggregate[1] += state.stored_bytes.pop(key, 0) - self._baseline_bytes.pop(key, 0)
+        aggregate[2] += self._acked.pop(key, 0)
+        state.dropped.pop(key, None)
+        state.dropped_bytes.pop(key, None)
+        self._slots.pop(key, None)
+        for _, snapshot in self._snapshots:
+            snapshot.arrived.pop(key, None)
+            snapshot.arrived_bytes.pop(key, None)
+            snapshot.acked.pop(key, None)
 
     def slot(self, key: str) -> int:
         slot = self._slots.get(key)
@@ -87,25 +185,58 @@ class LoadTracker:
             self._slots[key] = slot
         return slot
 
-    def rates(self, now: float) -> tuple[float, list[KeyRates]]:
-        """Per key rates over the elapsed window, and that window's length in seconds."""
+    def folded_totals(self) -> dict[int, tuple[int, int, int]]:
+        """Per slot, the totals of folded keys: (arrived, arrived bytes, acked)."""
+        return {slot: (a, b, c) for slot, (a, b, c) in self._folded.items()}
+
+    def slot_backlog(self) -> dict[int, tuple[int, int]]:
+        """Retained messages and bytes per slot (folded keys have none: O(tracked keys))."""
+        state = self._state
+        out: dict[int, tuple[int, int]] = {}
+        if state is None:
+            return out
+        dropped, dropped_bytes, stored_bytes = state.dropped, state.dropped_bytes, state.stored_bytes
+        for key, count in state.stored.items():
+            messages = count - dropped[key]
+            if messages:
+                slot = self.slot(key)
+                held, size = out.get(slot, (0, 0))
+                out[slot] = (held + messages, size + stored_bytes.get(key, 0) - dropped_bytes.get(key, 0))
+        return out
+
+    def rates(self, now: float, top: int = 0) -> tuple[float, list[KeyRates], list[SlotRates]]:
+        """Rates over the elapsed window (its length in seconds): per tracked key (the `top`
+        fastest-arriving, or all with 0) and per slot (every key, tracked or folded)."""
         then, old = self._snapshots[0]
         elapsed = max(now - then, 1e-3)
         totals = self.totals
-        out = []
-        for key, arrived in totals.arrived.items():
-            acked = totals.acked.get(key, 0)
-            out.append(
-                KeyRates(
-                    key,
-                    self.slot(key),
-                    (arrived - old.arrived.get(key, 0)) / elapsed,
-                    (acked - old.acked.get(key, 0)) / elapsed,
-                    arrived,
-                    totals.arrived_bytes[key],
-                )
+        slots = [
+            SlotRates(
+                slot,
+                (count - old.slot_arrived.get(slot, 0)) / elapsed,
+                (totals.slot_acked.get(slot, 0) - old.slot_acked.get(slot, 0)) / elapsed,
+                count,
+                totals.slot_arrived_bytes.get(slot, 0),
             )
-        return elapsed, out
+            for slot, count in (
+                (s, totals.slot_arrived.get(s, 0)) for s in sorted({*totals.slot_arrived, *totals.slot_acked})
+            )
+        ]
+        old_arrived, old_acked, acked = old.arrived, old.acked, totals.acked
+        arrival = {key: (count - old_arrived.get(key, 0)) / elapsed for key, count in totals.arrived.items()}
+        chosen = heapq.nlargest(top, arrival, key=arrival.__getitem__) if top else list(arrival)
+        keys = [
+            KeyRates(
+                key,
+                self.slot(key),
+                arrival[key],
+                (acked.get(key, 0) - old_acked.get(key, 0)) / elapsed,
+                totals.arrived[key],
+                totals.arrived_bytes[key],
+            )
+            for key in chosen
+        ]
+        return elapsed, keys, slots
 
 
 class ProcessStats:

@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--linger-ms", type=float, default=float(env("FORESHARD_BROKER_LINGER_MS", "0")))
     add("--ack-deadline", type=float, default=float(env("FORESHARD_BROKER_ACK_DEADLINE", "30")))
     add(
+        "--rate-window",
+        type=float,
+        default=float(env("FORESHARD_BROKER_RATE_WINDOW", "60")),
+        help="seconds per-key and per-slot rates average over; keys idle that long fold into their slot",
+    )
+    add(
         "--retention-age",
         type=float,
         default=float(env("FORESHARD_BROKER_RETENTION_AGE", str(7 * 86400))),
@@ -127,6 +133,7 @@ async def serve(args: argparse.Namespace) -> int:
         args.slots,
         args.ack_deadline,
         limits=limits,
+        rate_window_s=args.rate_window,
         retention_max_age_s=args.retention_age,
         retention_max_bytes=args.retention_bytes,
     )

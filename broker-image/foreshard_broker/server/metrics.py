@@ -62,9 +62,12 @@ class BrokerMetrics:
         shown, rest = keys[: self.max_keys], keys[self.max_keys :]
         labels = {key: f'key="{_escape(key)}",queue="{queue}",slot="{load.slot(key)}"' for key in shown}
         published = [(labels[key], totals.arrived[key]) for key in shown]
+        # Keys past the cap and keys folded into their slot (cold, no backlog) are summed per slot.
+        unshown = _per_slot(load, totals.arrived, rest)
+        for slot, (count, _, _) in load.folded_totals().items():
+            unshown[slot] = unshown.get(slot, 0) + count
         published += [
-            (f'key="",queue="{queue}",slot="{slot}"', count)
-            for slot, count in sorted(_per_slot(load, totals.arrived, rest).items())
+            (f'key="",queue="{queue}",slot="{slot}"', count) for slot, count in sorted(unshown.items())
         ]
         yield from _family(
             "foreshard_messages_published_total",
@@ -97,8 +100,7 @@ class BrokerMetrics:
             "Retained unacked messages per key.",
             [(labels[key], state.backlog(key)[0]) for key in shown],
         )
-        arrived = _per_slot(load, totals.arrived, totals.arrived)
-        acked = _per_slot(load, totals.acked, totals.acked)
+        arrived, acked = totals.slot_arrived, totals.slot_acked
         # Both: after a restart, replayed messages are acked without having arrived since start-up.
         slots = {slot: f'queue="{queue}",slot="{slot}"' for slot in sorted({*arrived, *acked})}
         yield from _family(
@@ -141,6 +143,11 @@ class _StateCollector(Collector):
             ("foreshard_broker_paused_slots", "Slots paused now.", len(broker.paused_slots)),
             ("foreshard_broker_draining", "1 while draining.", int(broker.draining)),
             ("foreshard_broker_groups", "Consumer groups.", len(state.groups)),
+            (
+                "foreshard_broker_tracked_keys",
+                "Keys with per-key accounting (active or with backlog); cold ones fold into their slot.",
+                broker.load.tracked_keys,
+            ),
             (
                 "foreshard_broker_storage_failed",
                 "1 once a log write or fsync failed.",

@@ -1,0 +1,88 @@
+"""Per-key accounting stays bounded by active keys: cold keys fold into per-slot aggregates."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from foreshard_broker.routing import slot_of
+from foreshard_broker.server.admin import Admin
+from foreshard_broker.server.broker import Broker
+from foreshard_broker.server.config import Batch, BrokerConfig
+from foreshard_broker.server.metrics import BrokerMetrics
+from foreshard_broker.storage import MemoryStorage
+
+pytestmark = pytest.mark.unit
+
+WINDOW = 60.0
+
+
+def started(max_keys: int = 100_000) -> Broker:
+    broker = Broker(BrokerConfig(num_slots=64, rate_window_s=WINDOW), MemoryStorage())
+    broker.open()
+    broker.load.max_keys = max_keys
+    return broker
+
+
+async def drain(broker: Broker, group: str) -> None:
+    while deliveries := await broker.fetch(group, "c", 10_000, 0, 0):
+        await broker.ack(group, [d.message.offset for d in deliveries])
+
+
+async def test_a_million_style_stream_of_new_keys_keeps_per_key_state_bounded_and_slot_totals_exact() -> None:
+    broker = started(max_keys=1000)
+    await broker.create_group("g", latest=False)
+    now = time.monotonic()
+    for sequence in range(1, 21):  # 10 000 keys, each published once and consumed at once
+        keys = [f"order-{sequence}-{n}" for n in range(500)]
+        await broker.publish("p", sequence, Batch(keys, [b"x"] * 500))
+        await drain(broker, "g")
+        now += 1.0
+        broker.load.tick(now)
+    tracked = (
+        len(broker.state.stored),
+        len(broker.state.dropped),
+        len(broker.load._acked),
+        len(broker.load._slots),
+    )
+    assert max(tracked) <= 1000, f"per-key entries {tracked} exceed the cap"
+    assert broker.load.folded_keys >= 9000
+    _, keys, slots = broker.load.rates(now)
+    assert sum(s.arrived for s in slots) == 10_000, "folded keys still count in their slot"
+    assert sum(s.arrived_bytes for s in slots) == 10_000
+    assert len(keys) == broker.load.tracked_keys <= 1000
+
+
+async def test_a_key_idle_for_a_window_folds_but_a_key_with_backlog_never_does() -> None:
+    broker = started()
+    await broker.create_group("g", latest=False)
+    await broker.publish("p", 1, Batch(["cold", "held"], [b"ab", b"cd"]))
+    deliveries = await broker.fetch("g", "c", 10, 0, 0)
+    await broker.ack("g", [d.message.offset for d in deliveries if d.message.key == "cold"])
+    start = time.monotonic()
+    before = {s.slot: (s.arrived, s.ack_rate) for s in broker.load.rates(start + 30)[2]}
+    for step in range(1, 9):
+        broker.load.tick(start + step * 11)
+    assert "cold" not in broker.state.stored and "held" in broker.state.stored
+    assert broker.state.backlog("held") == (1, 2) and broker.state.backlog("cold") == (0, 0)
+    after = broker.load.rates(start + 88)[2]
+    assert {s.slot: s.arrived for s in after} == {slot: arrived for slot, (arrived, _) in before.items()}
+    await broker.publish("p", 2, Batch(["cold"], [b"ef"]))  # a folded key that comes back is tracked again
+    assert broker.state.backlog("cold") == (1, 2)
+
+
+async def test_folded_keys_are_still_counted_per_slot_in_the_published_counter() -> None:
+    broker = started(max_keys=4)
+    metrics = BrokerMetrics(Admin(broker), queue="orders", max_keys=1000)
+    await broker.create_group("g", latest=False)
+    keys = [f"k{n}" for n in range(40)]
+    await broker.publish("p", 1, Batch(keys, [b"x"] * 40))
+    await drain(broker, "g")
+    broker.load.tick(time.monotonic() + 1)
+    page = metrics.render().decode()
+    published = [line for line in page.splitlines() if line.startswith("foreshard_messages_published_total{")]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in published) == 40
+    assert len(published) < 40, "folded keys are summed per slot, not itemised"
+    by_slot = {slot_of(key, 64) for key in keys}
+    assert any(f'key="",queue="orders",slot="{slot}"' in page for slot in by_slot)
