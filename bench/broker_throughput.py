@@ -23,8 +23,16 @@ directories and stopped at the end:
   redis pipelined        XADD to one stream per key, 1000-command pipelines, appendfsync everysec,
                          redis-benchmark (redis-py shown for reference)
   redis always           redis-benchmark, one client, unpipelined XADD, appendfsync always
+  redis pipelined always the pipelined run with appendfsync always: Redis fsyncs the AOF before it
+                         answers a loop turn's commands, so acked means on disk, as with
+                         Foreshard's group commit (equal durability)
   nats js async          JetStream file store, `nats bench js pub async` with 4000 acks outstanding
-                         over 1000 subjects (nats-py publish_async, reference)
+                         over 1000 subjects (nats-py publish_async, reference); the server syncs
+                         every 2 minutes (its default `sync_interval`)
+  nats js sync always    the same on a server with `sync_interval: always` (an fsync per write
+                         before the ack: equal durability)
+  foreshard no token     the batched run on a broker without an admin token (the Admin API
+                         refused): the data path pays nothing for admin auth
   p99 at half load       Foreshard publish->ack latency of 1000-message batches on one Publish
                          stream, sent open-loop (fsbench latency) at half the native batched rate
                          to a fresh broker (and again with --sync none, to separate disk from
@@ -77,6 +85,7 @@ NATS_OUTSTANDING = 4000  # async publishes awaiting their ack, for nats bench an
 class NativeTools:
     fsbench: Path
     nats: Path
+    nats_server: Path
 
 
 def free_port() -> int:
@@ -202,12 +211,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_broker(directory: Path, sync: str, profile: Path | None = None) -> BrokerProcess:
+def start_broker(
+    directory: Path, sync: str, profile: Path | None = None, admin_token: bool = True
+) -> BrokerProcess:
     command = None
     if profile is not None:
         command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "foreshard_broker.server.main"]
     env = {"PYTHONPATH": str(ROOT / "broker-image")}
-    return BrokerProcess(directory, sync=sync, command=command, env=env).start()
+    broker = BrokerProcess(directory, sync=sync, command=command, env=env)
+    if not admin_token:
+        broker.admin_token = None
+    return broker.start()
 
 
 # ---------------------------------------------------------------- Redis Streams
@@ -293,9 +307,13 @@ def nats_bench(binary: Path, port: int, messages: int) -> float:
     return float(found.group(1).replace(",", ""))
 
 
-def nats_args(port: int, directory: Path) -> list[str]:
-    binary = shutil.which("nats-server") or "nats-server"
-    return [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(directory)]
+def nats_args(binary: Path, port: int, directory: Path, sync_always: bool = False) -> list[str]:
+    """nats-server on loopback with a file store; with `sync_always` it fsyncs every write."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory.with_suffix(".conf")
+    sync = "\n  sync_interval: always" if sync_always else ""
+    config.write_text(f"jetstream {{\n  store_dir: {json.dumps(str(directory))}{sync}\n}}\n")
+    return [str(binary), "-a", "127.0.0.1", "-p", str(port), "-c", str(config)]
 
 
 # ---------------------------------------------------------------- driver
@@ -307,10 +325,10 @@ def settle() -> None:
 
 
 @contextlib.contextmanager
-def broker_running(directory: Path, sync: str) -> Iterator[BrokerProcess]:
+def broker_running(directory: Path, sync: str, admin_token: bool = True) -> Iterator[BrokerProcess]:
     """A fresh broker on a settled disk; its data is deleted afterwards (nothing left to write back)."""
     settle()
-    broker = start_broker(directory, sync)
+    broker = start_broker(directory, sync, admin_token=admin_token)
     try:
         yield broker
     finally:
@@ -326,6 +344,10 @@ async def foreshard_round(
         run = fsbench(tools.fsbench, "pipelined", broker.endpoint, SECONDS,
                       "--streams", "2", "--batch", "1000", "--window", "4")  # fmt: skip
         samples["batched"].append(run["msgs_s"])
+    with broker_running(work / f"fs-group-notoken-{round_}", "group", admin_token=False) as broker:
+        run = fsbench(tools.fsbench, "pipelined", broker.endpoint, SECONDS,
+                      "--streams", "2", "--batch", "1000", "--window", "4")  # fmt: skip
+        samples["batched_no_token"].append(run["msgs_s"])
     with broker_running(work / f"fs-group-py-{round_}", "group") as broker:
         samples["batched_py"].append(await foreshard_batched(broker.endpoint, SECONDS))
 
@@ -346,20 +368,33 @@ async def measure_rounds(work: Path, tools: NativeTools) -> dict[str, list[float
     """Interleave the systems, round after round, so a busy moment on a shared machine does not
     land on one system only; medians are reported."""
     samples: dict[str, list[float]] = defaultdict(list)
-    redis_port, nats_port = free_port(), free_port()
+    redis_port, nats_port, nats_sync_port = free_port(), free_port(), free_port()
     nats_messages = int(100_000 * SECONDS)  # nats bench counts messages: then what the last run sustained
+    nats_sync_messages = int(2_000 * SECONDS)
+    redis_always_requests = int(50_000 * SECONDS)
     (work / "redis").mkdir()
     with (
         server(redis_args(redis_port, work / "redis"), redis_port),
-        server(nats_args(nats_port, work / "nats"), nats_port),
+        server(nats_args(tools.nats_server, nats_port, work / "nats"), nats_port),
+        server(nats_args(tools.nats_server, nats_sync_port, work / "nats-sync", True), nats_sync_port),
     ):
         for round_ in range(ROUNDS):
             await foreshard_round(work, tools, round_, samples)
             settle()
             samples["redis_pipelined"].append(redis_benchmark(redis_port, int(150_000 * SECONDS), 4, 1000))
+            await redis_configure(redis_port, "always")
+            settle()
+            samples["redis_always_pipelined"].append(
+                redis_benchmark(redis_port, redis_always_requests, 4, 1000)
+            )
+            redis_always_requests = max(10_000, int(samples["redis_always_pipelined"][-1] * SECONDS))
+            await redis_configure(redis_port, "everysec")
             settle()
             samples["nats"].append(nats_bench(tools.nats, nats_port, nats_messages))
             nats_messages = max(10_000, int(samples["nats"][-1] * SECONDS))
+            settle()
+            samples["nats_sync"].append(nats_bench(tools.nats, nats_sync_port, nats_sync_messages))
+            nats_sync_messages = max(1_000, int(samples["nats_sync"][-1] * SECONDS))
             samples["nats_py"].append(await nats_async(nats_port, SECONDS))
             await foreshard_fsync_round(work, tools, round_, samples)
             await redis_configure(redis_port, "always")
@@ -435,6 +470,15 @@ def summary(samples: dict[str, list[float]], latency: dict[str, float]) -> dict[
         "ratio_batched_vs_redis": round(m["batched"] / m["redis_pipelined"], 3),
         "ratio_batched_vs_nats": round(m["batched"] / m["nats"], 3),
         "ratio_fsync_each_vs_redis_always": round(m["fsync_each"] / m["redis_always"], 3),
+        # Equal durability (acked = fsynced): group commit vs Redis appendfsync always, pipelined
+        # the same way, and vs JetStream with sync_interval: always.
+        "redis_always_pipelined_msgs_s": round(m["redis_always_pipelined"]),
+        "nats_js_sync_always_msgs_s": round(m["nats_sync"]),
+        "ratio_batched_vs_redis_always": round(m["batched"] / m["redis_always_pipelined"], 3),
+        "ratio_batched_vs_nats_sync": round(m["batched"] / m["nats_sync"], 3),
+        "foreshard_batched_no_admin_token_msgs_s": round(m["batched_no_token"]),
+        "ratio_batched_admin_token_on_vs_off": round(m["batched"] / m["batched_no_token"], 3),
+        "nats_server_version": native_tools.nats_server_version(),
         "p99_publish_ack_ms_at_half_load": round(latency["p99_ms_group"], 3),
         "p99_publish_ack_ms_at_half_load_sync_none": round(latency["p99_ms_none"], 3),
         "half_load_msgs_s": round(latency["rate"]),
@@ -454,6 +498,7 @@ def summary(samples: dict[str, list[float]], latency: dict[str, float]) -> dict[
 
 ROWS = [  # (system and case, client, samples key)
     ("Foreshard, batched (group fsync)", "fsbench", "batched"),
+    ("Foreshard, batched, no admin token", "fsbench", "batched_no_token"),
     ("Foreshard, batched (group fsync)", "grpc.aio (ref)", "batched_py"),
     ("Foreshard, fsync per publish, 1 client", "fsbench", "fsync_each"),
     ("Foreshard, fsync per publish, 1 client, unary", "fsbench", "fsync_each_unary"),
@@ -461,7 +506,9 @@ ROWS = [  # (system and case, client, samples key)
     ("Redis XADD pipelined, everysec", "redis-benchmark", "redis_pipelined"),
     ("Redis XADD pipelined, everysec", "redis-py (ref)", "redis_pipelined_py"),
     ("Redis XADD unpipelined, always, 1 client", "redis-benchmark", "redis_always"),
+    ("Redis XADD pipelined, always (= durability)", "redis-benchmark", "redis_always_pipelined"),
     ("NATS JetStream async, file", "nats bench", "nats"),
+    ("NATS JetStream async, sync always (= dur.)", "nats bench", "nats_sync"),
     ("NATS JetStream async, file", "nats-py (ref)", "nats_py"),
 ]
 
@@ -474,8 +521,12 @@ def table(samples: dict[str, list[float]], latency: dict[str, float]) -> str:
         lines.append(f"{name:<47}{client:<17}{statistics.median(values):>10,.0f}  {spread}")
     g, n = "group", "none"
     p99_each = statistics.median(samples["fsync_each_p99_us"])
+    m = {key: statistics.median(samples[key]) for key in ("batched", "redis_always_pipelined", "nats_sync")}
     lines += [
         "",
+        "at equal durability (acknowledged = fsynced): Foreshard batched (group commit) is "
+        f"{m['batched'] / m['redis_always_pipelined']:.2f}x Redis pipelined appendfsync always and "
+        f"{m['batched'] / m['nats_sync']:.2f}x NATS JetStream sync_interval always",
         f"fsync per publish (fsbench, Publish stream): p99 {p99_each:,.0f} µs",
         f"publish->ack latency, {LATENCY_BATCH}-message batches on one stream, open loop, half load:",
         f"  fsbench at {latency['rate']:,.0f} msgs/s (achieved {latency[f'achieved_msgs_s_{g}']:,.0f}):",
@@ -492,7 +543,7 @@ def table(samples: dict[str, list[float]], latency: dict[str, float]) -> str:
         f"  (medians over {ROUNDS} runs, each on a fresh broker; p99 range of the runs in brackets)",
         f"  disk fdatasync of 290 kB: p50 {latency['fsync_p50']:.2f} ms   p99 {latency['fsync_p99']:.2f} ms",
         "native clients: fsbench (tools/benchclient), redis-benchmark, "
-        f"nats CLI {native_tools.natscli_version()}",
+        f"nats CLI {native_tools.natscli_version()}; nats-server {native_tools.nats_server_version()}",
         f"rounds {ROUNDS} x {SECONDS:g} s; load average (1 min) at the end "
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
     ]
@@ -500,7 +551,9 @@ def table(samples: dict[str, list[float]], latency: dict[str, float]) -> str:
 
 
 async def run(profile: bool) -> None:
-    tools = NativeTools(native_tools.fsbench(), native_tools.nats_cli())  # cached after the first build
+    tools = NativeTools(  # cached after the first build
+        native_tools.fsbench(), native_tools.nats_cli(), native_tools.nats_server()
+    )
     with tempfile.TemporaryDirectory(prefix="foreshard-bench-") as temporary:
         work = Path(temporary)
         samples = await measure_rounds(work, tools)

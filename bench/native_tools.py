@@ -2,6 +2,8 @@
 
   fsbench   tools/benchclient: Foreshard's own Go client (raw gRPC, hand-encoded protobuf)
   nats      the NATS CLI (`nats bench`), pinned with all its modules in tools/benchclient/natscli
+  nats-server  the NATS server natscli's module graph pins (v2.12: `sync_interval: always`, which
+            the Debian package, v2.9, lacks), built from the same go.sum
 
 Both are built with the local Go toolchain (the one that builds the local cluster) into the
 Foreshard cache (`$FORESHARD_CACHE`, default `~/.cache/foreshard`, see
@@ -26,7 +28,16 @@ BENCHCLIENT = ROOT / "tools" / "benchclient"
 NATSCLI = BENCHCLIENT / "natscli"
 NATSCLI_MODULE = "github.com/nats-io/natscli"
 
-__all__ = ["ToolchainError", "build_times", "fsbench", "nats_cli", "natscli_version"]
+__all__ = [
+    "ToolchainError",
+    "build_times",
+    "fsbench",
+    "nats_cli",
+    "nats_server",
+    "nats_server_version",
+    "natscli_version",
+]
+NATS_SERVER_MODULE = "github.com/nats-io/nats-server/v2"
 
 # Seconds each build of this process took (empty when everything was cached).
 build_times: dict[str, float] = {}
@@ -39,6 +50,15 @@ def natscli_version() -> str:
         if NATSCLI_MODULE in words:
             return words[words.index(NATSCLI_MODULE) + 1]
     raise ToolchainError(f"{NATSCLI_MODULE} is not required in tools/benchclient/natscli/go.mod")
+
+
+def nats_server_version() -> str:
+    """The nats-server version natscli's go.mod pins (its module graph builds the server too)."""
+    for line in (NATSCLI / "go.mod").read_text().splitlines():
+        words = line.split()
+        if NATS_SERVER_MODULE in words:
+            return words[words.index(NATS_SERVER_MODULE) + 1]
+    raise ToolchainError(f"{NATS_SERVER_MODULE} is not required in tools/benchclient/natscli/go.mod")
 
 
 def _go_version(go: str) -> str:
@@ -85,6 +105,15 @@ def nats_cli() -> Path:
     return _build("natscli", target, go, f"{NATSCLI_MODULE}/nats", NATSCLI)
 
 
+def nats_server() -> Path:
+    """nats-server at the version natscli's module pins name, cached like `nats_cli`."""
+    go = find_go()
+    key = f"{nats_server_version()}-{_sources_key(NATSCLI)}_{_go_version(go)}"
+    target = cache_root() / "bench-tools" / f"nats-server-{key}" / "nats-server"
+    return _build("nats-server", target, go, NATS_SERVER_MODULE, NATSCLI)
+
+
 if __name__ == "__main__":
     print(fsbench())
     print(nats_cli())
+    print(nats_server())

@@ -64,6 +64,7 @@ class GroupState:
     busy: set[str | None] = field(default_factory=set)
     ready: OrderedDict[str | None, None] = field(default_factory=OrderedDict)
     parked: set[str | None] = field(default_factory=set)
+    attempts: dict[int, int] = field(default_factory=dict)  # offset -> deliveries so far (unacked)
 
 
 class TwinBroker:
@@ -208,6 +209,7 @@ class TwinBroker:
     def _start(self, group: GroupState, queue: deque[Stored]) -> Delivery:
         stored = queue.popleft()
         group.inflight[stored.offset] = (stored, self.clock() + self.ack_deadline_s)
+        attempt = group.attempts[stored.offset] = group.attempts.get(stored.offset, 0) + 1
         if stored.key is not None:
             group.busy.add(stored.key)
             group.ready.pop(stored.key, None)
@@ -219,6 +221,7 @@ class TwinBroker:
             stored.slot,
             stored.offset,
             str(stored.offset),
+            attempt=attempt,
             publish_time=stored.publish_time,
         )
 
@@ -245,6 +248,7 @@ class TwinBroker:
                 self._requeue(group, [offset])
                 continue
             stored, _ = group.inflight.pop(offset)
+            group.attempts.pop(offset, None)
             group.busy.discard(stored.key)
             if group.pending.get(stored.key):
                 group.ready[stored.key] = None
@@ -332,6 +336,8 @@ class TwinBroker:
                     self.refused[producer] = refused[producer]
 
     def release(self, slot: int, forget_imports: bool = False) -> int:
+        if self.table.slot_owners[slot] == self.shard:  # as the broker: switch routing first
+            raise TransportError(f"refusing to drop slot {slot}: this shard still owns it", refused=True)
         self.paused.discard(slot)
         gone = [o for o, s in self.log.items() if s.slot == slot]
         for offset in gone:
@@ -343,6 +349,10 @@ class TwinBroker:
                 del group.pending[key]
                 group.ready.pop(key, None)
                 group.parked.discard(key)
+            for offset in [o for o, (s, _) in group.inflight.items() if s.slot == slot]:
+                stored, _ = group.inflight.pop(offset)  # in flight: its ack is now unknown, as on the broker
+                group.attempts.pop(offset, None)
+                group.busy.discard(stored.key)
         return len(gone)
 
 

@@ -58,7 +58,7 @@ class Broker:
         self.storage = storage
         self.routing = routing or RoutingTable.single_shard(config.shard, config.num_slots)
         self.state = BrokerState()
-        self.load = LoadTracker(config.num_slots, config.rate_window_s)
+        self.load = LoadTracker(config.num_slots, config.rate_window_s, config.max_tracked_keys)
         self.state.on_ack = self.load.acked
         self.paused_slots: dict[int, int] = {}  # slot -> retry-after ms
         self.paused_keys: dict[str, int] = {}

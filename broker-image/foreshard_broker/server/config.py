@@ -39,6 +39,7 @@ class BrokerConfig:
     ack_deadline_s: float = 30.0
     pause_retry_after_ms: int = 100
     rate_window_s: float = 60.0
+    max_tracked_keys: int = 10_000  # per-key accounting past which cold keys fold into their slot
     limits: Limits = field(default_factory=Limits)
     # Retention (0 = no limit): past either limit the oldest messages are dropped for every group
     # still holding them (counted per group), so a forgotten group cannot stop the shard.

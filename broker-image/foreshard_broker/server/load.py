@@ -7,10 +7,11 @@ cheap and makes every rate an honest average over a known window.
 Bounded by the keys that are active, not by every key ever seen: on each snapshot, a key with no
 backlog whose counts did not change for a whole window is *folded* (its totals are added to its
 slot's aggregate and its per-key entries, here and in the broker state, are deleted); and past
-`max_keys` tracked keys, the oldest keys with no backlog are folded even if they were active (their
-per-key rates then count only in their slot). A key with backlog is never folded (its retained
-messages still name it). Slot totals are the aggregates plus the tracked keys, so folding changes no
-slot rate, and `GetLoadMetrics` costs O(tracked keys + slots).
+`max_keys` tracked keys, keys with no backlog are folded down to three quarters of it: first those
+unchanged since the newest snapshot, then the oldest seen (their per-key rates then count only in
+their slot; a hot key keeps changing, so it is the last to go). A key with backlog is never folded
+(its retained messages still name it). Slot totals are the aggregates plus the tracked keys, so
+folding changes no slot rate, and `GetLoadMetrics` costs O(tracked keys + slots).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from foreshard_broker.routing import KEYLESS_SLOT, slot_of
 if TYPE_CHECKING:
     from foreshard_broker.server.state import BrokerState
 
-MAX_TRACKED_KEYS = 100_000  # keys with no backlog kept per key; past it the oldest are folded
+MAX_TRACKED_KEYS = 10_000  # tracked keys; past it keys with no backlog fold, idle ones first
 
 
 @dataclass
@@ -130,7 +131,7 @@ class LoadTracker:
     def tick(self, now: float) -> None:
         """Keep snapshots covering at least one window (about six per window); fold cold keys."""
         if len(self._stored) > self.max_keys:
-            self.fold(idle_since=None)
+            self.fold_excess()
         if self._snapshots and now - self._snapshots[-1][0] < self.window_s / 6:
             return
         if self._snapshots and now - self._snapshots[0][0] >= self.window_s:
@@ -139,27 +140,41 @@ class LoadTracker:
         while len(self._snapshots) > 1 and now - self._snapshots[1][0] >= self.window_s:
             self._snapshots.popleft()
 
-    def fold(self, idle_since: Totals | None) -> int:
-        """Fold keys without backlog: those unchanged since `idle_since` (a snapshot a window old),
-        or with None, the oldest until a quarter below `max_keys`. Returns how many were folded."""
+    def fold(self, idle_since: Totals) -> int:
+        """Fold every key without backlog unchanged since `idle_since` (a snapshot); how many."""
+        return self._fold(self._idle(idle_since))
+
+    def fold_excess(self) -> int:
+        """Past `max_keys`: fold keys without backlog down to 3/4 of it, idle ones first."""
+        state, stored = self._state, self._stored
+        excess = len(stored) - self.max_keys * 3 // 4
+        if state is None or excess <= 0:
+            return 0
+        cold = self._idle(self._snapshots[-1][1])[:excess] if self._snapshots else []
+        if len(cold) < excess:
+            chosen, dropped = set(cold), state.dropped
+            oldest = (k for k in stored if stored[k] == dropped[k] and k not in chosen)  # insertion order
+            cold += [key for _, key in zip(range(excess - len(cold)), oldest, strict=False)]
+        return self._fold(cold)
+
+    def _idle(self, since: Totals) -> list[str]:
+        """Keys without backlog whose arrivals and acks are what they were in `since`."""
+        if self._state is None:
+            return []
+        dropped, arrived, acked = self._state.dropped, since.arrived, since.acked
+        baseline, now_acked = self._baseline, self._acked
+        return [
+            key
+            for key, count in self._stored.items()
+            if count == dropped[key]
+            and count - baseline[key] == arrived.get(key, 0)
+            and now_acked.get(key, 0) == acked.get(key, 0)
+        ]
+
+    def _fold(self, cold: list[str]) -> int:
         state = self._state
         if state is None:
             return 0
-        stored, dropped = self._stored, state.dropped
-        if idle_since is None:
-            excess = len(stored) - self.max_keys * 3 // 4
-            candidates = [k for k in stored if stored[k] == dropped[k]]  # oldest first: insertion order
-            cold = candidates[: max(excess, 0)]
-        else:
-            arrived, acked = idle_since.arrived, idle_since.acked
-            baseline, now_acked = self._baseline, self._acked
-            cold = [
-                key
-                for key, count in stored.items()
-                if count == dropped[key]
-                and count - baseline[key] == arrived.get(key, 0)
-                and now_acked.get(key, 0) == acked.get(key, 0)
-            ]
         for key in cold:
             self._fold_key(key, state)
         self.folded_keys += len(cold)

@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds per-key and per-slot rates average over; keys idle that long fold into their slot",
     )
     add(
+        "--max-tracked-keys",
+        type=int,
+        default=int(env("FORESHARD_BROKER_MAX_TRACKED_KEYS", "10000")),
+        help="keys with per-key load accounting; past it keys without backlog fold into their slot",
+    )
+    add(
         "--retention-age",
         type=float,
         default=float(env("FORESHARD_BROKER_RETENTION_AGE", str(7 * 86400))),
@@ -134,6 +140,7 @@ async def serve(args: argparse.Namespace) -> int:
         args.ack_deadline,
         limits=limits,
         rate_window_s=args.rate_window,
+        max_tracked_keys=args.max_tracked_keys,
         retention_max_age_s=args.retention_age,
         retention_max_bytes=args.retention_bytes,
     )
