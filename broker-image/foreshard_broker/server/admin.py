@@ -74,7 +74,11 @@ class Admin:
                 raw["pinned"],
                 {int(shard): endpoint for shard, endpoint in raw["endpoints"].items()},
             )
-        self._last_switch = Switched(self.broker.routing.epoch)
+        self._last_switch = Switched(
+            self.broker.routing.epoch,
+            list((raw or {}).get("unfenced_slots", [])),
+            list((raw or {}).get("unfenced_keys", [])),
+        )
         self.fencing.load()
         self.marks.load()
 
@@ -97,13 +101,15 @@ class Admin:
             if table != current:
                 raise errors.StaleEpoch(current.epoch, table.epoch, "same epoch with a different table")
             return self._last_switch  # an idempotent retry gets the first answer again
-        await asyncio.to_thread(self._persist, table)
-        self.broker.routing = table
         slots, keys = self._taken_away(current, table)
-        unfenced_slots, unfenced_keys = await self.fencing.taken_away(slots, keys)
+        # Persisted with the table, so a retried push gets the same report after a restart too.
+        switch = Switched(table.epoch, *self.fencing.unfenced(slots, keys))
+        await asyncio.to_thread(self._persist, table, switch)
+        self.broker.routing = table
+        await self.fencing.taken_away(slots, keys)
         self.broker.unpark_all()
-        self._last_switch = Switched(table.epoch, unfenced_slots, unfenced_keys)
-        return self._last_switch
+        self._last_switch = switch
+        return switch
 
     def _taken_away(self, before: RoutingTable, after: RoutingTable) -> tuple[set[int], set[str]]:
         """Slots and pinned keys this shard served under `before` and does not under `after`."""
@@ -117,10 +123,12 @@ class Admin:
         keys = {k for k in candidates if before.owner_of_key(k) == me and after.owner_of_key(k) != me}
         return slots, keys
 
-    def _persist(self, table: RoutingTable) -> None:
+    def _persist(self, table: RoutingTable, switch: Switched) -> None:
         if self.routing_file is None:
             return
         body = {
+            "unfenced_slots": switch.unfenced_slots,
+            "unfenced_keys": switch.unfenced_keys,
             "epoch": table.epoch,
             "num_slots": table.num_slots,
             "slot_owners": list(table.slot_owners),

@@ -73,16 +73,16 @@ class Fencing:
             await self.book.persist()
         return lifted
 
-    async def taken_away(self, slots: set[int], keys: set[str]) -> tuple[list[int], list[str]]:
-        """Lift every pause of what a new routing table took away (MOVED is the answer now).
-
-        Returns what was taken away while nothing fenced it: a mover whose lease lapsed before the
-        switch must copy that tail again before any other shard serves it.
-        """
-        unfenced = (
+    def unfenced(self, slots: set[int], keys: set[str]) -> tuple[list[int], list[str]]:
+        """Which of these are held by no lease and no pause: taken away unfenced, a mover whose
+        lease lapsed before the switch must copy their tail again before any other shard serves."""
+        return (
             sorted(slot for slot in slots if slot not in self.broker.paused_slots),
             sorted(key for key in keys if key not in self.broker.paused_keys),
         )
+
+    async def taken_away(self, slots: set[int], keys: set[str]) -> None:
+        """Lift every pause of what a new routing table took away (MOVED is the answer now)."""
         for slot in slots:
             self.unleased_slots.pop(slot, None)
         for key in keys:
@@ -92,7 +92,6 @@ class Fencing:
         if trimmed:
             self._arm()
             await self.book.persist()
-        return unfenced
 
     # ------------------------------------------------------------------ the pause maps
     def _apply(self) -> None:
