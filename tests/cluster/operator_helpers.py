@@ -64,8 +64,11 @@ def install(cluster: LocalCluster) -> None:
 
 
 @contextmanager
-def running_operator(cluster: LocalCluster, workdir: Path) -> Iterator[dict[str, Any]]:
-    """`foreshard run` as the foreshard-operator ServiceAccount, resyncing every 2 s."""
+def running_operator(
+    cluster: LocalCluster, workdir: Path, env: dict[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """`foreshard run` as the foreshard-operator ServiceAccount, resyncing every 2 s (`env` adds to
+    or overrides the operator's environment)."""
     install(cluster)
     config = service_account_kubeconfig(cluster, "foreshard-system", "foreshard-operator", workdir / "kc")
     metrics_port = free_port()
@@ -82,12 +85,17 @@ def running_operator(cluster: LocalCluster, workdir: Path) -> Iterator[dict[str,
                 "--liveness-port",
                 str(free_port(None, {metrics_port})),
             ],
-            env={**os.environ, "KUBECONFIG": str(config), "FORESHARD_RESYNC_SECONDS": "2"},
+            env={**os.environ, "KUBECONFIG": str(config), "FORESHARD_RESYNC_SECONDS": "2", **(env or {})},
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
     try:
-        yield {"log": log, "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "process": process}
+        yield {
+            "log": log,
+            "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+            "metrics_address": f"127.0.0.1:{metrics_port}",
+            "process": process,
+        }
     finally:
         process.terminate()
         process.wait(timeout=20)

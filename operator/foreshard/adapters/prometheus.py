@@ -94,14 +94,17 @@ def volume_query(queue: str, window_s: float, by: str = "key") -> str:
     return increase_query(ARRIVALS, {"queue": queue}, by, None, window_s)
 
 
-def backlog_query(queue: str, groups: Sequence[str]) -> str:
+def backlog_query(queue: str, groups: Sequence[str], window_s: float = 3600.0) -> str:
     """Per group: messages published minus messages the group acknowledged (all time, all brokers).
 
-    Both counters live on the same brokers, so a broker restart resets both sides together.
+    Both counters live on the same brokers, so a broker restart resets both sides together. Each
+    counter is read as its last sample within `window_s`: a scrape that is a little late (or
+    history that ends a few minutes ago) still counts.
     """
-    published = f"scalar(sum({ARRIVALS}{{queue={quote(queue)}}}))"
+    w = duration(window_s)
+    published = f"scalar(sum(last_over_time({ARRIVALS}{{queue={quote(queue)}}}[{w}])))"
     matchers = ",".join([f"queue={quote(queue)}", *[m for m in [matcher("group", groups)] if m]])
-    acked = f"sum by (group) ({ACKS}{{{matchers}}})"
+    acked = f"sum by (group) (last_over_time({ACKS}{{{matchers}}}[{w}]))"
     return f"clamp_min({published} - {acked}, 0)"
 
 

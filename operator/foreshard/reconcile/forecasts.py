@@ -245,7 +245,9 @@ def run(
     diff = tracking.diff(spec.name, tracked, mine)
     groups = groups_of(dict(body))
     targets = [*_targets(spec.name, tracked, mine, diff), *[consumers.series_id(g.name) for g in groups]]
+    cpu = time.thread_time()
     forecasts, problems, fits = _forecast_all(spec, body, series, targets, memo, now_s)
+    forecast_cpu_s = time.thread_time() - cpu
     group_forecasts = tuple(
         consumers.GroupForecast(
             g,
@@ -260,7 +262,7 @@ def run(
         published = replace(published, capacity=learnt.capacity.messages_per_s)
     statuses = _statuses(spec, mine, diff, targets, series, forecasts, problems, memo, now_s)
     memo.cycle += 1
-    timings = {"read_s": read_s, "total_s": time.perf_counter() - started}
+    timings = {"read_s": read_s, "forecast_cpu_s": forecast_cpu_s, "total_s": time.perf_counter() - started}
     creates = tuple(manifest(dict(body), t) for t in diff.create)
     return PassResult(
         published, creates, diff.delete, statuses, group_forecasts, fits=fits, timings=timings, learnt=learnt
