@@ -8,13 +8,14 @@ per group; the hard `max_retained_bytes` cap refuses publishes only if retention
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from foreshard_broker.server import errors
 from foreshard_broker.server.broker import Broker
 from foreshard_broker.server.config import Batch, BrokerConfig, Limits
-from foreshard_broker.storage import MemoryStorage
+from foreshard_broker.storage import MemoryStorage, SegmentLogStorage
 
 pytestmark = pytest.mark.unit
 
@@ -114,3 +115,25 @@ async def test_a_fetch_waiting_on_a_deleted_group_ends_with_not_found() -> None:
     await target.delete_group("g")
     with pytest.raises(errors.NotFound, match="deleted"):
         await asyncio.wait_for(waiting, 5)
+
+
+async def test_retention_never_drops_a_batch_still_on_its_way_to_disk_so_a_replay_agrees(
+    tmp_path: Path,
+) -> None:
+    def opened() -> Broker:
+        config = BrokerConfig(limits=Limits(max_retained_bytes=20_000), retention_max_bytes=6_000)
+        made = Broker(config, SegmentLogStorage(tmp_path, sync="group"))
+        made.open()
+        return made
+
+    target = opened()
+    await target.create_group("forgotten", latest=False)
+    await target.publish("p", 1, batch(1))
+    # Two publishes in one loop turn: the second one's retention pass runs while the first batch is
+    # accepted but not yet durable (group commit); it must not cut into that batch, which replay
+    # would apply before the expiry record.
+    await asyncio.gather(target.publish("p", 2, batch(2)), target.publish("q", 1, batch(1)))
+    live = sorted(m.offset for m in target.state.retained_messages())
+    assert set(range(5, 15)) <= set(live), live
+    await target.storage.close()
+    assert sorted(m.offset for m in opened().state.retained_messages()) == live

@@ -331,6 +331,9 @@ class Broker:
 
     def _expire(self, before_offset: int) -> int:
         """Drop every retained message below the offset, for every group (the retention policy)."""
+        if self._unpublished:  # never past a batch still on its way to disk: replay applies the
+            # ExpireRecord after such batches (they precede it in the log), live they are not held yet
+            before_offset = min(before_offset, self._unpublished[0][1].chunk.first)
         if before_offset <= self.state.lowest_retained():
             return 0
         lagging = dict(self.state.expired)
