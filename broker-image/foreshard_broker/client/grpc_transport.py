@@ -17,6 +17,7 @@ import grpc
 from foreshard_broker.client.broker_client import AdminClient, BrokerClient, copy_backlog
 from foreshard_broker.client.broker_errors import BrokerCallError
 from foreshard_broker.client.transport import (
+    Copied,
     Delivery,
     Fenced,
     FetchRequest,
@@ -183,7 +184,12 @@ class GrpcTransport:
     async def copy_backlog(
         self, source: str, target: str, selection: Selection, from_offset: int, max_bytes: int = 0
     ) -> int:
-        _, next_offset = await _guard(
+        return (await self.copy(source, target, selection, from_offset, max_bytes)).next_offset
+
+    async def copy(
+        self, source: str, target: str, selection: Selection, from_offset: int, max_bytes: int = 0
+    ) -> Copied:
+        result, next_offset = await _guard(
             copy_backlog(
                 self.admin(source),
                 self.admin(target),
@@ -194,7 +200,7 @@ class GrpcTransport:
             ),
             source,
         )
-        return next_offset
+        return Copied(next_offset, int(result.imported) + int(result.skipped))
 
     async def fence(
         self,

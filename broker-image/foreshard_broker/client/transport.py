@@ -20,6 +20,7 @@ from foreshard_broker.routing import RoutingTable, slot_of
 
 __all__ = [
     "AdminTransport",
+    "Copied",
     "Delivery",
     "Fenced",
     "FetchRequest",
@@ -151,6 +152,12 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class Copied:
+    next_offset: int  # the next copy of the selection starts here
+    messages: int  # messages the export carried (imported now or skipped as imported before)
+
+
+@dataclass(frozen=True)
 class Fenced:
     """A fence held on the source, its delta and group state imported on the target."""
 
@@ -169,6 +176,13 @@ class AdminTransport(Transport, Protocol):
     ) -> int:
         """Copy the selection's messages from source offset ``from_offset`` on (at most about
         ``max_bytes`` of payload when given); returns the next source offset to copy from."""
+        ...
+
+    async def copy(
+        self, source: str, target: str, selection: Selection, from_offset: int, max_bytes: int = 0
+    ) -> Copied:
+        """``copy_backlog``, also saying how many messages the export carried (a copy-ahead
+        repeats while rounds are large, and fences once a round is small)."""
         ...
 
     async def fence(

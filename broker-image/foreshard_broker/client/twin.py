@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from foreshard_broker.client.transport import (
+    Copied,
     Delivery,
     Fenced,
     FetchRequest,
@@ -452,12 +453,17 @@ class TwinTransport:
     async def copy_backlog(
         self, source: str, target: str, selection: Selection, from_offset: int, max_bytes: int = 0
     ) -> int:
+        return (await self.copy(source, target, selection, from_offset, max_bytes)).next_offset
+
+    async def copy(
+        self, source: str, target: str, selection: Selection, from_offset: int, max_bytes: int = 0
+    ) -> Copied:
         await self._hop("copy")
         origin = self.network.broker(source)
         chunk = [s for slot in _slots(selection) for s in origin.export(slot, from_offset)]
         chunk.sort(key=lambda stored: stored.offset)
         self.network.broker(target).import_messages(origin.shard, chunk)
-        return chunk[-1].offset + 1 if chunk else from_offset
+        return Copied(chunk[-1].offset + 1 if chunk else from_offset, len(chunk))
 
     async def fence(
         self,

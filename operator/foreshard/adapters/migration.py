@@ -1,0 +1,142 @@
+"""Performs the migration state machine's actions on the brokers, and observes their epochs.
+
+Each action of `core/migration/actions.py` maps onto the SDK's admin transport (the same calls the
+SDK mover makes); a broker failure becomes a `Result` the next step observes, never an exception.
+Pause measurement: the performer remembers when it fenced each migration, so the Switch result
+carries the whole pause (fence to the target serving). After an operator restart between the two,
+only the part seen by this process is counted (recorded `pauseMs` then underestimates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from foreshard.api.migration import Item
+from foreshard.core.migration.actions import (
+    Action,
+    CopyAhead,
+    Fence,
+    PushRouting,
+    Release,
+    RollBack,
+    Switch,
+)
+from foreshard.core.migration.machine import Result
+from foreshard_broker.client.transport import AdminTransport, Selection, TransportError
+
+Endpoint = Callable[[int], str]  # shard ordinal -> "host:port" of its broker
+
+
+def selection(item: Item) -> Selection:
+    return Selection(slots=(item.slot,)) if item.slot is not None else Selection(keys=(str(item.key),))
+
+
+def failed(error: TransportError) -> Result:
+    return Result(False, str(error), refused=error.refused)
+
+
+class MigrationPerformer:
+    def __init__(
+        self,
+        transport: AdminTransport,
+        endpoint: Endpoint,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.transport = transport
+        self.endpoint = endpoint
+        self.clock = clock
+        self._fenced_at: dict[str, float] = {}
+
+    async def epochs(self, shards: Iterable[int]) -> dict[int, int | None]:
+        """The routing epoch each shard serves; None for a shard that does not answer."""
+        ordered = sorted(set(shards))
+        answers = await asyncio.gather(
+            *(self.transport.routing(self.endpoint(shard)) for shard in ordered), return_exceptions=True
+        )
+        return {
+            shard: None if isinstance(answer, BaseException) else answer.epoch
+            for shard, answer in zip(ordered, answers, strict=True)
+        }
+
+    async def perform(self, action: Action) -> Result:
+        try:
+            return await self._perform(action)
+        except TransportError as error:
+            return failed(error)
+
+    async def _perform(self, action: Action) -> Result:
+        t = self.transport
+        if isinstance(action, CopyAhead):
+            source, target = self.endpoint(action.source), self.endpoint(action.target)
+            copied = await t.copy(
+                source, target, selection(action.item), action.from_offset, action.max_bytes
+            )
+            return Result(True, copied=copied.messages, through=copied.next_offset)
+        if isinstance(action, Fence):
+            return await self._fence(action)
+        if isinstance(action, Switch):
+            return await self._switch(action)
+        if isinstance(action, PushRouting):
+            await asyncio.gather(
+                *(t.update_routing(action.table.endpoint(s), action.table) for s in action.shards)
+            )
+            return Result(True)
+        if isinstance(action, Release):
+            await t.release(self.endpoint(action.source), selection(action.item))
+            return Result(True)
+        return await self._roll_back(action)
+
+    async def _fence(self, action: Fence) -> Result:
+        started = self.clock()
+        self._fenced_at.setdefault(action.migration_id, started)
+        fenced = await self.transport.fence(
+            self.endpoint(action.source),
+            self.endpoint(action.target),
+            selection(action.item),
+            action.lease_id,
+            action.ttl_s,
+            action.from_offset,
+            action.settle_s,
+        )
+        pause_ms = (self.clock() - started) * 1000
+        return Result(
+            True,
+            copied=fenced.imported,
+            through=fenced.high_offset,
+            inflight=fenced.inflight,
+            pause_ms=pause_ms,
+        )
+
+    async def _switch(self, action: Switch) -> Result:
+        """The source first, then the target: never two shards serving the item."""
+        started = self.clock()
+        table = action.table
+        source, target = table.endpoint(action.source), table.endpoint(action.target)
+        await self.transport.switch_source(source, target, table, selection(action.item), action.from_offset)
+        await self.transport.update_routing(target, table)
+        fenced_at = self._fenced_at.pop(action.migration_id, started)
+        return Result(True, pause_ms=(self.clock() - fenced_at) * 1000)
+
+    async def _roll_back(self, action: RollBack) -> Result:
+        self._fenced_at.pop(action.migration_id, None)
+        lapsing = False
+        try:
+            await self.transport.unfence(self.endpoint(action.source), action.lease_id)
+        except TransportError as error:
+            if error.refused:
+                return failed(error)
+            lapsing = True  # the source is away: its lease lapses by itself
+        await self.transport.discard(self.endpoint(action.target), selection(action.item))
+        return Result(True, lease_lapsing=lapsing)
+
+
+def endpoints_of(mapping: Mapping[int, str]) -> Endpoint:
+    def endpoint(shard: int) -> str:
+        try:
+            return mapping[shard]
+        except KeyError:
+            raise TransportError(f"no endpoint known for shard {shard}") from None
+
+    return endpoint
