@@ -6,6 +6,7 @@ highest offset, what is retained and exported, and that publishing to every slot
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,16 @@ def with_endpoint(endpoint: str) -> Call:
     return lambda admin: admin.update_routing(table(2, {**ENDPOINTS, 1: endpoint}))
 
 
+DAY_NS = 86_400 * 10**9
+BATCH = pb.ProducerBatch(sequence=1, size=1, payload_bytes=1)
+
+
+def producers(*states: Any) -> Call:
+    return lambda admin: admin.import_group_state(
+        pb.ExportGroupStateResponse(source_shard=1, selector=pb.Selector(slots=[3]), producers=list(states))
+    )
+
+
 CASES: dict[str, tuple[Call, str]] = {
     "an epoch jump of more than a million": (
         lambda a: a.update_routing(table(1_000_002)), "jumps more than 1000000 past the current epoch 1"),
@@ -100,6 +111,27 @@ CASES: dict[str, tuple[Call, str]] = {
         lambda a: a.import_group_state(pb.ExportGroupStateResponse(
             source_shard=1, selector=pb.Selector(slots=[3]), groups=[pb.GroupState(group="")])),
         "group name is empty"),
+    "a producer sequence near 2^63": (
+        producers(pb.ProducerState(producer_id="p", recent=[
+            pb.ProducerBatch(sequence=2**63 - 1, size=1)])),
+        "expected ascending, 1..2^62-1"),
+    "a producer epoch a day ahead": (
+        producers(pb.ProducerState(producer_id="p", epoch=time.time_ns() + 2 * DAY_NS, recent=[BATCH])),
+        "more than a day ahead"),
+    "more recent batches than a shard keeps": (
+        producers(pb.ProducerState(producer_id="p", recent=[
+            pb.ProducerBatch(sequence=n, size=1) for n in range(1, 18)])),
+        "lists 17 recent batches"),
+    "refusals outside their batch": (
+        producers(pb.ProducerState(producer_id="p", recent=[
+            pb.ProducerBatch(sequence=1, size=2, refused=[5])])),
+        "refusals that do not fit"),
+    "a batch that stored nothing": (
+        producers(pb.ProducerState(producer_id="p", recent=[
+            pb.ProducerBatch(sequence=1, size=1, refused=[0])])),
+        "refusals that do not fit"),
+    "an empty producer id": (
+        producers(pb.ProducerState(producer_id="", recent=[BATCH])), "producer id must be"),
 }  # fmt: skip
 
 
@@ -107,7 +139,9 @@ async def snapshot(admin: AdminClient) -> tuple[Any, ...]:
     health = await admin.health()
     load = await admin.load_metrics()
     exported = [c async for c in admin.export_backlog(slots=[3, SOURCE_SLOT, FOREIGN_SLOT])]
+    producer_state = (await admin.export_group_state(slots=[3])).producers
     return (
+        list(producer_state),
         await admin.get_routing(),
         health.high_offset,
         health.ready,
@@ -150,3 +184,8 @@ async def test_good_admin_requests_next_to_the_bad_ones_are_served(
     assert (result.imported, result.skipped) == (3, 0)
     again = await admin.import_backlog([chunk(stored(MINE), stored(source, 1))])
     assert (again.imported, again.skipped) == (0, 2), "a retried copy is skipped"
+    recent = [pb.ProducerBatch(sequence=n, size=1, payload_bytes=1) for n in (4, 5)]
+    await producers(pb.ProducerState(producer_id="p", sequence=5, epoch=7, recent=recent))(admin)
+    data = clients.data(shard)
+    assert (await data.publish("p", 5, [(MINE, b"x")], epoch=7)).stored.duplicate, "the merged batch"
+    assert (await data.publish("p", 6, [(MINE, b"y")], epoch=7)).stored.count == 1, "and the next one"

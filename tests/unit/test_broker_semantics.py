@@ -72,13 +72,16 @@ async def test_a_restarted_broker_replays_messages_acks_and_producer_sequences()
     broker = Broker(BrokerConfig(), storage)
     broker.open()
     await broker.create_group("g", latest=False)
-    await broker.publish("p", 1, Batch.of([("k", b"1"), ("k", b"2"), ("", b"free")]))
+    batch = Batch.of([("k", b"1"), ("k", b"2"), ("", b"free")])
+    await broker.publish("p", 1, batch)
     first = await broker.fetch("g", "c", 10, 0, 0)
     await broker.ack("g", [d.message.offset for d in first if d.message.payload == b"1"])
     await storage.close()
     again = Broker(BrokerConfig(), storage)
     again.open()
-    assert (await again.publish("p", 1, Batch.of([("k", b"1")]))).duplicate
+    assert (await again.publish("p", 1, batch)).duplicate, "a resend of the same batch"
+    with pytest.raises(errors.SequenceRefused, match="a different batch reuses the sequence"):
+        await again.publish("p", 1, Batch.of([("k", b"1")]))
     delivered = await again.fetch("g", "c", 10, 0, 0)
     assert sorted(d.message.payload for d in delivered) == [b"2", b"free"]
     assert again.state.next_offset == 3
@@ -122,7 +125,7 @@ async def test_compaction_deletes_acknowledged_segments_and_a_restart_keeps_what
     again = Broker(BrokerConfig(), SegmentLogStorage(tmp_path, sync="none", segment_bytes=4000))
     again.open()
     assert again.state.next_offset == 200, "offsets never restart after compaction"
-    assert (await again.publish("p", 40, Batch.of([("k1", b"dup")]))).duplicate
+    assert (await again.publish("p", 40, Batch.of([("k1", b"x" * 200)] * 5))).duplicate
     pending = sorted(m.offset for m in again.group("g").unacked(lambda m: True))
     assert pending == list(range(150, 200)), "every unacknowledged message survives compaction"
 
@@ -157,7 +160,8 @@ async def test_a_duplicate_of_the_last_batch_repeats_its_refusals_after_compacti
     assert duplicate.duplicate and duplicate.count == 2
     [(index, reason)] = duplicate.refusals
     assert index == 1 and isinstance(reason, errors.Paused), "not stored then: must not be reported stored"
-    assert (await again.publish("q", 40, Batch.of([("k", b"x")]))).refusals == [], "q's last had none"
+    resent = await again.publish("q", 40, Batch.of([("k", b"x" * 200)] * 5))
+    assert resent.duplicate and resent.refusals == [], "q's last had none"
 
 
 async def test_export_and_release_scan_only_the_selected_slots_backlog() -> None:

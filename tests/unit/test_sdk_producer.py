@@ -8,9 +8,16 @@ from collections import defaultdict
 import pytest
 
 from foreshard_broker.client.mover import move_slot
-from foreshard_broker.client.producer import Producer, ProducerOptions, PublishError
+from foreshard_broker.client.producer import (
+    Producer,
+    ProducerFencedError,
+    ProducerOptions,
+    PublishError,
+    SequenceError,
+)
 from foreshard_broker.client.transport import OutboundMessage, PublishStatus, RoutingTable, slot_of
 from foreshard_broker.client.twin import TwinNetwork, TwinTransport
+from foreshard_broker.idempotence import SentBatch
 
 pytestmark = pytest.mark.unit
 
@@ -157,3 +164,44 @@ async def test_the_twin_moves_producer_sequences_and_refusals_with_a_slots_group
     again = b.publish("p", 3, batch)  # the lost reply's resend reaches the new owner
     assert [o.status for o in again] == [PublishStatus.OK, PublishStatus.PAUSED]
     assert [s.payload for s in b.log.values()] == [b"once"]
+
+
+async def test_a_restarted_producer_with_a_fixed_id_is_stored_never_answered_duplicate() -> None:
+    network = TwinNetwork(shards=2, num_slots=16)
+    for run in range(3):  # the same id, three incarnations: each starts its sequences at 1 again
+        async with Producer(TwinTransport(network), network.endpoints, producer_id="svc") as producer:
+            await asyncio.gather(*(producer.send(f"k{i % 4}", f"{run}:{i}".encode()) for i in range(20)))
+    stored = sorted(payload for payloads in stored_by_key(network).values() for payload in payloads)
+    assert stored == sorted(f"{run}:{i}".encode() for run in range(3) for i in range(20))
+
+
+async def test_an_older_incarnation_still_running_is_fenced_loudly() -> None:
+    network = TwinNetwork(shards=1, num_slots=16)
+    transport = TwinTransport(network)
+    async with Producer(transport, network.endpoints, producer_id="svc") as old:
+        await old.publish("k", b"old-1")
+        async with Producer(transport, network.endpoints, producer_id="svc") as new:
+            await new.publish("k", b"new-1")
+            with pytest.raises(ProducerFencedError, match="PRODUCER_FENCED"):
+                await old.publish("k", b"old-2")
+            await new.publish("k", b"new-2")
+    assert stored_by_key(network)["k"] == [b"old-1", b"new-1", b"new-2"]
+
+
+async def test_a_sequence_error_fails_the_batch_and_the_lane_recovers_under_a_new_epoch() -> None:
+    network = TwinNetwork(shards=1, num_slots=16)
+    broker = network.broker("twin-0")
+    async with Producer(TwinTransport(network), network.endpoints, producer_id="svc") as producer:
+        await producer.publish("k", b"1")
+        lane = "svc.0@twin-0"
+        history = broker.producers[lane]
+        # The broker knows later batches of this id and epoch than the producer sent (say, another
+        # process reusing the id at the same moment): the next sequence is neither new nor a resend.
+        for sequence in range(2, 20):
+            history.batches.append(SentBatch(sequence, 0, 5, 500))
+        with pytest.raises(SequenceError, match="OUT_OF_ORDER_SEQUENCE"):
+            await producer.publish("k", b"2")
+        first_epoch = history.epoch
+        await producer.publish("k", b"3")  # a new epoch: stored, not taken for a resend
+        assert broker.producers[lane].epoch > first_epoch
+    assert stored_by_key(network)["k"] == [b"1", b"3"]

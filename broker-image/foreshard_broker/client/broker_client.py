@@ -27,12 +27,13 @@ DEFAULT_OPTIONS = (
 )
 
 
-def publish_request(producer_id: str, sequence: int, messages: Iterable[OutMessage]) -> Any:
+def publish_request(producer_id: str, sequence: int, messages: Iterable[OutMessage], epoch: int = 0) -> Any:
     """Build a columnar PublishRequest from (key, payload[, headers]) tuples."""
     items = list(messages)
     request = pb.PublishRequest(
         producer_id=producer_id,
         sequence=sequence,
+        producer_epoch=epoch,
         keys=[item[0] for item in items],
         payloads=[item[1] for item in items],
     )
@@ -92,8 +93,10 @@ class BrokerClient(_Channel):
     def publish_stream(self) -> PublishStream:
         return PublishStream(self.stub.Publish())
 
-    async def publish(self, producer_id: str, sequence: int, messages: Iterable[OutMessage]) -> Any:
-        return await self.publish_request(publish_request(producer_id, sequence, messages))
+    async def publish(
+        self, producer_id: str, sequence: int, messages: Iterable[OutMessage], epoch: int = 0
+    ) -> Any:
+        return await self.publish_request(publish_request(producer_id, sequence, messages, epoch))
 
     async def publish_request(self, request: Any, timeout: float | None = None) -> Any:
         return await _call(self.stub.PublishBatch(request, timeout=timeout))

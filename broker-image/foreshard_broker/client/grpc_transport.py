@@ -28,6 +28,7 @@ from foreshard_broker.client.transport import (
     Selection,
     TransportError,
 )
+from foreshard_broker.idempotence import FENCED, OUT_OF_ORDER
 
 T = TypeVar("T")
 _STORED = PublishOutcome(PublishStatus.OK)
@@ -81,7 +82,11 @@ def _failure(code: grpc.StatusCode, message: str) -> PublishOutcome:
     """A failed batch stored nothing: a retryable one goes back to the queue, the others fail."""
     if code in _RETRYABLE:
         return PublishOutcome(PublishStatus.PAUSED, retry_after_s=_RETRY_AFTER_S, reason=message)
-    return PublishOutcome(PublishStatus.REJECTED, reason=f"{code.name}: {message}")
+    # The broker's sequence refusals start with their reason (in the stream's Failure.reason too).
+    sequence_error = next((r for r in (OUT_OF_ORDER, FENCED) if message.startswith(r + ":")), "")
+    return PublishOutcome(
+        PublishStatus.REJECTED, reason=f"{code.name}: {message}", sequence_error=sequence_error
+    )
 
 
 def _status_code(number: int) -> grpc.StatusCode:
@@ -134,11 +139,16 @@ class GrpcTransport:
         return await _guard(self.data(endpoint).get_routing(), endpoint)
 
     async def publish(
-        self, endpoint: str, producer_id: str, sequence: int, messages: Sequence[OutboundMessage]
+        self,
+        endpoint: str,
+        producer_id: str,
+        sequence: int,
+        messages: Sequence[OutboundMessage],
+        epoch: int = 0,
     ) -> list[PublishOutcome]:
         items = [(m.key or "", m.payload, m.headers) for m in messages]
         try:
-            response = await self.data(endpoint).publish(producer_id, sequence, items)
+            response = await self.data(endpoint).publish(producer_id, sequence, items, epoch)
         except BrokerCallError as error:
             if error.code in _RETRYABLE:
                 # Unreachable, overloaded or draining: the outcome may be unknown, so the producer

@@ -4,14 +4,21 @@ Per-key order holds because a key has at most one batch in flight: its next mess
 broker has answered for the earlier ones, and a refused batch (``MOVED``, ``PAUSED``) goes back to
 the *front* of its keys' queues, so a retry can never overtake it.
 
-Retries never duplicate.  The broker stores a batch atomically and drops a batch whose sequence is
-not above the last one it stored for that producer id.  Batches travel on *lanes*: each lane has its
-own producer id (``<id>.<lane>``) and at most one batch in flight, so
+Retries never duplicate and never drop (``foreshard_broker.idempotence``, after Kafka's KIP-98).
+Batches travel on *lanes*; a lane has at most one batch in flight and, per broker, its own producer
+id ``<id>.<lane>@<endpoint>`` with sequences 1, 2, 3... (sequences count per shard, as Kafka's do
+per partition).  Every lane carries the producer's *epoch*, its start time in nanoseconds, so a
+restarted producer with the same id starts afresh (a newer epoch) and an older incarnation still
+running is fenced by the broker (``ProducerFencedError``), never answered "duplicate".
 
 * after a lost reply the lane resends the same batch with the same sequence to the same broker
-  (stored once, whatever happened to the first attempt), and
-* after a refusal the messages travel again under a new, higher sequence (a refused batch was not
-  stored, and a later batch of the same lane cannot have been stored in between).
+  (stored once, whatever happened to the first attempt);
+* a batch of which something was stored consumes its sequence; refused messages travel again in a
+  later batch under the next sequence; a batch of which nothing was stored does not;
+* a sequence error (``OUT_OF_ORDER_SEQUENCE``, ``PRODUCER_FENCED``) fails the batch's futures with
+  ``SequenceError``: never success.  After an out-of-order answer, or after giving up on a batch
+  whose outcome is unknown, the lane takes a new epoch, so its next batches cannot be mistaken for
+  an older one's resend.
 
 Keyless messages are unordered and go to the shard with the smallest backlog.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -34,10 +42,19 @@ from foreshard_broker.client.transport import (
     TransportError,
     slot_of,
 )
+from foreshard_broker.idempotence import FENCED, OUT_OF_ORDER
 
 
 class PublishError(Exception):
     """A message was refused for good (invalid) or not stored within the retry budget."""
+
+
+class SequenceError(PublishError):
+    """The broker refused the batch for its producer epoch or sequence: it was not stored."""
+
+
+class ProducerFencedError(SequenceError):
+    """A newer producer with the same id published to the broker: two producers share an id."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +80,19 @@ class _Pending:
 
 @dataclass
 class _Lane:
-    producer_id: str
-    sequence: int = 0
+    base: str  # <producer id>.<lane>; the broker sees <base>@<endpoint>
+    epoch: int
+    sequences: dict[str, int] = field(default_factory=dict)  # endpoint -> last consumed sequence
     busy: bool = False
+
+    def producer_id(self, endpoint: str) -> str:
+        return f"{self.base}@{endpoint}"
+
+    def renew(self) -> None:
+        """A new epoch: the broker forgets this lane's sequences, and anything of the old epoch
+        still travelling is fenced instead of being taken for a resend."""
+        self.epoch = max(time.time_ns(), self.epoch + 1)
+        self.sequences.clear()
 
 
 @dataclass
@@ -97,7 +124,8 @@ class Producer:
         self.bootstrap = list(bootstrap)
         self.options = options or ProducerOptions()
         base = producer_id or uuid.uuid4().hex
-        self._lanes = [_Lane(f"{base}.{i}") for i in range(self.options.lanes)]
+        epoch = time.time_ns()  # this incarnation's epoch: a restart with the same id has a newer one
+        self._lanes = [_Lane(f"{base}.{i}", epoch) for i in range(self.options.lanes)]
         self.table: RoutingTable | None = None
         self.stats = ProducerStats()
         self._queues: dict[str, deque[_Pending]] = {}
@@ -278,8 +306,12 @@ class Producer:
         return key != _KEYLESS or key not in self._queues
 
     async def _send(self, lane: _Lane, endpoint: str, batch: list[_Pending]) -> None:
-        lane.sequence += 1
-        outcomes = await self._publish_until_answered(lane, endpoint, batch)
+        sequence = lane.sequences.get(endpoint, 0) + 1
+        outcomes, answered = await self._publish_until_answered(lane, endpoint, sequence, batch)
+        if any(outcome.status is PublishStatus.OK for outcome in outcomes):
+            lane.sequences[endpoint] = sequence  # something was stored: the sequence is used
+        elif not answered or any(o.sequence_error == OUT_OF_ORDER for o in outcomes):
+            lane.renew()  # unknown outcome, or the broker lost track: start a new epoch
         self._inflight[endpoint] -= 1
         lane.busy = False
         self.stats.batches += 1
@@ -287,21 +319,23 @@ class Producer:
         self._wake.set()
 
     async def _publish_until_answered(
-        self, lane: _Lane, endpoint: str, batch: list[_Pending]
-    ) -> list[PublishOutcome]:
-        """Same lane, same sequence, same broker until it answers: a lost reply is never a loss."""
+        self, lane: _Lane, endpoint: str, sequence: int, batch: list[_Pending]
+    ) -> tuple[list[PublishOutcome], bool]:
+        """Same lane, same sequence, same broker until it answers: a lost reply is never a loss.
+        Returns the outcomes and whether the broker answered (False: the budget ran out)."""
         messages = [p.message for p in batch]
         loop = asyncio.get_running_loop()
         delay = 0.005
+        producer_id = lane.producer_id(endpoint)
         while True:
             try:
-                return await self.transport.publish(endpoint, lane.producer_id, lane.sequence, messages)
+                outcomes = await self.transport.publish(endpoint, producer_id, sequence, messages, lane.epoch)
+                return outcomes, True
             except TransportError as error:
                 self.stats.transport_errors += 1
                 if loop.time() - batch[0].first_try > self.options.retry_budget_s:
-                    return [
-                        PublishOutcome(PublishStatus.REJECTED, reason=f"broker unreachable: {error}")
-                    ] * len(batch)
+                    reason = f"broker unreachable, the batch may or may not be stored: {error}"
+                    return [PublishOutcome(PublishStatus.REJECTED, reason=reason)] * len(batch), False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.options.max_backoff_s)
 
@@ -322,8 +356,7 @@ class Producer:
                 outcome.status is PublishStatus.REJECTED
                 or now - pending.first_try > self.options.retry_budget_s
             ):
-                reason = outcome.reason or f"not stored within the retry budget ({outcome.status.value})"
-                _resolve(pending.future, PublishError(reason))
+                _resolve(pending.future, _error_of(outcome))
                 continue
             pending.refused_at = pending.refused_at or now
             retry.append(pending)
@@ -381,6 +414,15 @@ class Producer:
                 with contextlib.suppress(TransportError):
                     self._backlogs[endpoint] = await self.transport.backlog(endpoint)
             await asyncio.sleep(self.options.backlog_refresh_s)
+
+
+def _error_of(outcome: PublishOutcome) -> PublishError:
+    reason = outcome.reason or f"not stored within the retry budget ({outcome.status.value})"
+    if outcome.sequence_error == FENCED:
+        return ProducerFencedError(reason)
+    if outcome.sequence_error:
+        return SequenceError(reason)
+    return PublishError(reason)
 
 
 def _resolve(future: asyncio.Future[None], error: Exception | None) -> None:

@@ -79,6 +79,8 @@ class PublishOutcome:
     reason: str = ""
     # The refused slot, when the broker names it (-1: unknown), so only that slot's keys wait.
     slot: int = -1
+    # REJECTED for the batch's producer epoch or sequence: idempotence.OUT_OF_ORDER or FENCED.
+    sequence_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,12 +117,18 @@ class Transport(Protocol):
     async def routing(self, endpoint: str) -> RoutingTable: ...
 
     async def publish(
-        self, endpoint: str, producer_id: str, sequence: int, messages: Sequence[OutboundMessage]
+        self,
+        endpoint: str,
+        producer_id: str,
+        sequence: int,
+        messages: Sequence[OutboundMessage],
+        epoch: int = 0,
     ) -> list[PublishOutcome]:
         """Store a batch; one outcome per message, in order.  The broker stores every message it
-        does not refuse (MOVED, PAUSED: refusals are per slot); a failed batch stores nothing.  A
-        ``sequence`` not above the last one stored for ``producer_id`` on that broker is answered
-        OK without storing (an idempotent retry)."""
+        does not refuse (MOVED, PAUSED: refusals are per slot); a failed batch stores nothing.
+        ``producer_id``, ``epoch`` and ``sequence`` are judged as ``foreshard_broker.idempotence``
+        says: a resend of a recent stored batch is answered OK without storing it again; a gap,
+        an unknown older sequence or an older epoch is REJECTED with ``sequence_error`` set."""
         ...
 
     async def fetch(self, endpoint: str, request: FetchRequest) -> list[Delivery]: ...

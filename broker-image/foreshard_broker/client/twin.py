@@ -7,10 +7,11 @@ It keeps the semantics the SDK relies on from the real broker (issue 3, ``proto/
 * ownership by routing table: a message of a slot the shard does not own is refused with ``MOVED``,
   one of a paused slot with ``PAUSED``, and the rest of its batch is stored; fetch never delivers a
   paused or foreign slot;
-* idempotent publish: a batch whose sequence is not above the producer's last stored one is
-  answered OK without being stored, except that a resend of the producer's last batch refuses again
-  what that batch refused; a batch of which nothing was stored does not consume its sequence; the
-  producer sequences move with a slot's group state, so the new owner de-duplicates a resend too;
+* idempotent publish judged by ``foreshard_broker.idempotence`` as on the broker (producer epoch,
+  per-shard sequences, a window of recent batches): a resend of a recent stored batch is answered OK
+  without being stored, refusing again what that batch refused; a gap, an unknown older sequence or
+  an older epoch is REJECTED with ``sequence_error``; a batch of which nothing was stored does not
+  consume its sequence; producer histories move with a slot's group state;
 * a pause is lifted when the slot moves away (new table or release), as on the real broker;
 * broker-local offsets; an import remembers (source shard, source offset) so a retried copy is
   skipped, and group state moves as the source offsets a group has not acknowledged.
@@ -40,6 +41,15 @@ from foreshard_broker.client.transport import (
     Selection,
     TransportError,
     slot_of,
+)
+from foreshard_broker.idempotence import (
+    ProducerHistory,
+    SentBatch,
+    SequenceError,
+    judge,
+    merge,
+    remember,
+    snapshot,
 )
 
 KEYLESS_SLOT = -1
@@ -79,8 +89,7 @@ class TwinBroker:
         self.log: dict[int, Stored] = {}
         self._offsets = itertools.count()
         self.imported: set[tuple[int, int]] = set()
-        self.last_sequence: dict[str, int] = {}
-        self.refused: dict[str, tuple[int, ...]] = {}  # producer -> indices its last batch refused
+        self.producers: dict[str, ProducerHistory] = {}
         self.paused: set[int] = set()
         self.leases: dict[str, set[int]] = {}
         self.groups: dict[str, GroupState] = {}
@@ -101,21 +110,26 @@ class TwinBroker:
 
     # --- data path ---------------------------------------------------------------------------
     def publish(
-        self, producer: str, sequence: int, messages: Sequence[OutboundMessage]
+        self, producer: str, sequence: int, messages: Sequence[OutboundMessage], epoch: int = 0
     ) -> list[PublishOutcome]:
-        if producer and sequence <= self.last_sequence.get(producer, 0):
+        size, nbytes = len(messages), sum(m.size for m in messages)
+        if producer:
             # Checked before ownership, like the real broker: a retry of a batch stored before the
             # slot moved away must be answered "stored", not MOVED (which would make a duplicate);
             # what the original refused is refused again (it was not stored).
-            return self._duplicate(producer, sequence, messages)
+            try:
+                original = judge(self.producers.get(producer), producer, epoch, sequence, size, nbytes)
+            except SequenceError as error:
+                return [
+                    PublishOutcome(PublishStatus.REJECTED, reason=str(error), sequence_error=error.reason)
+                ] * size
+            if original is not None:
+                return self._duplicate(original, messages)
         outcomes = [self._refusal(message) for message in messages]
         refused = tuple(i for i, outcome in enumerate(outcomes) if outcome.status is not PublishStatus.OK)
         if producer and len(refused) < len(messages):  # an empty producer id opts out, as on the broker
-            self.last_sequence[producer] = sequence
-            if refused:
-                self.refused[producer] = refused
-            else:
-                self.refused.pop(producer, None)
+            sent = SentBatch(sequence, 0, size, nbytes, refused)
+            self.producers[producer] = remember(self.producers.get(producer), epoch, sent)
         now = self.clock()
         for message, outcome in zip(messages, outcomes, strict=True):
             if outcome.status is PublishStatus.OK:
@@ -125,22 +139,19 @@ class TwinBroker:
         self._notify()
         return outcomes
 
-    def _duplicate(
-        self, producer: str, sequence: int, messages: Sequence[OutboundMessage]
-    ) -> list[PublishOutcome]:
+    def _duplicate(self, original: SentBatch, messages: Sequence[OutboundMessage]) -> list[PublishOutcome]:
         outcomes = [PublishOutcome(PublishStatus.OK, reason="duplicate")] * len(messages)
-        if sequence == self.last_sequence[producer]:
-            for index in self.refused.get(producer, ()):
-                if index < len(messages):
-                    outcome = self._refusal(messages[index])
-                    if outcome.status is PublishStatus.OK:  # owned and serving now: retry soon
-                        outcome = PublishOutcome(
-                            PublishStatus.PAUSED,
-                            retry_after_s=0.005,
-                            epoch=self.table.epoch,
-                            slot=outcome.slot,
-                        )
-                    outcomes[index] = outcome
+        for index in original.refused:
+            if index < len(messages):
+                outcome = self._refusal(messages[index])
+                if outcome.status is PublishStatus.OK:  # owned and serving now: retry soon
+                    outcome = PublishOutcome(
+                        PublishStatus.PAUSED,
+                        retry_after_s=0.005,
+                        epoch=self.table.epoch,
+                        slot=outcome.slot,
+                    )
+                outcomes[index] = outcome
         return outcomes
 
     def _refusal(self, message: OutboundMessage) -> PublishOutcome:
@@ -327,14 +338,12 @@ class TwinBroker:
                 if len(kept) != len(queue):
                     group.pending[key] = deque(kept)
 
-    def import_producers(self, sequences: dict[str, int], refused: dict[str, tuple[int, ...]]) -> None:
-        """Merge a source's producer sequences (a later one wins), as ImportGroupState does."""
-        for producer, sequence in sequences.items():
-            if sequence > self.last_sequence.get(producer, -1):
-                self.last_sequence[producer] = sequence
-                self.refused.pop(producer, None)
-                if producer in refused:
-                    self.refused[producer] = refused[producer]
+    def import_producers(self, histories: dict[str, ProducerHistory]) -> None:
+        """Merge a source's producer histories (a newer epoch wins), as ImportGroupState does."""
+        for producer, history in histories.items():
+            merged = merge(self.producers.get(producer), snapshot(history))
+            if merged is not None:
+                self.producers[producer] = merged
 
     def release(self, slot: int, forget_imports: bool = False) -> int:
         if self.table.slot_owners[slot] == self.shard:  # as the broker: switch routing first
@@ -403,10 +412,15 @@ class TwinTransport:
         return table
 
     async def publish(
-        self, endpoint: str, producer_id: str, sequence: int, messages: Sequence[OutboundMessage]
+        self,
+        endpoint: str,
+        producer_id: str,
+        sequence: int,
+        messages: Sequence[OutboundMessage],
+        epoch: int = 0,
     ) -> list[PublishOutcome]:
         await self._hop("publish")
-        outcome = self.network.broker(endpoint).publish(producer_id, sequence, messages)
+        outcome = self.network.broker(endpoint).publish(producer_id, sequence, messages, epoch)
         await self._hop("publish-reply")
         if self.lose_publish_replies > 0:
             self.lose_publish_replies -= 1
@@ -493,7 +507,7 @@ class TwinTransport:
         await self.copy_backlog(source, target, selection, from_offset)
         for slot in slots:
             destination.import_group_state(origin.shard, slot, origin.export_group_state(slot))
-        destination.import_producers(origin.last_sequence, origin.refused)
+        destination.import_producers(origin.producers)
         return Fenced(inflight, high, len(destination.log) - before, renewed, 0)
 
     async def unfence(self, source: str, lease_id: str) -> bool:

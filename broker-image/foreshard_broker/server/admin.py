@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
+from foreshard_broker.idempotence import merge, snapshot
 from foreshard_broker.routing import RoutingError, RoutingTable, validate
 from foreshard_broker.server import admin_checks, errors, validation
 from foreshard_broker.server.broker import Broker
@@ -317,11 +318,8 @@ class Admin:
         return out
 
     def export_producers(self) -> list[ProducerSeen]:
-        state = self.broker.state
-        return [
-            ProducerSeen(producer, sequence, state.refused.get(producer, ()))
-            for producer, sequence in state.producers.items()
-        ]
+        producers = self.broker.state.producers.items()
+        return [ProducerSeen(producer, snapshot(history)) for producer, history in producers]
 
     async def import_group_state(
         self,
@@ -332,21 +330,36 @@ class Admin:
     ) -> int:
         """Mark imported messages acked where the source group had acked them; returns how many.
 
-        Also merges the source's producer sequences (a later sequence wins, persisted before the
-        answer), so a producer that resends its last batch to the new owner is de-duplicated there.
+        Also merges the source's producer histories (a newer epoch wins, the same epoch unites;
+        persisted before the answer), so a producer that resends a recent batch to the new owner is
+        de-duplicated there. Everything is checked before anything changes.
         """
         broker, state = self.broker, self.broker.state
         for entry in groups:
             validation.check_name(broker.limits, "group", entry.group)
+        producers = list(producers)
+        now_ns = time.time_ns()
+        for seen in producers:
+            admin_checks.check_producer_history(broker.limits, seen.producer_id, seen.history, now_ns)
         merged = [
-            BatchRecord(p.producer_id, p.sequence, EMPTY_CHUNK, p.refused)
-            for p in producers
-            if p.producer_id and p.sequence > state.producers.get(p.producer_id, -1)
+            BatchRecord(
+                seen.producer_id,
+                b.sequence,
+                EMPTY_CHUNK,
+                b.refused,
+                seen.history.epoch,
+                b.size,
+                b.payload_bytes,
+            )
+            for seen in producers
+            if seen.history.epoch >= getattr(state.producers.get(seen.producer_id), "epoch", -1)
+            for b in seen.history.batches
         ]
         if merged:  # appended before applied, so a rotation checkpoint cannot claim them early
             durable = [broker.append_record(record) for record in merged]
-            for record in merged:
-                state.apply_producer(record.producer_id, record.sequence, record.refused)
+            for seen in producers:
+                local = state.producers.get(seen.producer_id)
+                state.producers[seen.producer_id] = merge(local, seen.history) or seen.history
             await asyncio.gather(*durable)
         total = 0
         for entry in groups:

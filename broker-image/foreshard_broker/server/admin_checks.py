@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 
+from foreshard_broker.idempotence import EPOCH_AHEAD_NS, MAX_SEQUENCE, UNKNOWN, WINDOW, ProducerHistory
 from foreshard_broker.routing import RoutingTable, slot_of
 from foreshard_broker.server import validation
 from foreshard_broker.server.config import Limits
@@ -112,3 +113,34 @@ def check_imported(
             )
         total += len(message.payload)
     return total
+
+
+def check_producer_history(limits: Limits, producer: str, history: ProducerHistory, now_ns: int) -> None:
+    """An imported producer history must be one a shard can have written (see docs/broker.md).
+
+    The target cannot ask the source what it had, so it accepts only what a broker produces: at
+    most WINDOW batches in ascending sequence order, each within the publish limits and having
+    stored something, with an epoch that is not in the future (the SDK's epoch is its start time).
+    Whatever passes can at worst answer `duplicate` for a resend with the same producer id, epoch,
+    sequence, message count and payload bytes; a producer that restarted has a newer epoch.
+    """
+    where = f"producer {producer[:64]!r}"
+    if not producer or len(producer.encode()) > limits.max_producer_id_bytes:
+        raise InvalidInput(f"producer id must be 1..{limits.max_producer_id_bytes} bytes")
+    if not 0 <= history.epoch < MAX_SEQUENCE or history.epoch > now_ns + EPOCH_AHEAD_NS:
+        raise InvalidInput(f"{where} has epoch {history.epoch}, more than a day ahead of this shard's clock")
+    if not 0 < len(history.batches) <= WINDOW:
+        raise InvalidInput(f"{where} lists {len(history.batches)} recent batches; expected 1..{WINDOW}")
+    sequences = [batch.sequence for batch in history.batches]
+    if sorted(set(sequences)) != sequences or not 0 < sequences[0] <= sequences[-1] < MAX_SEQUENCE:
+        raise InvalidInput(f"{where} lists sequences {sequences[:5]}...; expected ascending, 1..2^62-1")
+    for batch in history.batches:
+        size = limits.max_batch_messages if batch.size == UNKNOWN else batch.size
+        if (
+            not 0 < size <= limits.max_batch_messages
+            or not -1 <= batch.payload_bytes <= limits.max_batch_bytes
+        ):
+            raise InvalidInput(f"{where} sequence {batch.sequence} has a size outside the batch limits")
+        refused = list(batch.refused)
+        if sorted(set(refused)) != refused or (refused and refused[-1] >= size) or len(refused) >= size:
+            raise InvalidInput(f"{where} sequence {batch.sequence} lists refusals that do not fit its batch")

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from foreshard_broker.idempotence import UNKNOWN, ProducerHistory, SentBatch
 from foreshard_broker.server import errors
 from foreshard_broker.server.admin import Admin, GroupPending, ProducerSeen, Selector
 from foreshard_broker.server.load import ProcessStats
@@ -125,9 +126,7 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
             await abort(context, errors.InvalidInput("ImportFenced takes a Fence answer from another shard"))
         selector = await guarded(context, _call(lambda: self._selector(request.group_state.selector)))
         groups = [GroupPending(g.group, list(g.pending_offsets)) for g in request.group_state.groups]
-        producers = [
-            ProducerSeen(p.producer_id, p.sequence, tuple(p.refused)) for p in request.group_state.producers
-        ]
+        producers = [ProducerSeen(p.producer_id, history_of(p)) for p in request.group_state.producers]
         delta = [message_of(m) for m in request.delta.messages]
         imported, skipped, acked = await guarded(
             context, self.admin.import_fenced(source, selector, delta, groups, producers)
@@ -150,7 +149,7 @@ class AdminService(pb_grpc.AdminServicer):  # type: ignore[misc]
         groups = [GroupPending(g.group, list(g.pending_offsets)) for g in request.groups]
         if request.source_shard == self.broker.config.shard:
             await abort(context, errors.InvalidInput("source_shard is this shard; import from another shard"))
-        producers = [ProducerSeen(p.producer_id, p.sequence, tuple(p.refused)) for p in request.producers]
+        producers = [ProducerSeen(p.producer_id, history_of(p)) for p in request.producers]
         acked = await guarded(
             context, self.admin.import_group_state(request.source_shard, selector, groups, producers)
         )
@@ -192,10 +191,31 @@ def group_state_pb(
         source_shard=shard,
         selector=selector,
         groups=[pb.GroupState(group=g.group, pending_offsets=g.pending_offsets) for g in groups],
-        producers=[
-            pb.ProducerState(producer_id=p.producer_id, sequence=p.sequence, refused=p.refused)
-            for p in producers
+        producers=[producer_pb(p.producer_id, p.history) for p in producers],
+    )
+
+
+def producer_pb(producer: str, history: ProducerHistory) -> Any:
+    last = history.batches[-1]
+    return pb.ProducerState(
+        producer_id=producer,
+        sequence=last.sequence,
+        refused=last.refused,
+        epoch=history.epoch,
+        recent=[
+            pb.ProducerBatch(
+                sequence=b.sequence, size=b.size, payload_bytes=b.payload_bytes, refused=b.refused
+            )
+            for b in history.batches
         ],
+    )
+
+
+def history_of(state: Any) -> ProducerHistory:
+    """An imported ProducerState; one without `recent` (an older exporter) is its last batch."""
+    recent = [SentBatch(b.sequence, 0, b.size, b.payload_bytes, tuple(b.refused)) for b in state.recent]
+    return ProducerHistory(
+        state.epoch, recent or [SentBatch(state.sequence, 0, UNKNOWN, UNKNOWN, tuple(state.refused))]
     )
 
 

@@ -1,7 +1,8 @@
 """Queue semantics in plain asyncio: publish, fetch, ack, nack, ownership and fencing.
 
-Publish path: validate -> dedupe (producer id, sequence) -> route every key (MOVED / PAUSED) ->
-assign offsets -> append to storage -> await durability -> make visible to groups in offset order.
+Publish path: validate -> dedupe (producer id, epoch, sequence: idempotence.py) -> route every key
+(MOVED / PAUSED) -> assign offsets -> append to storage -> await durability -> make visible to
+groups in offset order.
 Consumers never see a message that is not yet durable, and a producer's ack means "on disk".
 Admin operations used by migrations live in `admin.py` on top of this class.
 """
@@ -17,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from foreshard_broker.idempotence import EPOCH_AHEAD_NS, MAX_SEQUENCE, SentBatch, SequenceError, judge
 from foreshard_broker.routing import KEYLESS_SLOT, RoutingTable
 from foreshard_broker.server import errors, validation
 from foreshard_broker.server.config import Batch, BrokerConfig
@@ -41,6 +43,7 @@ log = logging.getLogger("foreshard_broker.broker")
 
 Refusal = tuple[int, "errors.Moved | errors.Paused"]  # (index in the batch, reason)
 SLOT_CACHE_KEYS = 1 << 17  # distinct keys whose slot is remembered (cleared when exceeded)
+EPOCH_FLOOR_NS = 1 << 60  # epochs below this (2006 in ns) are not checked against the clock
 
 
 @dataclass(frozen=True)
@@ -85,17 +88,18 @@ class Broker:
         )
 
     # ------------------------------------------------------------------ publish
-    async def publish(self, producer_id: str, sequence: int, batch: Batch) -> Stored:
+    async def publish(self, producer_id: str, sequence: int, batch: Batch, epoch: int = 0) -> Stored:
         """Store the messages this shard owns and has not paused; the rest come back as refusals."""
         started = time.perf_counter()
         self._check_writable()
         nbytes = validation.check_batch(self.limits, producer_id, batch)
+        fingerprint = (epoch, len(batch.keys), nbytes)  # the request as a resend must repeat it
         if producer_id:
-            last = self.state.producers.get(producer_id)
-            if last is not None and sequence <= last:
+            original = self._judge(producer_id, sequence, fingerprint)
+            if original is not None:
                 await self.barrier()  # the original may still be in flight: answer once it is durable
                 self._check_writable()  # and never "duplicate" from a log that failed meanwhile
-                return self._duplicate(producer_id, sequence, batch.keys)
+                return self._duplicate(original, batch.keys)
         slots, refusals = self._route(batch.keys)
         refused: tuple[int, ...] = ()
         if refusals:
@@ -105,7 +109,7 @@ class Broker:
             nbytes = sum(map(len, batch.payloads))
         if not batch.keys:
             return Stored(self.state.next_offset, 0, refusals=refusals)
-        durable, record = self._accept(producer_id, sequence, batch, slots, nbytes, refused)
+        durable, record = self._accept(producer_id, sequence, batch, slots, nbytes, refused, fingerprint)
         try:
             await durable
         except Exception as error:
@@ -114,18 +118,30 @@ class Broker:
         self.observe_publish(time.perf_counter() - started)
         return Stored(record.chunk.first, len(record.chunk), refusals=refusals)
 
-    def _duplicate(self, producer_id: str, sequence: int, keys: list[str]) -> Stored:
+    def _judge(self, producer_id: str, sequence: int, fingerprint: tuple[int, int, int]) -> SentBatch | None:
+        """The stored original a batch resends, or None for a new batch; sequence errors raise."""
+        epoch, size, nbytes = fingerprint
+        if not 0 < sequence < MAX_SEQUENCE:
+            raise errors.InvalidInput(f"with a producer_id, sequence must be 1..2^62-1, got {sequence}")
+        if epoch >= MAX_SEQUENCE or (epoch > EPOCH_FLOOR_NS and epoch > time.time_ns() + EPOCH_AHEAD_NS):
+            raise errors.InvalidInput(
+                f"producer_epoch {epoch} is more than a day ahead of this broker's clock (and must stay "
+                "below 2^62); the SDK uses its start time in nanoseconds"
+            )
+        try:
+            return judge(self.state.producers.get(producer_id), producer_id, epoch, sequence, size, nbytes)
+        except SequenceError as error:
+            raise errors.SequenceRefused(error.reason, str(error)) from error
+
+    def _duplicate(self, original: SentBatch, keys: list[str]) -> Stored:
         """The answer to a resent batch: stored, except what the original refused, refused again.
 
-        The refusals of the producer's *last* batch are remembered (and persisted, and carried by
-        ImportGroupState); a refused message was not stored, so it must not be reported stored. Its
-        reason is decided now: MOVED if another shard owns the slot, otherwise PAUSED (retry soon),
-        and the producer resends it under a new sequence.
+        The original's refusals are remembered (persisted with the batch, in every checkpoint, and
+        carried by ImportGroupState); a refused message was not stored, so it must not be reported
+        stored. Its reason is decided now: MOVED if another shard owns the slot, otherwise PAUSED
+        (retry soon), and the producer resends it under a new sequence.
         """
-        remembered = (
-            self.state.refused.get(producer_id, ()) if sequence == self.state.producers[producer_id] else ()
-        )
-        indices = [index for index in remembered if index < len(keys)]
+        indices = [index for index in original.refused if index < len(keys)]
         refusals: list[Refusal] = []
         if indices:
             table, me, n = self.routing, self.config.shard, self.config.num_slots
@@ -142,7 +158,7 @@ class Broker:
                     slot, key, self.config.pause_retry_after_ms, table.epoch
                 )
                 refusals.append((index, paused))
-        return Stored(0, len(keys) - len(refusals), duplicate=True, refusals=refusals)
+        return Stored(original.first_offset, len(keys) - len(refusals), duplicate=True, refusals=refusals)
 
     def _accept(
         self,
@@ -152,6 +168,7 @@ class Broker:
         slots: list[int],
         nbytes: int,
         refused: tuple[int, ...] = (),
+        fingerprint: tuple[int, int, int] = (0, -1, -1),
     ) -> tuple[asyncio.Future[None], BatchRecord]:
         retention = self.config.retention_max_bytes
         if retention and self.state.retained_bytes + nbytes > retention:
@@ -165,14 +182,16 @@ class Broker:
         # The batch's columns become the stored chunk as they are: no object per message.
         times = [int(time.time() * 1000)] * len(slots)
         chunk = Chunk(first, batch.keys, slots, batch.payloads, times, batch.headers)
-        record = BatchRecord(producer_id, sequence, chunk, refused)
+        epoch, size, request_bytes = fingerprint
+        record = BatchRecord(producer_id, sequence, chunk, refused, epoch, size, request_bytes)
         # Appended before the state takes the batch: a rotation checkpoint written ahead of it
         # must not claim its sequence (if only the checkpoint reached the disk, the resend of this
         # unacknowledged batch would be answered "duplicate"). A failed append changes nothing.
         durable = self._append(record)
         self.state.next_offset = first + len(slots)
         if producer_id:
-            self.state.apply_producer(producer_id, sequence, refused)
+            sent = SentBatch(sequence, first, size, request_bytes, refused)
+            self.state.apply_producer(producer_id, epoch, sent)
         self.state.retained_bytes += nbytes
         return durable, record
 

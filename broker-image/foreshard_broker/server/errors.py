@@ -31,6 +31,14 @@ class Conflict(BrokerError):
     """The request contradicts state another caller holds (e.g. a selection fenced by another lease)."""
 
 
+class SequenceRefused(BrokerError):
+    """A batch refused for its producer epoch or sequence (idempotence.OUT_OF_ORDER / FENCED)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Moved(BrokerError):
     def __init__(self, slot: int, key: str, owner: int, endpoint: str, epoch: int) -> None:
         super().__init__(f"slot {slot} (key {key!r}) is owned by shard {owner} at epoch {epoch}")

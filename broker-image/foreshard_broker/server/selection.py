@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from foreshard_broker.idempotence import ProducerHistory
 from foreshard_broker.routing import slot_of
 from foreshard_broker.server.fences import Lease
 from foreshard_broker.storage import Message
@@ -38,11 +39,10 @@ class GroupPending:
 
 @dataclass(frozen=True)
 class ProducerSeen:
-    """A producer id's last stored batch: its sequence and the indices that batch refused."""
+    """A producer id's epoch and recent stored batches, as another shard merges them."""
 
     producer_id: str
-    sequence: int
-    refused: tuple[int, ...] = ()
+    history: ProducerHistory
 
 
 @dataclass(frozen=True)

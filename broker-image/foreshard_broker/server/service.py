@@ -27,6 +27,7 @@ STATUS: dict[type[errors.BrokerError], grpc.StatusCode] = {
     errors.Paused: grpc.StatusCode.UNAVAILABLE,
     errors.StaleEpoch: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.SequenceRefused: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -129,10 +130,14 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         try:
             if batch is None:
                 batch = batch_of(request)
-            stored = await self.broker.publish(request.producer_id, request.sequence, batch)
+            stored = await self.broker.publish(
+                request.producer_id, request.sequence, batch, request.producer_epoch
+            )
         except errors.BrokerError as error:
             response.failure.code = status_of(error).value[0]
             response.failure.message = str(error)
+            if isinstance(error, errors.SequenceRefused):
+                response.failure.reason = error.reason
             return response
         response.stored.first_offset = stored.first_offset
         response.stored.count = stored.count

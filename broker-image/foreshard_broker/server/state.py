@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from itertools import compress
 
+from foreshard_broker.idempotence import UNKNOWN, ProducerHistory, SentBatch, merge, remember, snapshot
 from foreshard_broker.server.groups import ConsumerGroup
 from foreshard_broker.storage import (
     AckRecord,
@@ -56,10 +57,9 @@ class BrokerState:
         self.starts: list[int] = []  # the blocks' first offsets, ascending (bisect finds an offset)
         self.retained_count = 0
         self.groups: dict[str, ConsumerGroup] = {}
-        self.producers: dict[str, int] = {}  # producer id -> last stored sequence
-        # producer id -> indices its last stored batch refused (only while non-empty): bounded by
-        # one batch per producer id, and what a duplicate of that batch is answered with again.
-        self.refused: dict[str, tuple[int, ...]] = {}
+        # producer id -> its epoch and last stored batches (idempotence.WINDOW of them at most):
+        # what a resend is judged against and answered with (the original's refusals included).
+        self.producers: dict[str, ProducerHistory] = {}
         self.imported: dict[tuple[int, int], int] = {}  # (source shard, source offset) -> local offset
         self.next_offset = 0
         self.retained_bytes = 0
@@ -98,28 +98,32 @@ class BrokerState:
         for name, from_offset in record.groups.items():
             self.apply_group(name, from_offset)
         for producer, sequence in record.producers.items():
-            self.apply_producer(producer, sequence, record.refused.get(producer, ()))
+            if producer not in record.windows:  # a checkpoint of an older version
+                legacy = SentBatch(sequence, 0, UNKNOWN, UNKNOWN, record.refused.get(producer, ()))
+                self.apply_producer(producer, 0, legacy)
+        for producer, history in record.windows.items():
+            merged = merge(self.producers.get(producer), history)
+            if merged is not None:
+                self.producers[producer] = merged
         self.imported.update(record.imported)
 
     def checkpoint(self) -> CheckpointRecord:
         return CheckpointRecord(
             self.next_offset,
             {name: group.from_offset for name, group in self.groups.items()},
-            dict(self.producers),
+            {producer: history.last for producer, history in self.producers.items()},
             {origin: local for origin, local in self.imported.items() if self.is_retained(local)},
-            dict(self.refused),
+            {
+                p: h.batches[-1].refused
+                for p, h in self.producers.items()
+                if h.batches and h.batches[-1].refused
+            },
+            {producer: snapshot(history) for producer, history in self.producers.items()},
         )
 
-    def apply_producer(self, producer: str, sequence: int, refused: tuple[int, ...]) -> bool:
-        """Record a producer's last stored batch unless a later one is known; True if it changed."""
-        if sequence < self.producers.get(producer, sequence):
-            return False
-        self.producers[producer] = sequence
-        if refused:
-            self.refused[producer] = refused
-        else:
-            self.refused.pop(producer, None)
-        return True
+    def apply_producer(self, producer: str, epoch: int, batch: SentBatch) -> None:
+        """Remember a producer's stored batch (an older epoch's is ignored: it never moves back)."""
+        self.producers[producer] = remember(self.producers.get(producer), epoch, batch)
 
     # ------------------------------------------------------------------ lookups
     def _locate(self, offset: int) -> tuple[Block, int] | None:
@@ -175,9 +179,11 @@ class BrokerState:
     # ------------------------------------------------------------------ records
     def apply_batch(self, record: BatchRecord) -> None:
         chunk = record.chunk
-        if record.producer_id:
-            self.apply_producer(record.producer_id, record.sequence, record.refused)
         count = len(chunk)
+        if record.producer_id:
+            size = record.size if record.size >= 0 else count + len(record.refused)
+            sent = SentBatch(record.sequence, chunk.first, size, record.payload_bytes, record.refused)
+            self.apply_producer(record.producer_id, record.epoch, sent)
         if not count:
             return
         first, last, keys = chunk.first, chunk.first + count - 1, chunk.keys

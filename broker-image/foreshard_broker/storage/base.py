@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from foreshard_broker.idempotence import ProducerHistory
+
 NO_HEADERS: Mapping[str, str] = {}
 
 
@@ -165,6 +167,12 @@ class BatchRecord:
     # the producer's last batch is answered with the same refusals. A batch without messages only
     # records a producer sequence (carried over by ImportGroupState).
     refused: tuple[int, ...] = ()
+    # The producer's epoch, and the request's message count and payload bytes (refused ones
+    # included): a resend is a duplicate only if it matches (see foreshard_broker.idempotence).
+    # -1: not recorded (logs of older versions; such a batch matches any resend of its sequence).
+    epoch: int = 0
+    size: int = -1
+    payload_bytes: int = -1
 
     @classmethod
     def of(
@@ -221,6 +229,9 @@ class CheckpointRecord:
     producers: dict[str, int]  # producer id -> last stored sequence
     imported: dict[tuple[int, int], int]  # (source shard, source offset) -> local offset, retained only
     refused: dict[str, tuple[int, ...]] = field(default_factory=dict)  # producer id -> last batch's refusals
+    # producer id -> epoch and recent batches (supersedes `producers` / `refused`, kept for readers
+    # of older versions; a checkpoint without it is read as epoch 0 and one batch of unknown size)
+    windows: dict[str, ProducerHistory] = field(default_factory=dict)
 
 
 Record = (

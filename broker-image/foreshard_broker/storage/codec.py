@@ -13,7 +13,9 @@ import struct
 import sys
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
+from foreshard_broker.idempotence import UNKNOWN, ProducerHistory, SentBatch
 from foreshard_broker.storage.base import (
     NO_HEADERS,
     AckRecord,
@@ -35,7 +37,8 @@ _GROUP = struct.Struct("<BHQ")
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 T_BATCH, T_ACK, T_GROUP, T_RELEASE, T_CHECKPOINT, T_GROUP_DELETED, T_EXPIRE = 1, 2, 3, 4, 5, 6, 7
-F_IMPORTED, F_HEADERS, F_REFUSED = 1, 2, 4
+F_IMPORTED, F_HEADERS, F_REFUSED, F_PRODUCER = 1, 2, 4, 8
+_PRODUCER = struct.Struct("<Qqq")  # producer epoch, request message count, request payload bytes
 NATIVE_BIG_ENDIAN = sys.byteorder == "big"
 
 
@@ -82,10 +85,23 @@ def _encode_small(
                         [shard, origin, local] for (shard, origin), local in record.imported.items()
                     ],
                     "refused": {producer: list(indices) for producer, indices in record.refused.items()},
+                    "windows": {producer: _history(h) for producer, h in record.windows.items()},
                 }
             ).encode()
         )
     return _LIST.pack(T_RELEASE, 0, len(record.offsets)) + _pack_u64s(record.offsets)
+
+
+def _history(history: ProducerHistory) -> list[object]:
+    return [
+        history.epoch,
+        [[b.sequence, b.first_offset, b.size, b.payload_bytes, list(b.refused)] for b in history.batches],
+    ]
+
+
+def _unhistory(raw: list[Any]) -> ProducerHistory:
+    epoch, batches = raw
+    return ProducerHistory(epoch, [SentBatch(s, f, n, size, tuple(r)) for s, f, n, size, r in batches])
 
 
 def _pack_u64s(values: list[int]) -> bytes:
@@ -107,6 +123,7 @@ def _encode_batch(record: BatchRecord) -> list[bytes]:
         (F_IMPORTED if imported else 0)
         | (F_HEADERS if with_headers else 0)
         | (F_REFUSED if record.refused else 0)
+        | (F_PRODUCER if record.producer_id else 0)
     )
     parts = [
         _BATCH.pack(T_BATCH, len(producer), record.sequence, len(keys), chunk.first, flags),
@@ -124,6 +141,8 @@ def _encode_batch(record: BatchRecord) -> list[bytes]:
         parts += [_U64.pack(len(blob)), blob]
     if record.refused:
         parts += [_U32.pack(len(record.refused)), _array("I", list(record.refused))]
+    if record.producer_id:
+        parts.append(_PRODUCER.pack(record.epoch, record.size, record.payload_bytes))
     parts += [b"".join(keys), b"".join(chunk.payloads)]
     return parts
 
@@ -165,7 +184,10 @@ def decode(body: bytes) -> Record:
         raw = json.loads(body[1:])
         imported = {(shard, origin): local for shard, origin, local in raw["imported"]}
         refused = {producer: tuple(indices) for producer, indices in raw.get("refused", {}).items()}
-        return CheckpointRecord(raw["next_offset"], raw["groups"], raw["producers"], imported, refused)
+        windows = {producer: _unhistory(h) for producer, h in raw.get("windows", {}).items()}
+        return CheckpointRecord(
+            raw["next_offset"], raw["groups"], raw["producers"], imported, refused, windows
+        )
     raise StorageError(f"unknown record type {kind}")
 
 
@@ -194,12 +216,16 @@ def _decode_batch(body: bytes) -> BatchRecord:
         (how_many,) = _U32.unpack_from(body, pos)
         indices, pos = _unarray("I", body, pos + 4, how_many)
         refused = tuple(indices)
+    epoch, size, payload_bytes = 0, UNKNOWN, UNKNOWN
+    if flags & F_PRODUCER:
+        epoch, size, payload_bytes = _PRODUCER.unpack_from(body, pos)
+        pos += _PRODUCER.size
     keys = _split(body, pos, key_lens)
     pos += sum(key_lens)
     payloads = _split(body, pos, payload_lens)
     decoded = [key.decode() for key in keys]
     chunk = Chunk(first, decoded, slots.tolist(), payloads, times.tolist(), headers, shards, origins)
-    return BatchRecord(producer, sequence, chunk, refused)
+    return BatchRecord(producer, sequence, chunk, refused, epoch, size, payload_bytes)
 
 
 def _split(body: bytes, pos: int, lengths: Sequence[int]) -> list[bytes]:
