@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo down test check lint typecheck layers cluster-up cluster-down bench traces proto
+.PHONY: bootstrap demo down test check lint typecheck layers cluster-up cluster-down bench traces proto images
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -19,8 +19,14 @@ cluster-up: bootstrap
 
 cluster-down: down
 
-## What CI runs: static checks, then every test layer against the real components.
-test: bootstrap check
+## The operator and broker images, localhost/foreshard-{operator,broker}:<version>, with podman from
+## a Debian root filesystem (no registry); cached, so a second run builds nothing.
+images: bootstrap
+	@$(PY) -m foreshard.localcluster.images
+
+## What CI runs: static checks, then every test layer against the real components (the image
+## tests run the images built here).
+test: bootstrap check images
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 check: lint typecheck layers

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Foreshard's demo and tests need on a fresh machine, and nothing twice:
-#   OS packages (Prometheus, Redis, NATS, openssl), a Python virtualenv with the project and its
+#   OS packages (Prometheus, Redis, NATS, openssl; podman, runc and mmdebstrap for `make images`),
+#   a Python virtualenv with the project and its
 #   dev tools, and the Go-built control plane (etcd, kube-apiserver, kube-controller-manager,
 #   kube-scheduler, kubectl, kwok, helm) cached outside the repository by version.
 set -euo pipefail
@@ -8,7 +9,12 @@ cd "$(dirname "$0")/.."
 
 need() { command -v "$1" >/dev/null 2>&1; }
 
-os_packages=(prometheus redis-server redis-tools nats-server openssl)
+# podman runs with runc (crun fails on hybrid cgroups), with no registry: mmdebstrap makes the
+# base image from Debian's packages (the keyring lets it do so on Ubuntu too); uidmap,
+# fuse-overlayfs and slirp4netns are for a developer who runs podman as a non-root user.
+image_packages=(podman runc mmdebstrap debian-archive-keyring uidmap fuse-overlayfs slirp4netns
+  containernetworking-plugins)
+os_packages=(prometheus redis-server redis-tools nats-server openssl "${image_packages[@]}")
 missing=()
 need prometheus || missing+=(prometheus)
 need promtool || missing+=(prometheus)
@@ -16,6 +22,10 @@ need redis-server || missing+=(redis-server)
 need redis-benchmark || missing+=(redis-tools)
 need nats-server || missing+=(nats-server)
 need openssl || missing+=(openssl)
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
+for package in "${image_packages[@]}"; do
+  installed "$package" || missing+=("$package")
+done
 if ((${#missing[@]})); then
   if ! need apt-get; then
     echo "bootstrap: missing ${missing[*]} and no apt-get here; install these packages: ${os_packages[*]}" >&2

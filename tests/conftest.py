@@ -15,6 +15,7 @@ import pytest
 
 from foreshard import traces
 from foreshard.core.series import Series
+from foreshard.localcluster import images
 from foreshard.localcluster.cluster import LocalCluster
 from foreshard.localcluster.prometheus import PrometheusServer, backfill
 
@@ -31,6 +32,13 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def built_images() -> dict[str, str]:
+    """The operator and broker images, built by `make images`'s own code (cached: `make test` builds
+    them first, so here this only checks that their inputs have not changed)."""
+    return images.build_images()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from foreshard import __version__
+
 GROUP = "foreshard.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -20,4 +22,10 @@ ANNOTATION_APPROVE_PLAN = "foreshard.io/approve-plan"
 
 BROKER_GRPC_PORT = 7000
 BROKER_METRICS_PORT = 9100
-DEFAULT_BROKER_IMAGE = "ghcr.io/foreshard/broker:0.1.0"
+
+# No registry publishes Foreshard's images: `make images` builds these names, tagged with the
+# package version, into the local container store. A cluster that pulls from a registry sets the
+# chart's image values and each ShardAllocation's spec.template.image.
+OPERATOR_IMAGE_REPOSITORY = "localhost/foreshard-operator"
+BROKER_IMAGE_REPOSITORY = "localhost/foreshard-broker"
+DEFAULT_BROKER_IMAGE = f"{BROKER_IMAGE_REPOSITORY}:{__version__}"

@@ -3,6 +3,9 @@
 Each module exposes `register(subparsers)`, which adds its parser and sets `func`, a callable
 taking the parsed arguments and returning the exit code. Adding a command means adding a
 module and one line to COMMAND_MODULES, so commands written in parallel never touch each other.
+A command whose third-party dependency is not installed (the operator image carries only the
+runtime dependencies, not the development kit's) stays listed and says what it lacks, so the
+other commands, `foreshard run` above all, keep working.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 COMMAND_MODULES = (
     "foreshard.cli.traces",
@@ -32,11 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as error:
-            if error.name != name:
+            if error.name == name:
+                continue  # a command still being written; the others keep working
+            if error.name is None or error.name.split(".")[0] in ("foreshard", "foreshard_broker"):
                 raise
-            continue  # a command still being written; the others keep working
+            _register_unavailable(subparsers, name, error.name)
+            continue
         module.register(subparsers)
     return parser
+
+
+def _register_unavailable(subparsers: Any, module: str, missing: str) -> None:
+    command = module.rsplit(".", 1)[-1].replace("_", "-")
+    parser = subparsers.add_parser(command, help=f"(unavailable: needs the {missing} package)")
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=lambda _args: _unavailable(command, missing))
+
+
+def _unavailable(command: str, missing: str) -> int:
+    print(
+        f"foreshard {command} needs the Python package {missing!r}, which this installation lacks "
+        "(a development dependency: pip install 'foreshard[dev]')",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
