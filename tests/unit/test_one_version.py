@@ -29,9 +29,10 @@ def test_the_installed_package_reports_pyprojects_version() -> None:
     assert images.project_version() == VERSION
 
 
-def test_the_chart_version_and_app_version_are_the_package_version() -> None:
+def test_the_charts_app_version_is_the_package_version() -> None:
+    """(The chart's own `version` is the chart's: it moves when the templates do.)"""
     chart = yaml.safe_load((REPO / "helm" / "foreshard" / "Chart.yaml").read_text())
-    assert (chart["version"], str(chart["appVersion"])) == (VERSION, VERSION)
+    assert str(chart["appVersion"]) == VERSION
 
 
 def test_the_manifests_and_the_chart_run_the_operator_image_that_make_images_builds() -> None:
