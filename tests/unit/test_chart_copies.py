@@ -52,3 +52,20 @@ def test_every_value_is_covered_by_the_schema() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert set(values) == set(schema["properties"])
+
+
+def _nulls(node: object, path: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [p for key, value in node.items() for p in _nulls(value, f"{path}/{key}")] + [
+            f"{path}/{key}" for key, value in node.items() if value is None
+        ]
+    if isinstance(node, list):
+        return [p for item in node for p in _nulls(item, path)]
+    return []
+
+
+@pytest.mark.parametrize("crd", sorted((REPO / "crds").glob("*.yaml")), ids=lambda p: p.name)
+def test_no_crd_field_is_null(crd: Path) -> None:
+    # an unquoted comma in a flow mapping ({description: a, b}) splits the text into a null key,
+    # which a server-side apply refuses as an unknown field
+    assert _nulls(yaml.safe_load(crd.read_text())) == []

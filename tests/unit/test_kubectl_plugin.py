@@ -171,17 +171,25 @@ def test_approve_retries_when_only_status_changed_in_between(
     assert [p[3] for p in cluster.patches] == ["4712"]
 
 
-def test_forecast_prints_the_points_of_the_key_for_its_queue(
+def test_forecast_prints_the_points_of_every_horizon_of_the_key_for_its_queue(
     cluster: RecordedCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(cluster, capsys, "forecast", "checkout", "--queue", "orders", "--json")
     shown = json.loads(out)
-    assert code == 0 and shown["model"] == "ets" and len(shown["points"]) == 3
-    assert shown["points"][1] == {"time": "2026-12-02T09:25:00Z", "mean": 1350.5, "p50": 1340.0,
-                                  "p90": 1600.0, "p99": 1820.0}  # fmt: skip
+    assert code == 0 and shown["model"] == "ets" and shown["trusted"] is True
+    assert [p["horizon"] for p in shown["points"]] == ["short", "short", "short", "long"]
+    assert shown["points"][1] == {
+        "horizon": "short",
+        "time": "2026-12-02T09:25:00Z",
+        "mean": 1350.5,
+        "p10": 1147.9,
+        "p50": 1340.0,
+        "p90": 1600.0,
+        "p99": 1820.0,
+    }
     _, text, _ = run(cluster, capsys, "forecast", "orders-checkout")
-    assert text.splitlines()[1].split() == ["TIME", "MEAN", "P50", "P90", "P99"]
-    assert "1350.5" in text
+    assert text.splitlines()[1].split() == ["HORIZON", "TIME", "MEAN", "P10", "P50", "P90", "P99"]
+    assert "1350.5" in text and "long" in text.splitlines()[-1]
 
 
 def test_forecast_of_a_key_several_queues_track_asks_for_the_queue(

@@ -112,14 +112,14 @@ def _forecast(args: argparse.Namespace, port: resources.ResourcePort, namespace:
 
 
 def plot(shown: dict[str, Any], path: Path) -> None:
-    """The point forecast with its p50 and the p90/p99 band, to a PNG."""
+    """The point forecast of every horizon (by time) with its p90 and the p50-p99 band, to a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.dates import date2num
 
-    points = shown["points"]
+    points = sorted(shown["points"], key=lambda p: str(p["time"]))
     if not points:
         raise views.Refused(f"{shown['name']} has no forecast points to plot yet")
     times = [float(date2num(parse_time(p["time"]))) for p in points]  # type: ignore[no-untyped-call]

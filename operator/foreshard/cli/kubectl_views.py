@@ -187,26 +187,41 @@ def find_forecast(forecasts: Sequence[Body], key: str, queue: str | None) -> Bod
     return matches[0]
 
 
+def forecast_points(status: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every point of every horizon (status.horizons[].points), each tagged with its horizon."""
+    return [
+        {"horizon": horizon.get("name", ""), **point}
+        for horizon in status.get("horizons") or []
+        for point in horizon.get("points") or []
+    ]
+
+
 def forecast(body: Body) -> dict[str, Any]:
     status, spec = body.get("status") or {}, body.get("spec") or {}
+    trusted: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Trusted"), {}
+    )
     return {
         "name": body["metadata"]["name"],
         "queue": (spec.get("queueRef") or {}).get("name"),
-        "key": spec.get("key"),
+        "key": spec.get("key") or ("__tail__" if spec.get("tail") else None),
         "model": status.get("model"),
         "why": status.get("why"),
         "fittedAt": status.get("fittedAt"),
         "stepSeconds": status.get("stepSeconds"),
         "accuracy": status.get("accuracy") or {},
-        "points": list(status.get("points") or []),
+        "trusted": trusted.get("status") == "True",
+        "points": forecast_points(status),
     }
 
 
 def forecast_text(shown: Mapping[str, Any]) -> str:
     head = (
-        f"{shown['queue']}/{shown['key']}: model {_cell(shown['model'])}, fitted {_cell(shown['fittedAt'])}"
+        f"{shown['queue']}/{shown['key']}: model {_cell(shown['model'])}, fitted {_cell(shown['fittedAt'])}, "
+        f"{'trusted' if shown['trusted'] else 'not trusted'}"
     )
     if not shown["points"]:
         return head + "\nNo forecast points yet."
-    rows = [[p.get("time"), p.get("mean"), p.get("p50"), p.get("p90"), p.get("p99")] for p in shown["points"]]
-    return head + "\n" + table(["TIME", "MEAN", "P50", "P90", "P99"], rows)
+    columns = ["horizon", "time", "mean", "p10", "p50", "p90", "p99"]
+    rows = [[p.get(c) for c in columns] for p in shown["points"]]
+    return head + "\n" + table([c.upper() for c in columns], rows)
