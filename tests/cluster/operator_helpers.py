@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,12 +65,22 @@ def install(cluster: LocalCluster) -> None:
 
 @contextmanager
 def running_operator(
-    cluster: LocalCluster, workdir: Path, env: dict[str, str] | None = None
+    cluster: LocalCluster,
+    workdir: Path,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    account: tuple[str, str] = ("foreshard-system", "foreshard-operator"),
+    installed: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """`foreshard run` as the foreshard-operator ServiceAccount, resyncing every 2 s (`env` adds to
-    or overrides the operator's environment)."""
-    install(cluster)
-    config = service_account_kubeconfig(cluster, "foreshard-system", "foreshard-operator", workdir / "kc")
+    """`foreshard run` as a ServiceAccount (the manifests' foreshard-operator), resyncing every 2 s.
+
+    `env` adds to or overrides the operator's environment; `args` go to `foreshard run` (e.g.
+    --peering, --namespace); `installed` skips the manifests when the caller set up the account.
+    """
+    if not installed:
+        install(cluster)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = service_account_kubeconfig(cluster, account[0], account[1], workdir / "kc")
     metrics_port = free_port()
     log = workdir / "operator.log"
     with log.open("w") as handle:
@@ -84,6 +94,7 @@ def running_operator(
                 str(metrics_port),
                 "--liveness-port",
                 str(free_port(None, {metrics_port})),
+                *args,
             ],
             env={**os.environ, "KUBECONFIG": str(config), "FORESHARD_RESYNC_SECONDS": "2", **(env or {})},
             stdout=handle,
@@ -97,5 +108,6 @@ def running_operator(
             "process": process,
         }
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         process.wait(timeout=20)
