@@ -39,3 +39,23 @@ def test_shard_pods_carry_the_scrape_annotations_pointing_at_the_brokers_metrics
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == ports["metrics"]
     assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_every_shard_pod_mounts_the_admin_token_read_only() -> None:
+    from foreshard.api.names import ADMIN_TOKEN_DIR, ADMIN_TOKEN_FILE, ADMIN_TOKEN_SECRET
+
+    for storage in ("", "1Gi"):  # "" is no storage: an emptyDir
+        body = {
+            "metadata": {"name": "orders", "namespace": "shop"},
+            "spec": {"minShards": 1, "maxShards": 4, "template": {"storage": {"size": storage}}},
+        }
+        pod = stateful_set(QueueSpec.from_body(body), 3)["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        args = container["args"]
+        assert args[args.index("--admin-token-file") + 1] == ADMIN_TOKEN_FILE
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "admin-token")
+        assert mount == {"name": "admin-token", "mountPath": ADMIN_TOKEN_DIR, "readOnly": True}
+        volume = next(v for v in pod["volumes"] if v["name"] == "admin-token")
+        assert volume["secret"]["secretName"] == ADMIN_TOKEN_SECRET
+        assert volume["secret"]["defaultMode"] == 0o400
+        assert ("data" in {v["name"] for v in pod["volumes"]}) is (storage == "")

@@ -29,3 +29,16 @@ BROKER_METRICS_PORT = 9100
 OPERATOR_IMAGE_REPOSITORY = "localhost/foreshard-operator"
 BROKER_IMAGE_REPOSITORY = "localhost/foreshard-broker"
 DEFAULT_BROKER_IMAGE = f"{BROKER_IMAGE_REPOSITORY}:{__version__}"
+
+# Where a shard pod's broker can be reached when cluster DNS cannot (the local cluster's pod
+# runner writes these on each pod it runs): "host:port" of gRPC, and the metrics base URL.
+ANNOTATION_BROKER_ENDPOINT = "foreshard.io/broker-endpoint"
+ANNOTATION_BROKER_METRICS = "foreshard.io/broker-metrics"
+
+# The brokers' Admin API bearer token: a Secret of this name (key `token`) in each queue's
+# namespace, mounted read-only into every shard pod at ADMIN_TOKEN_DIR; the operator reads the same
+# token from the file its own Deployment mounts (--admin-token-file).
+ADMIN_TOKEN_SECRET = "foreshard-broker-admin"
+ADMIN_TOKEN_KEY = "token"
+ADMIN_TOKEN_DIR = "/etc/foreshard/admin"
+ADMIN_TOKEN_FILE = f"{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}"

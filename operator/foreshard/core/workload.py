@@ -8,6 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from foreshard.api.names import (
+    ADMIN_TOKEN_DIR,
+    ADMIN_TOKEN_FILE,
+    ADMIN_TOKEN_KEY,
+    ADMIN_TOKEN_SECRET,
     BROKER_GRPC_PORT,
     BROKER_METRICS_PORT,
     LABEL_COMPONENT,
@@ -101,6 +105,8 @@ def broker_args(spec: QueueSpec) -> list[str]:
         "--queue", spec.name,
         "--slots", str(spec.slots),
         "--shard", "auto",
+        # The Admin API (routing, fences, imports) answers only the operator's bearer token.
+        "--admin-token-file", ADMIN_TOKEN_FILE,
     ]  # fmt: skip
 
 
@@ -117,7 +123,10 @@ def _pod_template(spec: QueueSpec) -> Manifest:
         ],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10},
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/data"},
+            {"name": "admin-token", "mountPath": ADMIN_TOKEN_DIR, "readOnly": True},
+        ],
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
@@ -126,9 +135,20 @@ def _pod_template(spec: QueueSpec) -> Manifest:
     }
     if template.requests or template.limits:
         container["resources"] = {"requests": dict(template.requests), "limits": dict(template.limits)}
-    pod_spec: Manifest = {"containers": [container], "terminationGracePeriodSeconds": 30}
-    if not template.storage_size:
-        pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+    admin_token: Manifest = {
+        "name": "admin-token",
+        "secret": {
+            "secretName": ADMIN_TOKEN_SECRET,
+            "items": [{"key": ADMIN_TOKEN_KEY, "path": ADMIN_TOKEN_KEY}],
+            "defaultMode": 0o400,
+        },
+    }
+    volumes = [admin_token] if template.storage_size else [{"name": "data", "emptyDir": {}}, admin_token]
+    pod_spec: Manifest = {
+        "containers": [container],
+        "terminationGracePeriodSeconds": 30,
+        "volumes": volumes,
+    }
     return {"metadata": {"labels": labels(spec), "annotations": scrape_annotations()}, "spec": pod_spec}
 
 
