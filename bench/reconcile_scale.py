@@ -112,6 +112,12 @@ class Kube:
     def observe_stateful_set(self, namespace: str, name: str) -> Any:
         return self.observed
 
+    def shard_pods(self, namespace: str, queue: str) -> list[Any]:
+        return []  # no brokers: the routing step waits, and costs this benchmark nothing
+
+    def shard_allocation(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
     def list_forecasts(self, namespace: str) -> list[dict[str, Any]]:
         return list(self.objects.values())
 
@@ -134,11 +140,13 @@ class Kube:
 
 def operator(url: str, days: int, end_s: float, passes: int) -> None:
     """The child: `passes` forecast + scaling passes, one JSON line per pass."""
+    from foreshard.adapters.brokers import AnnotationEndpoints, GrpcBrokers
     from foreshard.adapters.prometheus import connect
     from foreshard.reconcile import forecasts
-    from foreshard.reconcile.shardallocation import reconcile
+    from foreshard.reconcile.shardallocation import Ports, reconcile
 
     kube, memo = Kube(), forecasts.QueueMemo()
+    ports = Ports(kube, AnnotationEndpoints(), GrpcBrokers(token=None))
     reader = TimedReader(connect(url, timeout_s=120, retries=0))
     queue = body(url, days)
     first_now = end_s - passes * STEP + 10.0
@@ -147,7 +155,7 @@ def operator(url: str, days: int, end_s: float, passes: int) -> None:
         reader.seconds = 0.0
         cpu, began = time.process_time(), time.perf_counter()
         result = forecasts.cycle(queue, kube, memo, now, lambda _: reader)
-        outcome = reconcile(queue, kube, now)
+        outcome = reconcile(queue, ports, now)
         wall = time.perf_counter() - began
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         plan = outcome.status.get("plan") or {}

@@ -229,6 +229,14 @@ class Broker:
             raise errors.Unavailable(f"broker storage failed ({self.failed}); it is restarting")
         if self.draining:
             raise errors.Draining("shard is draining and accepts no new messages; refresh routing")
+        if self.awaiting_routing:
+            raise errors.Unavailable(
+                "shard has no routing table yet (started with --await-routing): the operator pushes one"
+            )
+
+    @property
+    def awaiting_routing(self) -> bool:
+        return self.config.await_routing and self.routing.epoch == 0
 
     def _route(self, keys: list[str]) -> tuple[list[int], list[Refusal]]:
         """Slot of every message, and the messages this shard may not take (MOVED / PAUSED)."""

@@ -45,6 +45,10 @@ class BrokerConfig:
     # still holding them (counted per group), so a forgotten group cannot stop the shard.
     retention_max_age_s: float = 7 * 86400.0
     retention_max_bytes: int = 768 * MiB
+    # A shard pod's broker: until the operator pushes a table (epoch 0) it owns nothing, so no
+    # producer that bootstrapped from it can put a key on the wrong shard. A standalone broker
+    # (the default) owns every slot at epoch 0.
+    await_routing: bool = False
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=float(env("FORESHARD_BROKER_COMPACT_EVERY", "10")),
         help="seconds between compactions of the acknowledged log prefix",
     )
+    add(
+        "--await-routing",
+        action="store_true",
+        default=env("FORESHARD_BROKER_AWAIT_ROUTING", "") not in ("", "0", "false"),
+        help="own nothing (refuse publishes, not ready) until a routing table is pushed; for shard pods",
+    )
     add("--grace", type=float, default=float(env("FORESHARD_BROKER_GRACE", "10")))
     add("--log-level", default=env("FORESHARD_BROKER_LOG_LEVEL", "INFO"))
     add(
@@ -143,6 +149,7 @@ async def serve(args: argparse.Namespace) -> int:
         max_tracked_keys=args.max_tracked_keys,
         retention_max_age_s=args.retention_age,
         retention_max_bytes=args.retention_bytes,
+        await_routing=args.await_routing,
     )
     data_dir = Path(args.data_dir)
     storage = SegmentLogStorage(
@@ -227,6 +234,8 @@ def _live(broker: Broker) -> str | None:
 
 
 def _ready(broker: Broker) -> str | None:
+    if broker.awaiting_routing:
+        return "waiting for a routing table from the operator"
     return _live(broker) or ("draining" if broker.draining else None)
 
 

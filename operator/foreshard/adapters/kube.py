@@ -2,22 +2,55 @@
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from foreshard.api.names import FIELD_MANAGER, GROUP, ORDER_PARAM_FORECASTS, SHARD_ALLOCATIONS, VERSION
+from foreshard.api.names import (
+    FIELD_MANAGER,
+    GROUP,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_QUEUE,
+    ORDER_PARAM_FORECASTS,
+    SHARD_ALLOCATIONS,
+    VERSION,
+)
 from foreshard.core.queue_status import Observed
 
 APPLY = "application/apply-patch+yaml"
+
+
+@dataclass(frozen=True)
+class ShardPod:
+    """A shard pod as listed: enough to find its broker."""
+
+    name: str
+    namespace: str
+    ordinal: int
+    annotations: Mapping[str, str]
+    scheduled: bool  # has a node: a pod without one has no address anywhere
+    terminating: bool
 
 
 class KubePort(Protocol):
     def apply(self, manifest: dict[str, Any]) -> None: ...
 
     def observe_stateful_set(self, namespace: str, name: str) -> Observed: ...
+
+    def shard_pods(self, namespace: str, queue: str) -> list[ShardPod]: ...
+
+    def shard_allocation(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as the API server has it now (None once deleted)."""
+        ...
+
+
+_ORDINAL = re.compile(r"-(\d+)$")
 
 
 class KubeAdapter:
@@ -53,6 +86,39 @@ class KubeAdapter:
             replicas=int(found.spec.replicas or 0),
             ready_replicas=int(found.status.ready_replicas or 0) if found.status else 0,
         )
+
+    def shard_pods(self, namespace: str, queue: str) -> list[ShardPod]:
+        selector = f"{LABEL_QUEUE}={queue},{LABEL_COMPONENT}=shard,{LABEL_MANAGED_BY}={FIELD_MANAGER}"
+        # raw JSON: the typed models cost a deep copy per pod and type every field as optional
+        response: Any = client.CoreV1Api(self.api).list_namespaced_pod(
+            namespace, label_selector=selector, _preload_content=False
+        )
+        pods = []
+        for pod in json.loads(response.data)["items"]:
+            meta = pod["metadata"]
+            match = _ORDINAL.search(meta["name"])
+            if match is not None:
+                pods.append(
+                    ShardPod(
+                        name=meta["name"],
+                        namespace=namespace,
+                        ordinal=int(match.group(1)),
+                        annotations=dict(meta.get("annotations") or {}),
+                        scheduled=bool((pod.get("spec") or {}).get("nodeName")),
+                        terminating=bool(meta.get("deletionTimestamp")),
+                    )
+                )
+        return sorted(pods, key=lambda p: p.ordinal)
+
+    def shard_allocation(self, namespace: str, name: str) -> dict[str, Any] | None:
+        custom = client.CustomObjectsApi(self.api)
+        try:
+            found = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, SHARD_ALLOCATIONS, name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], found)
 
 
 class ForecastPort(Protocol):

@@ -10,6 +10,7 @@ FORECASTING = "Forecasting"
 SCALING = "Scaling"
 MIGRATING = "Migrating"
 DEGRADED = "Degraded"
+ROUTED = "Routed"  # every shard's broker serves the routing table recorded in status
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
+from foreshard.api.names import ADMIN_TOKEN_FILE
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("run", help="run the operator against the current kubeconfig")
@@ -33,6 +35,18 @@ def register(subparsers: Any) -> None:
         type=int,
         default=None,
         help="peering priority (default: random; replicas with equal priorities would all pause)",
+    )
+    parser.add_argument(
+        "--broker-endpoints",
+        choices=["dns", "annotation"],
+        default=os.environ.get("FORESHARD_BROKER_ENDPOINTS", "dns"),
+        help="how the operator finds a shard's broker: the headless Service's pod DNS (a real "
+        "cluster), or the pod's foreshard.io/broker-endpoint annotation (the local cluster)",
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        default=os.environ.get("FORESHARD_ADMIN_TOKEN_FILE", ADMIN_TOKEN_FILE),
+        help="the brokers' Admin API bearer token (the foreshard-broker-admin Secret's `token`)",
     )
     parser.add_argument("--verbose", action="store_true")
     parser.set_defaults(func=_run)
@@ -65,7 +79,11 @@ def _run(args: argparse.Namespace) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz",
-        memo=kopf.Memo(namespaces=list(args.namespace)),
+        memo=kopf.Memo(
+            namespaces=list(args.namespace),
+            broker_endpoints=args.broker_endpoints,
+            admin_token_file=args.admin_token_file,
+        ),
         **peering,
     )
     return 0

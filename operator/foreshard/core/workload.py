@@ -105,6 +105,8 @@ def broker_args(spec: QueueSpec) -> list[str]:
         "--queue", spec.name,
         "--slots", str(spec.slots),
         "--shard", "auto",
+        # Owns no slot until the operator pushes routing: a fresh shard never takes every key.
+        "--await-routing",
         # The Admin API (routing, fences, imports) answers only the operator's bearer token.
         "--admin-token-file", ADMIN_TOKEN_FILE,
     ]  # fmt: skip

@@ -1,52 +1,71 @@
-"""kopf registration for ShardAllocation: thin, all logic lives in reconcile/ and core/."""
+"""kopf registration for ShardAllocation: thin, all logic lives in reconcile/ and core/.
+
+kopf runs a timer beside the event handlers of the same object, so two passes could overlap and
+both record a routing table; a per-object lock makes passes take turns, and each pass re-reads the
+object so it starts from the status the previous pass wrote (kopf applies a handler's status
+patch after it returns, and the watch may not have delivered it yet).
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
 import kopf
 
-from foreshard.adapters.kube import KubeAdapter
 from foreshard.adapters.metrics import RECONCILES
 from foreshard.api.names import GROUP, SHARD_ALLOCATIONS, VERSION
-from foreshard.reconcile.shardallocation import reconcile
+from foreshard.reconcile.shardallocation import Ports, reconcile
 
 RESYNC_SECONDS = float(os.environ.get("FORESHARD_RESYNC_SECONDS", "10"))
 
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
 
-def _pass(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
-    name = body["metadata"]["name"]
-    try:
-        outcome = reconcile(dict(body), KubeAdapter(), time.time())
-    except Exception:
-        RECONCILES.labels(name, "error").inc()
-        raise
+
+def _lock(uid: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(uid, threading.Lock())
+
+
+def _pass(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any) -> None:
+    meta = body["metadata"]
+    name = meta["name"]
+    ports: Ports = memo["ports"]()
+    with _lock(meta["uid"]):
+        current = ports.kube.shard_allocation(meta["namespace"], name)
+        if current is None or current["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            outcome = reconcile(current, ports, time.time())
+        except Exception:
+            RECONCILES.labels(name, "error").inc()
+            raise
     RECONCILES.labels(name, "ok").inc()
     patch.status.update(outcome.status)
-    if outcome.scaled_from is not None:
-        desired = outcome.status["shards"]["desired"]
-        message = outcome.event or f"Shards {outcome.scaled_from} -> {desired}."
-        kopf.info(body, reason="Scaled", message=message)
-        logger.info("scaled %s from %d to %d shards", name, outcome.scaled_from, desired)
+    for event in outcome.events:
+        post = kopf.warn if event.warning else kopf.info
+        post(body, reason=event.reason, message=event.message)
+        logger.info("%s: %s", event.reason, event.message)
 
 
 @kopf.on.resume(GROUP, VERSION, SHARD_ALLOCATIONS)
-def on_resume(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-    _pass(body, patch, logger)
+def on_resume(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    _pass(body, patch, memo, logger)
 
 
 @kopf.on.create(GROUP, VERSION, SHARD_ALLOCATIONS)
-def on_create(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-    _pass(body, patch, logger)
+def on_create(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    _pass(body, patch, memo, logger)
 
 
 @kopf.on.update(GROUP, VERSION, SHARD_ALLOCATIONS, field="spec")
-def on_update(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-    _pass(body, patch, logger)
+def on_update(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    _pass(body, patch, memo, logger)
 
 
 @kopf.timer(GROUP, VERSION, SHARD_ALLOCATIONS, interval=RESYNC_SECONDS, sharp=False)
-def resync(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-    _pass(body, patch, logger)
+def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    _pass(body, patch, memo, logger)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import kopf
 
+from foreshard.adapters.brokers import GrpcBrokers, resolver
+from foreshard.adapters.kube import KubeAdapter
 from foreshard.adapters.peering import ensure_peering
+from foreshard.reconcile.shardallocation import Ports
 
 # kopf's default is 60 s; a standby takes over about this long after the active replica dies.
 PEERING_LIFETIME_S = int(os.environ.get("FORESHARD_PEERING_LIFETIME_SECONDS", "20"))
@@ -22,6 +27,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     # Watching named namespaces needs no cluster-scoped reads: without scanning, kopf neither
     # lists namespaces nor watches CRDs, so a namespaced install needs no ClusterRole at all.
     settings.scanning.disabled = bool(namespaces)
+    token_file = memo.get("admin_token_file")
+    memo.ports = partial(
+        build_ports, resolver(memo.get("broker_endpoints", "dns")), Path(token_file) if token_file else None
+    )
+    if token_file is None or not Path(token_file).exists():
+        logger.warning("no broker admin token (%s): brokers will refuse routing pushes", token_file)
     if settings.peering.standalone:
         return
     settings.peering.lifetime = PEERING_LIFETIME_S
@@ -33,3 +44,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
         settings.peering.lifetime,
         f"; created in {', '.join(created)}" if created else "",
     )
+
+
+def build_ports(endpoints: Any, token_file: Path | None) -> Ports:
+    """A pass's ports; the token file is re-read each pass, so a rotated Secret needs no restart."""
+    return Ports(KubeAdapter(), endpoints, GrpcBrokers.from_token_file(token_file))

@@ -2,15 +2,19 @@
 
 Level-based: nothing is remembered between passes except what status says; the timer re-runs the
 pass, and a fresh process reaches the same decision from the same history, status and time.
+
+    forecast decision -> replicas (never below the shards that own slots) -> Service + StatefulSet
+        -> routing (record a table, or push the recorded one to brokers behind it) -> status, Events
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from foreshard.adapters import prometheus
+from foreshard.adapters.brokers import BrokerAdmin, EndpointResolver
 from foreshard.adapters.kube import KubePort
 from foreshard.adapters.metrics import (
     DESIRED_SHARDS,
@@ -18,11 +22,16 @@ from foreshard.adapters.metrics import (
     FORECAST_READY,
     PLANNED_SHARDS,
     READY_SHARDS,
+    ROUTING_EPOCH,
 )
+from foreshard.api import conditions
+from foreshard.api import routing as routing_status
 from foreshard.api.shardallocation import QueueSpec
-from foreshard.core import decision, queue_status, workload
+from foreshard.core import decision, queue_status, routing, workload
 from foreshard.core.series import Series
 from foreshard.reconcile import forecasts
+from foreshard.reconcile.routing import Routed, route
+from foreshard_broker.routing import RoutingTable
 
 
 class HistoryReader(Protocol):
@@ -32,11 +41,38 @@ class HistoryReader(Protocol):
 Connect = Callable[[str], HistoryReader]
 
 
+def connect_briefly(url: str) -> HistoryReader:
+    # no retry, 10 s timeout: a dead Prometheus costs a pass seconds, not the client's backoff;
+    # the timer is the retry
+    return prometheus.connect(url, timeout_s=10, retries=0)
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Everything a pass talks to."""
+
+    kube: KubePort
+    endpoints: EndpointResolver
+    brokers: BrokerAdmin
+    connect: Connect = connect_briefly
+
+
+# Routed transitions worth an Event (a waiting or recording pass says so in the condition only).
+ROUTING_EVENTS = frozenset({"BrokersRouted", "BrokersLagging", "RoutingRefused"})
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str
+    message: str
+    warning: bool = False
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: dict[str, Any]
     scaled_from: int | None  # previous replica count when this pass changed it
-    event: str | None = None  # the Scaled Event's message
+    events: list[Event] = field(default_factory=list)
 
 
 def gather(spec: QueueSpec, replicas: int, now_s: float, connect: Connect) -> decision.Gathered:
@@ -54,16 +90,9 @@ def gather(spec: QueueSpec, replicas: int, now_s: float, connect: Connect) -> de
     return decision.Gathered(replicas, history)
 
 
-def connect_briefly(url: str) -> HistoryReader:
-    # no retry, 10 s timeout: a dead Prometheus costs a pass seconds, not the client's backoff;
-    # the timer is the retry
-    return prometheus.connect(url, timeout_s=10, retries=0)
-
-
-def reconcile(
-    body: dict[str, Any], kube: KubePort, now_s: float, connect: Connect = connect_briefly
-) -> Outcome:
+def reconcile(body: dict[str, Any], ports: Ports, now_s: float) -> Outcome:
     spec = QueueSpec.from_body(body)
+    kube = ports.kube
     before = kube.observe_stateful_set(spec.namespace, workload.shard_name(spec.name))
     previous: Mapping[str, Any] = body.get("status") or {}
     # the forecast loop (reconcile/forecasts.py) publishes the demand; fit here only without it
@@ -72,25 +101,71 @@ def reconcile(
         spec, gathered, estimate = published
         decided = decision.decide(spec, gathered, previous, now_s, estimate)
     else:
-        decided = decision.decide(spec, gather(spec, before.replicas, now_s, connect), previous, now_s)
-    desired = decided.replicas
+        decided = decision.decide(spec, gather(spec, before.replicas, now_s, ports.connect), previous, now_s)
+    recorded = routing_status.from_status(previous.get("routing"), spec.slots)
+    desired, held = keep_owning_shards(decided.replicas, recorded)
     kube.apply(queue_status.owned_by(workload.headless_service(spec), body))
     kube.apply(queue_status.owned_by(workload.stateful_set(spec, desired), body))
     after = kube.observe_stateful_set(spec.namespace, workload.shard_name(spec.name))
+    routed = route(spec, recorded, desired, kube, ports.endpoints, ports.brokers)
     generation = int(body["metadata"].get("generation", 0))
-    report = queue_status.Report((decided.forecasting,), decided.holding, decided.plan, decided.last_decision)
+    report = queue_status.Report(
+        (decided.forecasting, routed.condition), decided.holding, decided.plan, decided.last_decision
+    )
     status = queue_status.next_status(
         dict(previous), generation, desired, after, decision.timestamp(now_s), report
     )
-    _export(spec.name, decided, desired, after.ready_replicas)
+    if routed.decision.table is not None:
+        status["routing"] = routing_status.to_status(routed.decision.table)
+    _export(spec.name, decided, desired, after.ready_replicas, routed)
     scaled_from = before.replicas if before.replicas != desired else None
-    return Outcome(status, scaled_from, decided.event)
+    events = _events(previous, routed, held, scaled_from, desired, decided.event)
+    return Outcome(status, scaled_from, events)
 
 
-def _export(queue: str, decided: decision.Decision, desired: int, ready: int) -> None:
+def keep_owning_shards(planned: int, recorded: RoutingTable | None) -> tuple[int, str | None]:
+    """Never fewer shards than own slots: a StatefulSet scale-in deletes the highest pods and their
+    backlog. Slots leave a shard only by a migration; until then the scale-in waits (and says so)."""
+    floor = routing.floor(recorded)
+    if planned >= floor:
+        return planned, None
+    return floor, (
+        f"Scale-in to {planned} shards held at {floor}: shards {planned}-{floor - 1} still own slots, "
+        "which must move off them first."
+    )
+
+
+def _events(
+    previous: Mapping[str, Any],
+    routed: Routed,
+    held: str | None,
+    scaled_from: int | None,
+    desired: int,
+    scaled_message: str | None,
+) -> list[Event]:
+    events = []
+    if scaled_from is not None:
+        events.append(Event("Scaled", scaled_message or f"Shards {scaled_from} -> {desired}."))
+    if held is not None:
+        events.append(Event("DrainBeforeScaleIn", held))
+    table = routed.decision.table
+    if routed.decision.record and table is not None:
+        events.append(Event("RoutingRecorded", f"Routing epoch {table.epoch} recorded in status.routing."))
+    routed_before: Mapping[str, Any] = next(
+        (c for c in previous.get("conditions") or [] if c.get("type") == conditions.ROUTED), {}
+    )
+    now = routed.condition
+    if now.reason != routed_before.get("reason") and now.reason in ROUTING_EVENTS:
+        events.append(Event(now.reason, now.message, warning=now.status != "True"))
+    return events
+
+
+def _export(queue: str, decided: decision.Decision, desired: int, ready: int, routed: Routed) -> None:
     DESIRED_SHARDS.labels(queue).set(desired)
     READY_SHARDS.labels(queue).set(ready)
     FORECAST_READY.labels(queue).set(1 if decided.forecasting.status == "True" else 0)
+    if routed.decision.table is not None:
+        ROUTING_EPOCH.labels(queue).set(routed.decision.table.epoch)
     if decided.plan is not None:
         FORECAST_PEAK.labels(queue).set(decided.plan["forecastPeak"])
         PLANNED_SHARDS.labels(queue).set(decided.plan["targetShards"])

@@ -1,0 +1,122 @@
+"""A whole reconcile pass over in-memory ports: the StatefulSet, status.routing and the Events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from foreshard.adapters.brokers import AnnotationEndpoints
+from foreshard.adapters.kube import ShardPod
+from foreshard.api import routing as routing_status
+from foreshard.api.names import ANNOTATION_BROKER_ENDPOINT
+from foreshard.core import routing
+from foreshard.core.queue_status import Observed
+from foreshard.core.routing import PushFailure
+from foreshard.reconcile.shardallocation import Ports, reconcile
+from foreshard_broker.routing import RoutingTable
+
+pytestmark = pytest.mark.unit
+
+
+class Cluster:
+    def __init__(self, pods: int) -> None:
+        self.replicas = 0
+        self.pods = pods
+        self.applied: list[dict[str, Any]] = []
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.applied.append(manifest)
+        if manifest["kind"] == "StatefulSet":
+            self.replicas = int(manifest["spec"]["replicas"])
+
+    def observe_stateful_set(self, namespace: str, name: str) -> Observed:
+        return Observed(self.replicas, self.replicas)
+
+    def shard_pods(self, namespace: str, queue: str) -> list[ShardPod]:
+        return [
+            ShardPod(
+                f"{queue}-shard-{i}",
+                namespace,
+                i,
+                {ANNOTATION_BROKER_ENDPOINT: f"10.0.0.{i}:7000"},
+                True,
+                False,
+            )
+            for i in range(self.pods)
+        ]
+
+    def shard_allocation(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
+
+class Brokers:
+    """Brokers that answer with the epoch they were last given."""
+
+    def __init__(self) -> None:
+        self.epoch: dict[int, int] = {}
+        self.pushes: list[tuple[int, int]] = []
+
+    def epochs(self, endpoints: dict[int, str]) -> dict[int, int | None]:
+        return {s: self.epoch.get(s, 0) for s in endpoints}
+
+    def push(self, table: RoutingTable, shards: list[int]) -> dict[int, PushFailure]:
+        for shard in shards:
+            self.epoch[shard] = table.epoch
+            self.pushes.append((shard, table.epoch))
+        return {}
+
+
+def body(min_shards: int, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "foreshard.io/v1alpha1",
+        "kind": "ShardAllocation",
+        "metadata": {"name": "orders", "namespace": "shop", "uid": "u1", "generation": 1},
+        "spec": {"minShards": min_shards, "maxShards": 8, "slots": 64},
+        "status": status or {},
+    }
+
+
+def test_three_passes_scale_record_then_push_and_say_so() -> None:
+    cluster, brokers = Cluster(pods=3), Brokers()
+    ports = Ports(cluster, AnnotationEndpoints(), brokers)
+    status: dict[str, Any] = {}
+    reasons, events = [], []
+    for now in (100.0, 110.0, 120.0):
+        outcome = reconcile(body(3, status), ports, now)
+        status = outcome.status
+        reasons.append(next(c["reason"] for c in status["conditions"] if c["type"] == "Routed"))
+        events += [e.reason for e in outcome.events]
+    assert reasons == ["RoutingRecorded", "BrokersRouted", "BrokersRouted"]
+    assert events == ["Scaled", "RoutingRecorded", "BrokersRouted"]
+    assert brokers.pushes == [(0, 1), (1, 1), (2, 1)]  # each pushed once, after it was recorded
+    assert status["routing"]["epoch"] == 1 and len(status["routing"]["slotRanges"]) == 3
+
+
+def test_scale_in_is_held_while_the_shards_to_go_own_slots() -> None:
+    table = RoutingTable(4, 64, routing.initial_owners(64, 3), {}, {s: f"10.0.0.{s}:7000" for s in range(3)})
+    cluster, brokers = Cluster(pods=3), Brokers()
+    brokers.epoch = {0: 4, 1: 4, 2: 4}
+    outcome = reconcile(
+        body(1, {"routing": routing_status.to_status(table)}),
+        Ports(cluster, AnnotationEndpoints(), brokers),
+        100.0,
+    )
+    assert cluster.replicas == 3 and outcome.status["shards"]["desired"] == 3
+    held = [e for e in outcome.events if e.reason == "DrainBeforeScaleIn"]
+    assert held and "shards 1-2 still own slots" in held[0].message
+
+
+def test_a_lagging_broker_is_a_warning_event_once() -> None:
+    table = RoutingTable(2, 64, routing.initial_owners(64, 2), {}, {s: f"10.0.0.{s}:7000" for s in range(2)})
+
+    class Away(Brokers):
+        def epochs(self, endpoints: dict[int, str]) -> dict[int, int | None]:
+            return {0: 2, 1: None}
+
+    ports = Ports(Cluster(pods=2), AnnotationEndpoints(), Away())
+    first = reconcile(body(2, {"routing": routing_status.to_status(table)}), ports, 100.0)
+    lagging = [e for e in first.events if e.reason == "BrokersLagging"]
+    assert lagging and lagging[0].warning
+    again = reconcile(body(2, first.status), ports, 110.0)
+    assert not [e for e in again.events if e.reason == "BrokersLagging"]
