@@ -157,3 +157,14 @@ def test_a_wrong_token_is_refused_and_reported(shards: list[BrokerProcess]) -> N
     routed = passes(shards, 2, token="not-the-token")
     assert routed.condition.reason == "RoutingRefused" and "UNAUTHENTICATED" in routed.condition.message
     assert asyncio.run(epochs(shards)) == [0, 0, 0]
+
+
+def test_traffic_through_routed_brokers_arrives_once_and_in_order(shards: list[BrokerProcess]) -> None:
+    from foreshard.localcluster import traffic
+
+    table = passes(shards, 2).decision.table
+    assert table is not None
+    verdict = asyncio.run(traffic.check(table.endpoints, messages=3000, key_count=300, timeout_s=60))
+    assert verdict.ok, verdict.to_json()
+    assert sum(verdict.stored_by_shard.values()) == 3000 and len(verdict.stored_by_shard) == 3
+    assert verdict.busiest_shard_share < 0.5

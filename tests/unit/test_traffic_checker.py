@@ -1,0 +1,27 @@
+"""The traffic checker finds what it claims to: lost, duplicated and reordered messages per key."""
+
+from __future__ import annotations
+
+import pytest
+
+from foreshard.localcluster.traffic import Checker
+
+pytestmark = pytest.mark.unit
+
+
+def feed(checker: Checker, *payloads: str) -> Checker:
+    for payload in payloads:
+        checker.record(payload.encode())
+    return checker
+
+
+def test_a_clean_run_is_complete_and_clean() -> None:
+    checker = feed(Checker({"a": 2, "b:x": 1}), "a:0", "b:x:0", "a:1")
+    assert checker.complete() and checker.verdict() == (0, 0, 0)
+
+
+def test_loss_duplication_and_reordering_are_each_counted() -> None:
+    checker = feed(Checker({"a": 3, "b": 2}), "a:1", "a:0", "a:1", "b:0")
+    assert not checker.complete()
+    lost, duplicated, reordered = checker.verdict()
+    assert (lost, duplicated, reordered) == (2, 1, 1)  # a:2 and b:1 lost; a:1 twice; a out of order
