@@ -34,6 +34,7 @@ class Verdict:
     stored_by_shard: dict[int, int] = field(default_factory=dict)
     publish_s: float = 0.0
     consume_s: float = 0.0
+    failed: int = 0  # publishes never acknowledged (allowed: never promised), not lost
 
     @property
     def ok(self) -> bool:
@@ -54,10 +55,14 @@ class Verdict:
 
 
 class Checker:
-    """What a consumer saw, judged against what was published (pure bookkeeping)."""
+    """What a consumer saw, judged against what the brokers acknowledged (pure bookkeeping).
 
-    def __init__(self, published: Mapping[str, int]) -> None:
-        self.published = dict(published)  # key -> messages published (sequences 0..n-1)
+    `acked` maps each key to the sequences a broker answered "stored" for; a message whose publish
+    failed (say its broker was down past the retry budget) was never promised, so it is not lost.
+    """
+
+    def __init__(self, acked: Mapping[str, Sequence[int]]) -> None:
+        self.acked = {key: set(sequences) for key, sequences in acked.items()}
         self.seen: dict[str, list[int]] = {}
 
     def record(self, payload: bytes) -> None:
@@ -69,13 +74,13 @@ class Checker:
         return sum(len(s) for s in self.seen.values())
 
     def complete(self) -> bool:
-        return all(len(set(self.seen.get(k, ()))) == n for k, n in self.published.items())
+        return all(sequences <= set(self.seen.get(k, ())) for k, sequences in self.acked.items())
 
     def verdict(self) -> tuple[int, int, int]:
         lost = duplicated = reordered = 0
-        for key, count in self.published.items():
+        for key, sequences in self.acked.items():
             got = self.seen.get(key, [])
-            lost += count - len(set(got) & set(range(count)))
+            lost += len(sequences - set(got))
             duplicated += len(got) - len(set(got))
             reordered += any(b <= a for a, b in itertools.pairwise(got))
         return lost, duplicated, reordered
@@ -85,25 +90,41 @@ def keys(count: int) -> list[str]:
     return [f"customer-{i:05d}" for i in range(count)]
 
 
-async def publish(bootstrap: Sequence[str], messages: int, key_count: int) -> dict[str, int]:
-    """Round-robin over `key_count` keys; returns messages per key once every one is stored."""
-    published = dict.fromkeys(keys(key_count), 0)
-    names = list(published)
+@dataclass
+class Published:
+    acked: dict[str, list[int]]  # key -> sequences the brokers answered "stored" for
+    failed: int  # publishes that ended in an error (never acknowledged)
+
+    @property
+    def stored(self) -> int:
+        return sum(map(len, self.acked.values()))
+
+
+async def publish(bootstrap: Sequence[str], messages: int, key_count: int, window: int = 5000) -> Published:
+    """Round-robin over `key_count` keys, `window` messages in flight; what was acknowledged."""
+    names = keys(key_count)
+    acked: dict[str, list[int]] = {name: [] for name in names}
+    failed = 0
     transport = GrpcTransport()
     try:
         async with Producer(transport, list(bootstrap)) as producer:
-            pending = []
-            for i in range(messages):
-                key = names[i % key_count]
-                pending.append(producer.send(key, f"{key}:{published[key]}".encode()))
-                published[key] += 1
-                if len(pending) >= 5000:
-                    await asyncio.gather(*pending)
-                    pending.clear()
-            await asyncio.gather(*pending)
+            for start in range(0, messages, window):
+                batch = [
+                    (names[i % key_count], i // key_count)
+                    for i in range(start, min(messages, start + window))
+                ]
+                answers = await asyncio.gather(
+                    *(producer.send(key, f"{key}:{seq}".encode()) for key, seq in batch),
+                    return_exceptions=True,
+                )
+                for (key, seq), answer in zip(batch, answers, strict=True):
+                    if isinstance(answer, BaseException):
+                        failed += 1
+                    else:
+                        acked[key].append(seq)
     finally:
         await transport.close()
-    return published
+    return Published(acked, failed)
 
 
 async def stored_by_shard(endpoints: Mapping[int, str]) -> dict[int, int]:
@@ -152,10 +173,30 @@ async def check(
     published = await publish(bootstrap, messages, key_count)
     publish_s = time.perf_counter() - began
     stored = await stored_by_shard(endpoints)
-    checker = Checker(published)
+    return await judge(bootstrap, published, group, timeout_s, stored, publish_s)
+
+
+async def judge(
+    bootstrap: Sequence[str],
+    published: Published,
+    group: str,
+    timeout_s: float,
+    stored: dict[int, int] | None = None,
+    publish_s: float = 0.0,
+) -> Verdict:
+    """Consume everything as `group` and judge it against what was acknowledged."""
+    checker = Checker(published.acked)
     began = time.perf_counter()
     await consume(bootstrap, checker, group, timeout_s)
     lost, duplicated, reordered = checker.verdict()
     return Verdict(
-        messages, key_count, lost, duplicated, reordered, stored, publish_s, time.perf_counter() - began
+        published.stored + published.failed,
+        len(published.acked),
+        lost,
+        duplicated,
+        reordered,
+        stored or {},
+        publish_s,
+        time.perf_counter() - began,
+        published.failed,
     )
