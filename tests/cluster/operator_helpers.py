@@ -61,6 +61,7 @@ def install(cluster: LocalCluster) -> None:
     cluster.kubectl("apply", "-k", str(REPO / "manifests"))
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
     cluster.kubectl("apply", "-f", "-", stdin=json.dumps(namespace))
+    cluster.create_admin_token_secret(NAMESPACE)  # shard pods mount it; the runner's brokers use it
 
 
 @contextmanager
@@ -96,7 +97,15 @@ def running_operator(
                 str(free_port(None, {metrics_port})),
                 *args,
             ],
-            env={**os.environ, "KUBECONFIG": str(config), "FORESHARD_RESYNC_SECONDS": "2", **(env or {})},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(config),
+                "FORESHARD_RESYNC_SECONDS": "2",
+                # the local cluster has no pod DNS: its pod runner annotates each broker's address
+                "FORESHARD_BROKER_ENDPOINTS": "annotation",
+                "FORESHARD_ADMIN_TOKEN_FILE": str(cluster.admin_token_file),
+                **(env or {}),
+            },
             stdout=handle,
             stderr=subprocess.STDOUT,
         )

@@ -1,14 +1,17 @@
 """`foreshard demo`: the main job on the embedded default.
 
-Starts (or reuses) the local control plane, a real Prometheus holding the bundled traces as
-history that ends now, installs the CRDs and the operator's RBAC, runs the operator as its own
-ServiceAccount, creates a sample queue and waits until the operator reports it Ready. Everything
-keeps running in the background; `foreshard cluster down` (`make down`) stops it all.
+Starts (or reuses) the local control plane with its pod runner, a real Prometheus holding the
+bundled traces as history that ends now (and scraping every broker the runner starts), installs
+the CRDs and the operator's RBAC, runs the operator as its own ServiceAccount, creates a sample
+queue of three shards, waits until its brokers serve the operator's routing, then sends real keyed
+traffic through one of them with the public SDK and checks that a consumer group got every message
+once and in per-key order. Everything keeps running in the background; `make down` stops it all.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -19,12 +22,15 @@ from typing import Any
 import yaml
 
 from foreshard import traces
+from foreshard.api.names import ANNOTATION_BROKER_ENDPOINT
+from foreshard.localcluster import traffic
 from foreshard.localcluster.cluster import LocalCluster, Ports, service_account_kubeconfig
 from foreshard.localcluster.process import free_port, spawn
 from foreshard.localcluster.prometheus import PrometheusServer, backfill
 
 REPO = Path(__file__).resolve().parents[3]
 NAMESPACE = "demo"
+QUEUE = "orders"
 
 
 def register(subparsers: Any) -> None:
@@ -33,6 +39,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--workdir", type=Path, default=Path("build/cluster"))
     parser.add_argument("--traces", type=Path, default=traces.BUNDLED, help="default: data/traces")
+    parser.add_argument("--messages", type=int, default=20_000, help="traffic check size (0: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     parser.set_defaults(func=_demo)
 
@@ -53,19 +60,33 @@ def _demo(args: argparse.Namespace) -> int:
     # same ServiceAccount and RBAC its Deployment would use.
     cluster.kubectl("scale", "deployment/foreshard-operator", "-n", "foreshard-system", "--replicas=0")
     operator_pid = _operator(cluster, workdir)
-    _step("creating the sample queue `orders` in namespace demo")
+    _step(f"creating the sample queue `{QUEUE}` (3 shards) in namespace {NAMESPACE}")
+    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+    cluster.create_admin_token_secret(NAMESPACE)
     _apply_sample(cluster, prometheus_url)
-    ready = _wait_ready(cluster, timeout_s=90)
-    summary = {
+    _step("waiting for the shard pods' brokers to be Ready and serve the operator's routing")
+    body = _wait_routed(cluster, timeout_s=180)
+    brokers = _brokers(cluster)
+    summary: dict[str, Any] = {
         "server": cluster.server,
         "kubeconfig": str(cluster.kubeconfig),
         "kubectl": str(cluster.toolchain.path("kubectl")),
         "prometheus": prometheus_url,
         "operator_pid": operator_pid,
-        "queue_ready": ready,
+        "queue": QUEUE,
+        "namespace": NAMESPACE,
+        "queue_ready": body is not None,
+        "routing_epoch": (body or {}).get("status", {}).get("routing", {}).get("epoch"),
+        "brokers": brokers,
     }
+    if body is not None and args.messages:
+        endpoints = {int(e["shard"]): e["endpoint"] for e in body["status"]["routing"]["endpoints"]}
+        _step(f"publishing {args.messages} keyed messages through one broker, consuming them as a group")
+        verdict = asyncio.run(traffic.check(endpoints, args.messages, min(1000, args.messages), "demo-check"))
+        summary["traffic"] = verdict.to_json()
     _print_summary(cluster, summary, args.json)
-    return 0 if ready else 1
+    passed = body is not None and summary.get("traffic", {}).get("ok", not args.messages)
+    return 0 if passed else 1
 
 
 def _cluster(workdir: Path) -> LocalCluster:
@@ -95,7 +116,9 @@ def _prometheus(workdir: Path, source: Path) -> str:
     _step("backfilling the bundled traces into Prometheus as history that ends now")
     queues = traces.prepare_queues(source, workdir / "traces")
     history = {name: traces.read_directory(queues[name]) for name in ("tweets", "elb")}
-    server = PrometheusServer(workdir / "prometheus", port=free_port(29090))
+    server = PrometheusServer(
+        workdir / "prometheus", port=free_port(29090), watch_dirs=[workdir / "scrape-targets"]
+    )
     backfill(history, server.data_dir, end_at_s=time.time() // 60 * 60)
     server.start()
     assert server.managed is not None
@@ -123,6 +146,11 @@ def _operator(cluster: LocalCluster, workdir: Path) -> int:
             str(metrics),
             "--liveness-port",
             str(free_port(28081, {metrics})),
+            # no cluster DNS here: the pod runner writes each broker's address on its pod
+            "--broker-endpoints",
+            "annotation",
+            "--admin-token-file",
+            str(cluster.admin_token_file),
         ],
         workdir / "logs",
         env={"KUBECONFIG": str(config), "PYTHONPATH": os.pathsep.join(sys.path)},
@@ -136,27 +164,33 @@ def _apply_sample(cluster: LocalCluster, prometheus_url: str) -> None:
     body["metadata"]["namespace"] = NAMESPACE
     body["spec"]["minShards"] = 3
     body["spec"]["forecast"]["prometheusURL"] = prometheus_url
-    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+    # a claim per shard (the runner binds it to a directory), so a restarted pod keeps its data
+    body["spec"].setdefault("template", {})["storage"] = {"size": "1Gi"}
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
 
 
-def _wait_ready(cluster: LocalCluster, timeout_s: float) -> bool:
+def _wait_routed(cluster: LocalCluster, timeout_s: float) -> dict[str, Any] | None:
+    """The queue once Ready and Routed are both True (None on timeout)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        out = cluster.kubectl(
-            "get",
-            "shalloc",
-            "orders",
-            "-n",
-            NAMESPACE,
-            "-o",
-            'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
-            check=False,
-        ).stdout
-        if out == "True":
-            return True
+        out = cluster.kubectl("get", "shalloc", QUEUE, "-n", NAMESPACE, "-o", "json", check=False).stdout
+        body = json.loads(out) if out else {}
+        states = {c["type"]: c["status"] for c in (body.get("status") or {}).get("conditions", [])}
+        if states.get("Ready") == states.get("Routed") == "True":
+            return dict(body)
         time.sleep(1)
-    return False
+    return None
+
+
+def _brokers(cluster: LocalCluster) -> dict[str, str]:
+    """Pod name -> the gRPC endpoint a client on this machine can use."""
+    out = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"foreshard.io/queue={QUEUE}", "-o", "json")
+    return {
+        pod["metadata"]["name"]: (pod["metadata"].get("annotations") or {}).get(
+            ANNOTATION_BROKER_ENDPOINT, ""
+        )
+        for pod in json.loads(out.stdout)["items"]
+    }
 
 
 def _print_summary(cluster: LocalCluster, summary: dict[str, Any], as_json: bool) -> None:
@@ -164,6 +198,15 @@ def _print_summary(cluster: LocalCluster, summary: dict[str, Any], as_json: bool
         print(json.dumps(summary))
         return
     print(cluster.kubectl("get", "shalloc,statefulset,pods", "-n", NAMESPACE).stdout)
+    for pod, endpoint in summary["brokers"].items():
+        print(f"Broker          {pod}  {endpoint}")
+    checked = summary.get("traffic")
+    if checked:
+        print(
+            f"Traffic         {checked['messages']} messages over {checked['keys']} keys through one broker: "
+            f"{checked['lost']} lost, {checked['duplicated']} duplicated, {checked['reordered']} keys out of "
+            f"order; busiest shard stored {checked['busiest_shard_share']:.0%}"
+        )
     print(f"Control plane   {summary['server']}")
     print(f"Prometheus      {summary['prometheus']}  (try: foreshard_messages_published_total)")
     print(
@@ -172,5 +215,12 @@ def _print_summary(cluster: LocalCluster, summary: dict[str, Any], as_json: bool
     print("\nUse kubectl against it:")
     print(f"  export KUBECONFIG={summary['kubeconfig']}")
     print(f"  alias kubectl={summary['kubectl']}   # the kubectl built with the cluster (any 1.33+ works)")
-    print(f"  kubectl get shalloc -n {NAMESPACE}; kubectl describe shalloc orders -n {NAMESPACE}")
+    print(f"  kubectl get shalloc -n {NAMESPACE}; kubectl describe shalloc {QUEUE} -n {NAMESPACE}")
+    first = next(iter(summary["brokers"].values()), "<endpoint>")
+    print("\nPublish with the SDK (any broker bootstraps; the operator's table routes each key):")
+    print(
+        "  .venv/bin/python -c 'from foreshard_broker.client.sync import SyncProducer; "
+        "from foreshard_broker.client.grpc_transport import GrpcTransport; "
+        f'p = SyncProducer(GrpcTransport, ["{first}"]); p.publish("customer-1", b"hello"); p.close()\''
+    )
     print("\nStop everything with `make down`.")
