@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,9 +22,9 @@ import yaml
 
 from foreshard import traces
 from foreshard.api.names import ANNOTATION_BROKER_ENDPOINT
-from foreshard.localcluster import traffic
-from foreshard.localcluster.cluster import LocalCluster, Ports, service_account_kubeconfig
-from foreshard.localcluster.process import free_port, spawn
+from foreshard.localcluster import devenv, traffic
+from foreshard.localcluster.cluster import LocalCluster, Ports
+from foreshard.localcluster.process import free_port
 from foreshard.localcluster.prometheus import PrometheusServer, backfill
 
 REPO = Path(__file__).resolve().parents[3]
@@ -52,17 +51,10 @@ def _demo(args: argparse.Namespace) -> int:
     workdir = args.workdir.resolve()
     cluster = _cluster(workdir)
     prometheus_url = _prometheus(workdir, args.traces)
-    _step("installing the CRDs and the operator's RBAC")
-    cluster.kubectl("apply", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    cluster.kubectl("apply", "-k", str(REPO / "manifests"))
-    # In the local cluster pods are simulated, so the operator runs here as a process, under the
-    # same ServiceAccount and RBAC its Deployment would use.
-    cluster.kubectl("scale", "deployment/foreshard-operator", "-n", "foreshard-system", "--replicas=0")
+    _step("installing the CRDs, the operator's RBAC and the brokers' admin token Secret")
+    devenv.install(cluster, NAMESPACE)
     operator_pid = _operator(cluster, workdir)
     _step(f"creating the sample queue `{QUEUE}` (3 shards) in namespace {NAMESPACE}")
-    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
-    cluster.create_admin_token_secret(NAMESPACE)
     _apply_sample(cluster, prometheus_url)
     _step("waiting for the shard pods' brokers to be Ready and serve the operator's routing")
     body = _wait_routed(cluster, timeout_s=180)
@@ -131,30 +123,7 @@ def _operator(cluster: LocalCluster, workdir: Path) -> int:
     if "operator" in state["pids"]:
         return int(state["pids"]["operator"])
     _step("running the operator as ServiceAccount foreshard-system/foreshard-operator")
-    config = service_account_kubeconfig(
-        cluster, "foreshard-system", "foreshard-operator", workdir / "operator.kubeconfig"
-    )
-    metrics = free_port(28080)
-    managed = spawn(
-        "operator",
-        [
-            sys.executable,
-            "-m",
-            "foreshard.cli",
-            "run",
-            "--metrics-port",
-            str(metrics),
-            "--liveness-port",
-            str(free_port(28081, {metrics})),
-            # no cluster DNS here: the pod runner writes each broker's address on its pod
-            "--broker-endpoints",
-            "annotation",
-            "--admin-token-file",
-            str(cluster.admin_token_file),
-        ],
-        workdir / "logs",
-        env={"KUBECONFIG": str(config), "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
+    managed, metrics = devenv.start_operator(cluster, workdir, metrics_port=28080)
     _record(workdir, "operator", managed.pid, {"operator_metrics": f"http://127.0.0.1:{metrics}/metrics"})
     return managed.pid
 
