@@ -122,9 +122,10 @@ def test_a_queues_stateful_set_runs_real_brokers_that_keep_endpoint_and_data(clu
         lambda: (p := all_ready(cluster, 2)) and p["orders-shard-0"]["metadata"]["uid"] != old_uid and p,
         "orders-shard-0 re-created and Ready",
     )
-    assert pods["orders-shard-0"]["metadata"]["annotations"][ANNOTATION_BROKER_ENDPOINT] == endpoints[
-        "orders-shard-0"
-    ], "a re-created pod's broker keeps its endpoint"
+    assert (
+        pods["orders-shard-0"]["metadata"]["annotations"][ANNOTATION_BROKER_ENDPOINT]
+        == endpoints["orders-shard-0"]
+    ), "a re-created pod's broker keeps its endpoint"
     received = []
     with SyncConsumer(GrpcTransport, [endpoints["orders-shard-0"]], "check") as consumer:
         for _ in sent:

@@ -271,4 +271,16 @@ def kwok_stages(text: str) -> str:
         selector.setdefault("matchExpressions", []).append(
             {"key": _MANAGED_BY_QUERY, "operator": "NotIn", "values": [MANAGED_BY]}
         )
-    return yaml.safe_dump_all(documents, sort_keys=False)
+    return yaml.dump_all(documents, Dumper=_BlockDumper, sort_keys=False)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (kwok's status templates) stay `|` blocks, readable in the workdir."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
