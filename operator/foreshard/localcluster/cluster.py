@@ -364,6 +364,8 @@ class LocalCluster:
             "pids": {m.name: m.pid for m in self.processes},
             "kubeconfig": str(self.kubeconfig),
             "server": self.server,
+            "admin_token_file": str(self.admin_token_file),
+            "scrape_targets_dir": str(self.scrape_targets_dir),
             "started_at": time.time(),
         }
         self.state_file.write_text(json.dumps(state, indent=2))
