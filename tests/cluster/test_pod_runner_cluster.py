@@ -96,11 +96,20 @@ async def routing(endpoint: str, token: str) -> Any:
 
 def test_a_queues_stateful_set_runs_real_brokers_that_keep_endpoint_and_data(cluster: LocalCluster) -> None:
     cluster.kubectl("create", "namespace", NAMESPACE)
-    cluster.create_admin_token_secret(NAMESPACE)
     manifest = stateful_set(QueueSpec.from_body(QUEUE), 2)
     cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    wait_for(lambda: len(shard_pods(cluster)) == 2, "2 shard pods")
+    time.sleep(2)
+    assert not brokers(cluster), "like a kubelet, the runner waits for the pods' admin token Secret"
+    cluster.create_admin_token_secret(NAMESPACE)
 
     pods = wait_for(lambda: all_ready(cluster, 2), "2 shard pods Ready")
+    time.sleep(2)
+    versions = {n: p["metadata"]["resourceVersion"] for n, p in shard_pods(cluster).items()}
+    time.sleep(2)
+    assert versions == {n: p["metadata"]["resourceVersion"] for n, p in shard_pods(cluster).items()}, (
+        "an unchanged pod is not patched again"
+    )
     endpoints = {name: p["metadata"]["annotations"][ANNOTATION_BROKER_ENDPOINT] for name, p in pods.items()}
     assert all(e.startswith("127.0.0.1:") for e in endpoints.values())
     assert all(p["metadata"]["annotations"][ANNOTATION_BROKER_METRICS] for p in pods.values())
@@ -155,8 +164,13 @@ def test_scaling_to_zero_and_stopping_the_cluster_leave_no_broker(cluster: Local
     wait_for(lambda: not shard_pods(cluster), "no shard pods")
     wait_for(lambda: not brokers(cluster), "no recorded brokers", 30.0)
     assert not [pid for pid in pids if alive(pid)]
-    assert (cluster.podrunner_dir / "volumes" / NAMESPACE / "data-orders-shard-0").is_dir(), (
-        "a StatefulSet keeps its claims on scale-in, and so the data"
+    volumes = cluster.podrunner_dir / "volumes" / NAMESPACE
+    assert (volumes / "data-orders-shard-0").is_dir(), "a StatefulSet keeps its claims on scale-in"
+    cluster.kubectl("delete", "pvc", "data-orders-shard-1", "-n", NAMESPACE, "--wait=false")
+    wait_for(lambda: not (volumes / "data-orders-shard-1").exists(), "the released volume's data removed")
+    wait_for(
+        lambda: "data-orders-shard-1" not in cluster.kubectl("get", "pv", "-o", "name").stdout,
+        "the released volume deleted",
     )
 
     scale(cluster, 1)

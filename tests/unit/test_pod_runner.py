@@ -241,3 +241,7 @@ def test_a_pending_claim_of_the_local_class_gets_a_hostpath_volume_bound_to_it()
     assert volume["spec"]["hostPath"]["path"] == "/w/volumes/shop/data-orders-shard-0"
     assert volume["spec"]["claimRef"]["uid"] == "abcdef123456"
     assert volume["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"] == "foreshard.io/local"
+
+
+def test_the_pod_view_names_the_secrets_a_kubelet_would_wait_for() -> None:
+    assert ShardPod.of(pod_object()).secrets == ("foreshard-broker-admin",)

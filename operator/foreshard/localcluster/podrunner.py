@@ -101,6 +101,7 @@ class PodRunner:
     slots: dict[str, Slot] = field(default_factory=dict)
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, "broker"))
     _written: dict[str, str] = field(default_factory=dict)
+    _waiting: set[str] = field(default_factory=set)  # pods logged as waiting for a Secret
 
     @property
     def root(self) -> Path:
@@ -150,8 +151,24 @@ class PodRunner:
                 slot.ready = http_ok(f"{slot.broker.http_url}/readyz", timeout_s=0.5)
                 return
             self._crashed(slot, code, now)
-        if now >= slot.retry_at:
+        if now >= slot.retry_at and self._volumes_present(slot.pod):
             slot.pending = self.pool.submit(self._start, slot.pod)
+
+    def _volumes_present(self, pod: ShardPod) -> bool:
+        """A kubelet keeps a pod in ContainerCreating until its Secret volumes exist; so does this
+        (the broker itself uses the cluster's token file, which that Secret is meant to hold)."""
+        for name in pod.secrets:
+            try:
+                self.core.read_namespaced_secret(name, pod.namespace)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+                if pod.key not in self._waiting:
+                    log.info("%s: waiting for Secret %s", pod.key, name)
+                    self._waiting.add(pod.key)
+                return False
+        self._waiting.discard(pod.key)
+        return True
 
     def _crashed(self, slot: Slot, code: int, now: float) -> None:
         ran = now - (slot.started_at or now)

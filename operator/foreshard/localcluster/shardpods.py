@@ -45,6 +45,7 @@ class ShardPod:
     container: str
     args: tuple[str, ...]
     claim: str | None  # the PersistentVolumeClaim behind volume "data"; None for an emptyDir
+    secrets: tuple[str, ...] = ()  # Secrets mounted as volumes (not optional): a kubelet waits for them
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     status: Mapping[str, Any] = field(default_factory=dict)
@@ -65,6 +66,7 @@ class ShardPod:
             container=broker.get("name", BROKER_CONTAINER),
             args=tuple(broker.get("args") or ()),
             claim=claim_name(spec.get("volumes") or []),
+            secrets=secret_names(spec.get("volumes") or []),
             labels=dict(meta.get("labels") or {}),
             annotations=dict(meta.get("annotations") or {}),
             status=status,
@@ -85,6 +87,11 @@ def claim_name(volumes: Sequence[Mapping[str, Any]]) -> str | None:
             claim = volume.get("persistentVolumeClaim") or {}
             return claim.get("claimName") or None
     return None
+
+
+def secret_names(volumes: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    secrets = (v.get("secret") or {} for v in volumes)
+    return tuple(sorted({s["secretName"] for s in secrets if s.get("secretName") and not s.get("optional")}))
 
 
 def ordinal(pod_name: str) -> int:
