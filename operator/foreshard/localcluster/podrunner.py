@@ -175,6 +175,8 @@ class PodRunner:
         if ran >= BACKOFF_RESET_AFTER_S:
             slot.backoff_s = BACKOFF_FIRST_S
         log.warning("%s: broker exited with code %s; restart in %.0fs", slot.pod.key, code, slot.backoff_s)
+        # A container killed by signal N exits 128+N in a kubelet's terms (SIGKILL: 137).
+        code = 128 - code if code < 0 else code
         slot.broker, slot.ready, slot.last_exit = None, False, (code, now)
         slot.restarts += 1
         slot.retry_at = now + slot.backoff_s
@@ -187,7 +189,7 @@ class PodRunner:
             result = future.result()
         except Exception as error:  # a broker that never listened counts as a crash
             log.warning("%s: broker failed to start: %s", slot.pod.key, error)
-            self._crashed(slot, -1, self.clock())
+            self._crashed(slot, 1, self.clock())
             return
         slot.broker = result
         if result is not None:
@@ -247,8 +249,8 @@ class PodRunner:
             new_session=True,
         )
         broker.start()
-        log.info("%s: broker started, pid %s, grpc %s", pod.key, broker.process and broker.process.pid,
-                 broker.endpoint)  # fmt: skip
+        pid = broker.process.pid if broker.process else None
+        log.info("%s: broker started, pid %s, grpc %s", pod.key, pid, broker.endpoint)
         return broker
 
     @staticmethod
