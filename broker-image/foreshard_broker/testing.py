@@ -34,6 +34,13 @@ class BrokerProcess:
     # The Admin API's bearer token, written to <data_dir>/admin.token and passed as
     # --admin-token-file; random by default. None starts a broker without one (Admin API refused).
     admin_token: str | None = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # The pod runner passes a pod's own (rebound) flags: then they replace the generated ones
+    # (data dir, ports, shard, sync, token) and the caller owns every flag.
+    flags: list[str] | None = None
+    log_file: Path | None = None  # default: <data_dir>/broker-<shard>.log
+    # Its own process group, so a supervisor's recorded pid can be stopped with its children and
+    # a signal to the supervisor's group does not reach the broker before the supervisor drains it.
+    new_session: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -45,7 +52,7 @@ class BrokerProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir / f"broker-{self.shard}.log"
+        return self.log_file or self.data_dir / f"broker-{self.shard}.log"
 
     @property
     def admin_token_file(self) -> Path:
@@ -57,6 +64,8 @@ class BrokerProcess:
 
     def args(self) -> list[str]:
         base = self.command or [sys.executable, "-m", "foreshard_broker.server.main"]
+        if self.flags is not None:
+            return [*base, *self.flags]
         token = ["--admin-token-file", str(self.admin_token_file)] if self.admin_token is not None else []
         return [
             *base,
@@ -71,12 +80,17 @@ class BrokerProcess:
 
     def start(self, timeout: float = 30.0) -> BrokerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.admin_token is not None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.admin_token is not None and self.flags is None:
             self.admin_token_file.write_text(self.admin_token + "\n")
             self.admin_token_file.chmod(0o600)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed by close()
         self.process = subprocess.Popen(
-            self.args(), stdout=subprocess.PIPE, stderr=log, env={**os.environ, **self.env}
+            self.args(),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, **self.env},
+            start_new_session=self.new_session,
         )
         log.close()
         line = read_announcement(self.process, timeout)
@@ -98,6 +112,15 @@ class BrokerProcess:
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=timeout)
         self._close()
+        return code
+
+    def exited(self) -> int | None:
+        """The exit code once the process has ended (and is reaped), else None."""
+        if self.process is None:
+            return None
+        code = self.process.poll()
+        if code is not None:
+            self._close()
         return code
 
     def _close(self) -> None:

@@ -36,7 +36,7 @@ def test_a_busy_preferred_port_is_replaced_and_stopping_leaves_no_process(tmp_pa
             assert cluster.ports is not None and cluster.ports.apiserver != PREFERRED_PORTS["apiserver"]
             assert cluster.kubectl("get", "--raw", "/readyz").stdout == "ok"
             pids = [m.pid for m in cluster.processes]
-            assert len(pids) == 5
+            assert len(pids) == 6  # etcd, apiserver, controller-manager, scheduler, kwok, pod runner
         finally:
             cluster.stop()
     assert not [pid for pid in pids if alive(pid)]

@@ -67,6 +67,9 @@ def _print_state(args: argparse.Namespace, extra: dict[str, Any] | None = None) 
     print(f"Local control plane at {state['server']}")
     for name, pid in state["pids"].items():
         print(f"  {name:24s} pid {pid}")
+    if "admin_token_file" in state:
+        print(f"\n  brokers' admin token:   {state['admin_token_file']}")
+        print(f"  broker scrape targets:  {state['scrape_targets_dir']}/*.json")
     print(f"\n  export KUBECONFIG={state['kubeconfig']}")
     print("  kubectl get nodes")
     print("\nStop it with `make down` (or `foreshard cluster down`).")

@@ -3,26 +3,33 @@
     etcd --> kube-apiserver (RBAC, client-cert auth, TokenRequest)
                  ^      ^      ^
      controller-manager  scheduler  kwok (fake nodes: pods go Running and Ready)
+                                    pod runner (shard pods: real brokers on loopback)
 
 `LocalCluster.start()` brings the components up in that order, waiting for each to be healthy;
 if one dies it raises `StartError` with the tail of that component's log and stops everything it
-started. `stop()` leaves no process behind. State (PIDs, ports) is written to
+started. Shard pods (managed-by=foreshard-operator, component=shard) are left alone by kwok and
+run by the pod runner (`podrunner.py`), which also binds their volume claims. `stop()` leaves no
+process behind. State (PIDs, ports) is written to
 `<workdir>/state.json` so that `foreshard cluster down` can stop a cluster another process started.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
-from foreshard.localcluster import pki
+from foreshard.api.names import ADMIN_TOKEN_KEY, ADMIN_TOKEN_SECRET
+from foreshard.localcluster import pki, shardpods, volumes
 from foreshard.localcluster.process import (
     Managed,
     StartError,
@@ -47,6 +54,8 @@ PREFERRED_PORTS = {
     "kwok": 30247,
 }
 COMPONENT_TIMEOUT_S = 60.0
+# The runner drains every broker on SIGTERM (each broker's own grace is 10 s, in parallel).
+RUNNER_STOP_TIMEOUT_S = 45.0
 
 
 @dataclass
@@ -92,6 +101,24 @@ class LocalCluster:
     def state_file(self) -> Path:
         return self.workdir / "state.json"
 
+    @property
+    def admin_token_file(self) -> Path:
+        """The brokers' Admin API token (random per start, mode 0600); every runner broker uses it."""
+        return self.workdir / "admin-token"
+
+    @property
+    def admin_token(self) -> str:
+        return self.admin_token_file.read_text().strip()
+
+    @property
+    def scrape_targets_dir(self) -> Path:
+        """file_sd JSON the pod runner keeps listing its brokers in (see PrometheusServer.watch_dirs)."""
+        return self.workdir / "scrape-targets"
+
+    @property
+    def podrunner_dir(self) -> Path:
+        return self.workdir / "podrunner"
+
     def __enter__(self) -> LocalCluster:
         self.start()
         return self
@@ -109,6 +136,11 @@ class LocalCluster:
         # for the old one (service-account tokens, the root CA copied into every namespace).
         # This is a throwaway cluster: each start is an empty one.
         shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+        # Likewise the runner's volumes and ports: they belonged to the previous cluster's objects.
+        stop_brokers(self.workdir)
+        shutil.rmtree(self.podrunner_dir, ignore_errors=True)
+        shutil.rmtree(self.scrape_targets_dir, ignore_errors=True)
+        self._write_admin_token()
         steps = (
             ("etcd", self._start_etcd),
             ("apiserver", lambda: self._start_apiserver(certs)),
@@ -116,6 +148,8 @@ class LocalCluster:
             ("controllers", self._start_controllers),
             ("kwok", self._start_kwok),
             ("nodes", self._create_nodes),
+            ("storage", self._create_storage_class),
+            ("podrunner", self._start_podrunner),
         )
         try:
             for name, step in steps:
@@ -127,10 +161,23 @@ class LocalCluster:
         self._write_state()
 
     def stop(self) -> None:
+        # Reversed start order: the runner first, so it drains its brokers while the API is up.
         for managed in reversed(self.processes):
-            stop(managed)
+            stop(managed, RUNNER_STOP_TIMEOUT_S if managed.name == "podrunner" else 10.0)
         self.processes.clear()
+        stop_brokers(self.workdir)  # any the runner could not stop (it was killed, say)
         self.state_file.unlink(missing_ok=True)
+
+    def create_admin_token_secret(self, namespace: str) -> None:
+        """The Secret shard pods mount for their Admin API token, holding this cluster's token."""
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": ADMIN_TOKEN_SECRET, "namespace": namespace},
+            "type": "Opaque",
+            "stringData": {ADMIN_TOKEN_KEY: self.admin_token},
+        }
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
 
     # -- components -----------------------------------------------------------------------
 
@@ -232,7 +279,7 @@ class LocalCluster:
         kwok = self._run(
             "kwok",
             f"--kubeconfig={self.kubeconfig}",
-            f"--config={self.toolchain.kwok_stages}",
+            f"--config={self._write_kwok_stages()}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             f"--server-address=127.0.0.1:{self.ports.kwok}",
@@ -247,6 +294,40 @@ class LocalCluster:
         documents = [fake_node(f"kwok-node-{i}") for i in range(self.nodes)]
         self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
         wait_until(self._nodes_ready, f"{self.nodes} kwok nodes Ready", self.processes, 60.0)
+
+    def _write_kwok_stages(self) -> Path:
+        """kwok's stages minus the shard pods, which the pod runner plays kubelet for."""
+        filtered = self.workdir / "kwok-stages.yaml"
+        filtered.write_text(shardpods.kwok_stages(self.toolchain.kwok_stages.read_text()))
+        return filtered
+
+    def _write_admin_token(self) -> None:
+        self.admin_token_file.unlink(missing_ok=True)
+        fd = os.open(self.admin_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+
+    def _create_storage_class(self) -> None:
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(volumes.storage_class()))
+
+    def _start_podrunner(self) -> None:
+        runner = spawn(
+            "podrunner",
+            [
+                sys.executable,
+                "-m",
+                "foreshard.localcluster.podrunner",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--workdir={self.workdir}",
+                f"--admin-token-file={self.admin_token_file}",
+                f"--prometheus-targets={self.scrape_targets_dir}",
+            ],
+            self.workdir / "logs",
+        )
+        self.processes.append(runner)
+        # Its first pass writes the (empty) target list: the runner is listing pods.
+        targets = self.scrape_targets_dir / "foreshard-brokers.json"
+        wait_until(targets.exists, "the pod runner's first pass", [runner], COMPONENT_TIMEOUT_S)
 
     def _nodes_ready(self) -> bool:
         out = self.kubectl("get", "nodes", "-o", "json").stdout
@@ -283,6 +364,8 @@ class LocalCluster:
             "pids": {m.name: m.pid for m in self.processes},
             "kubeconfig": str(self.kubeconfig),
             "server": self.server,
+            "admin_token_file": str(self.admin_token_file),
+            "scrape_targets_dir": str(self.scrape_targets_dir),
             "started_at": time.time(),
         }
         self.state_file.write_text(json.dumps(state, indent=2))
@@ -332,9 +415,30 @@ def stop_recorded(workdir: Path) -> list[str]:
         return []
     pids: dict[str, int] = json.loads(state_file.read_text()).get("pids", {})
     for name in reversed(list(pids)):
-        stop_pid(pids[name])
+        stop_pid(pids[name], RUNNER_STOP_TIMEOUT_S if name == "podrunner" else 10.0)
+    brokers = stop_brokers(workdir)
     state_file.unlink()
-    return list(pids)
+    return [*pids, *brokers]
+
+
+def _is_broker(pid: int) -> bool:
+    try:
+        return b"foreshard_broker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stop_brokers(workdir: Path) -> list[str]:
+    """Stop the brokers the pod runner recorded (each in its own process group) and forget them."""
+    recorded = workdir / "podrunner" / "brokers.json"
+    if not recorded.exists():
+        return []
+    pids: dict[str, int] = json.loads(recorded.read_text() or "{}")
+    for pid in pids.values():
+        if _is_broker(pid):  # a recorded pid may since belong to something else
+            stop_pid(pid)
+    recorded.unlink(missing_ok=True)
+    return [f"broker {key}" for key in pids]
 
 
 __all__ = ["LocalCluster", "StartError", "service_account_kubeconfig", "stop_recorded"]

@@ -7,7 +7,8 @@ count at the interval's end, so `increase(...[step])` evaluated at an interval's
 interval's count exactly. A missing interval (NaN) gets no sample.
 
 Scrape targets are discovered from `<workdir>/targets/*.json` (file_sd), so brokers and the
-operator can be added while the server runs, without a reload.
+operator can be added while the server runs, without a reload; `watch_dirs` adds directories that
+others keep target files in (the local cluster's pod runner lists its brokers there).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class PrometheusServer:
     workdir: Path
     port: int | None = None
     scrape_interval_s: int = 5
+    watch_dirs: list[Path] = field(default_factory=list)  # more file_sd sources: <dir>/*.json
     managed: Managed | None = field(default=None, init=False)
 
     @property
@@ -114,16 +116,16 @@ class PrometheusServer:
         staged.replace(target)  # atomic: Prometheus never reads half a file
 
     def _config(self) -> dict[str, object]:
+        file_sd: list[dict[str, object]] = [
+            {"files": [str(self.targets_dir / "*.json")], "refresh_interval": "5s"}
+        ]
+        if self.watch_dirs:
+            # 2 s: a broker the runner starts is scraped soon after it listens
+            files = [str(d / "*.json") for d in self.watch_dirs]
+            file_sd.append({"files": files, "refresh_interval": "2s"})
         return {
             "global": {"scrape_interval": f"{self.scrape_interval_s}s", "evaluation_interval": "15s"},
-            "scrape_configs": [
-                {
-                    "job_name": "foreshard",
-                    "file_sd_configs": [
-                        {"files": [str(self.targets_dir / "*.json")], "refresh_interval": "5s"}
-                    ],
-                }
-            ],
+            "scrape_configs": [{"job_name": "foreshard", "file_sd_configs": file_sd}],
         }
 
 
