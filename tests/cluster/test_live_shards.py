@@ -67,6 +67,11 @@ def pods(cluster: LocalCluster) -> list[dict[str, Any]]:
     return sorted(json.loads(out.stdout)["items"], key=lambda p: p["metadata"]["name"])
 
 
+def pod_ready(pod: dict[str, Any], other_than: str = "") -> bool:
+    states = {c["type"]: c["status"] for c in (pod.get("status") or {}).get("conditions", [])}
+    return pod["metadata"]["uid"] != other_than and states.get("Ready") == "True"
+
+
 def slot_arrivals(metrics_url: str) -> int:
     with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -164,9 +169,11 @@ def test_a_deleted_shard_pod_comes_back_on_its_data_and_nothing_acknowledged_is_
         120,
         "shard 1 back and routed",
     )
+    stored = asyncio.run(traffic.stored_by_shard(table))
     verdict = asyncio.run(traffic.judge([table[0]], published[0], "after-delete", 240))
-    print("pod-delete:", json.dumps(verdict.to_json()))
-    assert verdict.ok, verdict.to_json()  # failed publishes were never acknowledged: allowed
+    print("pod-delete:", json.dumps(verdict.to_json()), "stored after re-creation:", stored)
+    # failed publishes were never acknowledged: allowed
+    assert verdict.ok, (verdict.to_json(), stored, published[0].stored)
 
 
 def test_a_killed_broker_is_restarted_and_routed_again_losing_nothing_acknowledged(

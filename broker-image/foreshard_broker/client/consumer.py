@@ -278,9 +278,23 @@ class Consumer:
         expected = max(2 * share * math.ceil(self.agent.message_bytes()), 64 * 1024)
         return FetchSize(share, min(room.max_bytes // sharing, expected))
 
+    async def _join(self, endpoint: str) -> bool:
+        """Join the group on this shard, retrying while it is away (a restarting pod): a loop that
+        fetched without joining would be refused for an unknown group forever. False if closed."""
+        delay = 0.05
+        while not self._closing and endpoint not in self._retired:
+            try:
+                await self.transport.create_group(endpoint, self.group)
+                return True
+            except TransportError as error:
+                log.debug("joining %s on %s failed: %s", self.group, endpoint, error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        return False
+
     async def _fetch_loop(self, endpoint: str) -> None:
-        with contextlib.suppress(TransportError):
-            await self.transport.create_group(endpoint, self.group)
+        if not await self._join(endpoint):
+            return
         while not self._closing and endpoint not in self._retired:
             size = self._fetch_size(endpoint)
             if size.max_messages <= 0 or size.max_bytes <= 0:
