@@ -67,9 +67,21 @@ def pods(cluster: LocalCluster) -> list[dict[str, Any]]:
     return sorted(json.loads(out.stdout)["items"], key=lambda p: p["metadata"]["name"])
 
 
-def pod_ready(pod: dict[str, Any], other_than: str = "") -> bool:
-    states = {c["type"]: c["status"] for c in (pod.get("status") or {}).get("conditions", [])}
-    return pod["metadata"]["uid"] != other_than and states.get("Ready") == "True"
+def pod(cluster: LocalCluster, ordinal: int) -> dict[str, Any]:
+    """The shard pod of that ordinal, by name ({} while it does not exist)."""
+    return get(cluster, "pod", f"{QUEUE}-shard-{ordinal}") or {}
+
+
+def pod_ready(found: dict[str, Any], other_than: str = "") -> bool:
+    if not found or found["metadata"].get("deletionTimestamp"):
+        return False
+    states = {c["type"]: c["status"] for c in (found.get("status") or {}).get("conditions", [])}
+    return found["metadata"]["uid"] != other_than and states.get("Ready") == "True"
+
+
+def restarts(found: dict[str, Any]) -> int:
+    statuses = (found.get("status") or {}).get("containerStatuses") or [{}]
+    return int(statuses[0].get("restartCount", 0))
 
 
 def slot_arrivals(metrics_url: str) -> int:
@@ -155,17 +167,18 @@ def test_a_deleted_shard_pod_comes_back_on_its_data_and_nothing_acknowledged_is_
     published: list[traffic.Published] = []
 
     def publish() -> None:
-        published.append(asyncio.run(traffic.publish([table[0]], 20_000, 500, window=500)))
+        published.append(asyncio.run(traffic.publish([table[0]], 60_000, 500, window=500)))
 
     publisher = threading.Thread(target=publish)
     publisher.start()
-    time.sleep(1.0)
-    uid = pods(cluster)[1]["metadata"]["uid"]
+    time.sleep(0.5)
+    uid = pod(cluster, 1)["metadata"]["uid"]
     cluster.kubectl("delete", "pod", f"{QUEUE}-shard-1", "-n", NAMESPACE, "--wait=false")
+    assert publisher.is_alive(), "the publishing ended before the pod was deleted: publish more"
     publisher.join(timeout=240)
     assert not publisher.is_alive() and published
     wait_for(
-        lambda: pods(cluster)[1]["metadata"]["uid"] != uid and bool(routed(cluster)),
+        lambda: pod_ready(pod(cluster, 1), other_than=uid) and bool(routed(cluster)),
         120,
         "shard 1 back and routed",
     )
@@ -185,12 +198,10 @@ def test_a_killed_broker_is_restarted_and_routed_again_losing_nothing_acknowledg
     name = f"{QUEUE}-shard-2"
     os.kill(broker_pids(cluster)[name], signal.SIGKILL)
     wait_for(
-        lambda: (
-            pods(cluster)[2]["status"]["containerStatuses"][0]["restartCount"] >= 1 and bool(routed(cluster))
-        ),
+        lambda: restarts(pod(cluster, 2)) >= 1 and pod_ready(pod(cluster, 2)) and bool(routed(cluster)),
         90,
         "the runner restarted shard 2's broker and the queue is routed again",
-        lambda: json.dumps(pods(cluster)[2]["status"])[:1500],
+        lambda: json.dumps(pod(cluster, 2).get("status"))[:1500],
     )
     verdict = asyncio.run(traffic.judge([table[0]], before, "after-kill", 120))
     assert before.failed == 0 and verdict.ok, verdict.to_json()

@@ -122,7 +122,7 @@ def test_the_namespaced_operator_reconciles_its_namespace_and_is_denied_every_ot
     local_cluster.kubectl("apply", "-f", "-", stdin=queue("elsewhere", OTHER))
     args = ["--namespace", WATCHED, "--peering", "foreshard"]
     with running_operator(
-        local_cluster, tmp_path, args, account=(SYSTEM, "nsop-foreshard"), installed=True
+        local_cluster, tmp_path, args=args, account=(SYSTEM, "nsop-foreshard"), installed=True
     ) as op:
 
         def reconciled() -> bool:

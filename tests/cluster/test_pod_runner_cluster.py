@@ -22,6 +22,7 @@ from foreshard.localcluster.cluster import LocalCluster
 from foreshard_broker.client.broker_client import AdminClient
 from foreshard_broker.client.grpc_transport import GrpcTransport
 from foreshard_broker.client.sync import SyncConsumer, SyncProducer
+from foreshard_broker.routing import RoutingTable, slot_of
 
 pytestmark = pytest.mark.cluster
 
@@ -94,6 +95,26 @@ async def routing(endpoint: str, token: str) -> Any:
         await admin.close()
 
 
+async def push_routing(endpoints: dict[str, str], token: str) -> None:
+    """What the operator does (no operator runs here): two shards, half the slots each."""
+    by_shard = {int(name.rsplit("-", 1)[1]): endpoint for name, endpoint in endpoints.items()}
+    table = RoutingTable(1, 64, tuple(slot * 2 // 64 for slot in range(64)), {}, by_shard)
+    for endpoint in endpoints.values():
+        admin = AdminClient(endpoint, token=token)
+        try:
+            await admin.update_routing(table)
+        finally:
+            await admin.close()
+
+
+def annotated(cluster: LocalCluster, count: int) -> dict[str, str] | None:
+    found = {
+        name: (p["metadata"].get("annotations") or {}).get(ANNOTATION_BROKER_ENDPOINT, "")
+        for name, p in shard_pods(cluster).items()
+    }
+    return found if len(found) == count and all(found.values()) else None
+
+
 def test_a_queues_stateful_set_runs_real_brokers_that_keep_endpoint_and_data(cluster: LocalCluster) -> None:
     cluster.kubectl("create", "namespace", NAMESPACE)
     manifest = stateful_set(QueueSpec.from_body(QUEUE), 2)
@@ -103,6 +124,14 @@ def test_a_queues_stateful_set_runs_real_brokers_that_keep_endpoint_and_data(clu
     assert not brokers(cluster), "like a kubelet, the runner waits for the pods' admin token Secret"
     cluster.create_admin_token_secret(NAMESPACE)
 
+    # Shard-pod brokers start with --await-routing: running, but not Ready, until routing arrives.
+    endpoints = wait_for(lambda: annotated(cluster, 2), "2 brokers running with their endpoints")
+    table = asyncio.run(routing(endpoints["orders-shard-1"], cluster.admin_token))
+    assert table.epoch == 0 and set(table.slot_owners) == {1}, "shard 1 knows its ordinal"
+    time.sleep(1.5)
+    assert not any(ready(p) for p in shard_pods(cluster).values()), "not Ready without a routing table"
+    asyncio.run(push_routing(endpoints, cluster.admin_token))
+
     pods = wait_for(lambda: all_ready(cluster, 2), "2 shard pods Ready")
     time.sleep(2)
     versions = {n: p["metadata"]["resourceVersion"] for n, p in shard_pods(cluster).items()}
@@ -110,20 +139,18 @@ def test_a_queues_stateful_set_runs_real_brokers_that_keep_endpoint_and_data(clu
     assert versions == {n: p["metadata"]["resourceVersion"] for n, p in shard_pods(cluster).items()}, (
         "an unchanged pod is not patched again"
     )
-    endpoints = {name: p["metadata"]["annotations"][ANNOTATION_BROKER_ENDPOINT] for name, p in pods.items()}
     assert all(e.startswith("127.0.0.1:") for e in endpoints.values())
     assert all(p["metadata"]["annotations"][ANNOTATION_BROKER_METRICS] for p in pods.values())
-    table = asyncio.run(routing(endpoints["orders-shard-1"], cluster.admin_token))
-    assert table.num_slots == 64 and set(table.slot_owners) == {1}, "shard 1 knows its ordinal"
 
     targets = json.loads((cluster.scrape_targets_dir / "foreshard-brokers.json").read_text())
     assert sorted(t["labels"]["pod"] for t in targets) == ["orders-shard-0", "orders-shard-1"]
     assert all("queue" not in t["labels"] for t in targets)
 
     sent = [f"m{i}".encode() for i in range(5)]
+    key = next(k for k in (f"k{i}" for i in range(100)) if slot_of(k, 64) < 32)  # shard 0's
     with SyncProducer(GrpcTransport, [endpoints["orders-shard-0"]]) as producer:
         for payload in sent:
-            producer.publish("k", payload, timeout=10)
+            producer.publish(key, payload, timeout=10)
 
     old_uid = pods["orders-shard-0"]["metadata"]["uid"]
     cluster.kubectl("delete", "pod", "orders-shard-0", "-n", NAMESPACE, "--wait=false")
