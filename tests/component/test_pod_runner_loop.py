@@ -4,6 +4,8 @@ and shutdown drains every broker."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +20,8 @@ from kubernetes.client.exceptions import ApiException
 from foreshard.api.shardallocation import QueueSpec
 from foreshard.core.workload import stateful_set
 from foreshard.localcluster.podrunner import PodRunner
+from foreshard_broker.client.broker_client import AdminClient
+from foreshard_broker.routing import RoutingTable
 
 pytestmark = pytest.mark.component
 
@@ -82,6 +86,29 @@ def tick_until(runner: PodRunner, check: Callable[[], Any], what: str, timeout_s
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def routed_ready(runner: PodRunner, core: FakeCore, name: str) -> bool:
+    """Shard-pod brokers await routing: once this one listens, push a table (as the operator
+    would) and report whether the pod went Ready."""
+    slot = runner.slots.get(f"shop/{name}")
+    if slot is None or slot.broker is None or not slot.broker.grpc_port:
+        return False
+    if not container(core, name).get("ready"):
+        shard = int(name.rsplit("-", 1)[1])
+        table = RoutingTable(1, 1024, (shard,) * 1024, {}, {shard: slot.broker.endpoint})
+
+        async def push() -> None:
+            admin = AdminClient(slot.broker.endpoint, token="secret-token")
+            try:
+                await admin.update_routing(table)
+            finally:
+                await admin.close()
+
+        with contextlib.suppress(Exception):  # not listening yet: the next tick pushes again
+            asyncio.run(push())
+        return False
+    return True
+
+
 def container(core: FakeCore, name: str) -> dict[str, Any]:
     statuses = core.pods[("shop", name)]["status"].get("containerStatuses") or [{}]
     return dict(statuses[0])
@@ -104,7 +131,7 @@ def test_an_empty_dir_pod_runs_a_broker_whose_data_goes_with_the_pod(runner: Any
         runner.tick()
     assert not runner.slots or runner.slots["shop/orders-shard-0"].broker is None, "no Secret: no broker"
     core.secrets.add(("shop", "foreshard-broker-admin"))
-    tick_until(runner, lambda: container(core, "orders-shard-0").get("ready"), "Ready")
+    tick_until(runner, lambda: routed_ready(runner, core, "orders-shard-0"), "Ready")
     data = tmp_path / "podrunner" / "pods" / "uid-orders-shard-0"
     assert (data / "log").is_dir()
     patches = core.status_patches
@@ -124,7 +151,7 @@ def test_a_broker_that_exits_is_restarted_after_a_backoff(runner: Any) -> None:
     runner, core = runner
     core.secrets.add(("shop", "foreshard-broker-admin"))
     core.pods[("shop", "orders-shard-1")] = shard_pod("orders-shard-1")
-    tick_until(runner, lambda: container(core, "orders-shard-1").get("ready"), "Ready")
+    tick_until(runner, lambda: routed_ready(runner, core, "orders-shard-1"), "Ready")
     slot = runner.slots["shop/orders-shard-1"]
     endpoint = slot.broker.endpoint
     os.kill(slot.broker.process.pid, signal.SIGKILL)
