@@ -4,7 +4,8 @@
         -> brokers (each stores the keys it owns) -> per-shard counts from GetBacklog
         -> Consumer group (every shard) -> per key: lost, duplicated, out of order
 
-Payloads are `<key>:<sequence>`, so the check needs nothing but what the consumer received.
+Payloads are `<run>|<key>:<sequence>`, so the check needs nothing but what the consumer received;
+a new group also reads what earlier runs left on the brokers, which the run id sets apart.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,6 +37,7 @@ class Verdict:
     publish_s: float = 0.0
     consume_s: float = 0.0
     failed: int = 0  # publishes never acknowledged (allowed: never promised), not lost
+    earlier_runs: int = 0  # messages of earlier traffic the group also read (not judged)
 
     @property
     def ok(self) -> bool:
@@ -61,12 +64,18 @@ class Checker:
     failed (say its broker was down past the retry budget) was never promised, so it is not lost.
     """
 
-    def __init__(self, acked: Mapping[str, Sequence[int]]) -> None:
+    def __init__(self, acked: Mapping[str, Sequence[int]], run: str = "") -> None:
         self.acked = {key: set(sequences) for key, sequences in acked.items()}
+        self.run = run
         self.seen: dict[str, list[int]] = {}
+        self.foreign = 0  # messages of other runs (earlier traffic still retained)
 
     def record(self, payload: bytes) -> None:
-        key, _, sequence = payload.decode().rpartition(":")
+        run, _, body = payload.decode().rpartition("|")
+        if run != self.run:
+            self.foreign += 1
+            return
+        key, _, sequence = body.rpartition(":")
         self.seen.setdefault(key, []).append(int(sequence))
 
     @property
@@ -94,6 +103,7 @@ def keys(count: int) -> list[str]:
 class Published:
     acked: dict[str, list[int]]  # key -> sequences the brokers answered "stored" for
     failed: int  # publishes that ended in an error (never acknowledged)
+    run: str = ""  # the payloads' run id
 
     @property
     def stored(self) -> int:
@@ -105,6 +115,7 @@ async def publish(bootstrap: Sequence[str], messages: int, key_count: int, windo
     names = keys(key_count)
     acked: dict[str, list[int]] = {name: [] for name in names}
     failed = 0
+    run = uuid.uuid4().hex[:12]
     transport = GrpcTransport()
     try:
         async with Producer(transport, list(bootstrap)) as producer:
@@ -114,7 +125,7 @@ async def publish(bootstrap: Sequence[str], messages: int, key_count: int, windo
                     for i in range(start, min(messages, start + window))
                 ]
                 answers = await asyncio.gather(
-                    *(producer.send(key, f"{key}:{seq}".encode()) for key, seq in batch),
+                    *(producer.send(key, f"{run}|{key}:{seq}".encode()) for key, seq in batch),
                     return_exceptions=True,
                 )
                 for (key, seq), answer in zip(batch, answers, strict=True):
@@ -124,7 +135,7 @@ async def publish(bootstrap: Sequence[str], messages: int, key_count: int, windo
                         acked[key].append(seq)
     finally:
         await transport.close()
-    return Published(acked, failed)
+    return Published(acked, failed, run)
 
 
 async def stored_by_shard(endpoints: Mapping[int, str]) -> dict[int, int]:
@@ -185,7 +196,7 @@ async def judge(
     publish_s: float = 0.0,
 ) -> Verdict:
     """Consume everything as `group` and judge it against what was acknowledged."""
-    checker = Checker(published.acked)
+    checker = Checker(published.acked, published.run)
     began = time.perf_counter()
     await consume(bootstrap, checker, group, timeout_s)
     lost, duplicated, reordered = checker.verdict()
@@ -199,4 +210,5 @@ async def judge(
         publish_s,
         time.perf_counter() - began,
         published.failed,
+        checker.foreign,
     )
