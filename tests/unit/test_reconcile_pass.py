@@ -120,3 +120,15 @@ def test_a_lagging_broker_is_a_warning_event_once() -> None:
     assert lagging and lagging[0].warning
     again = reconcile(body(2, first.status), ports, 110.0)
     assert not [e for e in again.events if e.reason == "BrokersLagging"]
+
+
+def test_a_held_scale_in_says_so_in_scaling_and_posts_its_event_once() -> None:
+    table = RoutingTable(4, 64, routing.initial_owners(64, 3), {}, {s: f"10.0.0.{s}:7000" for s in range(3)})
+    cluster, brokers = Cluster(pods=3), Brokers()
+    brokers.epoch = {0: 4, 1: 4, 2: 4}
+    ports = Ports(cluster, AnnotationEndpoints(), brokers)
+    first = reconcile(body(1, {"routing": routing_status.to_status(table)}), ports, 100.0)
+    scaling = next(c for c in first.status["conditions"] if c["type"] == "Scaling")
+    assert (scaling["status"], scaling["reason"]) == ("False", "DrainBeforeScaleIn")
+    again = reconcile(body(1, first.status), ports, 110.0)
+    assert "DrainBeforeScaleIn" not in [e.reason for e in again.events]

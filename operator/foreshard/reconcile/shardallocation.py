@@ -26,6 +26,7 @@ from foreshard.adapters.metrics import (
 )
 from foreshard.api import conditions
 from foreshard.api import routing as routing_status
+from foreshard.api.conditions import Condition
 from foreshard.api.shardallocation import QueueSpec
 from foreshard.core import decision, queue_status, routing, workload
 from foreshard.core.series import Series
@@ -109,8 +110,11 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float) -> Outcome:
     after = kube.observe_stateful_set(spec.namespace, workload.shard_name(spec.name))
     routed = route(spec, recorded, desired, kube, ports.endpoints, ports.brokers)
     generation = int(body["metadata"].get("generation", 0))
+    holding = decided.holding
+    if held is not None:  # the plan's scale-in is not applied: Scaling says why, not AtTarget
+        holding = Condition(conditions.SCALING, "False", "DrainBeforeScaleIn", held)
     report = queue_status.Report(
-        (decided.forecasting, routed.condition), decided.holding, decided.plan, decided.last_decision
+        (decided.forecasting, routed.condition), holding, decided.plan, decided.last_decision
     )
     status = queue_status.next_status(
         dict(previous), generation, desired, after, decision.timestamp(now_s), report
@@ -146,18 +150,20 @@ def _events(
     events = []
     if scaled_from is not None:
         events.append(Event("Scaled", scaled_message or f"Shards {scaled_from} -> {desired}."))
-    if held is not None:
+    if held is not None and _reason(previous, conditions.SCALING) != "DrainBeforeScaleIn":
         events.append(Event("DrainBeforeScaleIn", held))
     table = routed.decision.table
     if routed.decision.record and table is not None:
         events.append(Event("RoutingRecorded", f"Routing epoch {table.epoch} recorded in status.routing."))
-    routed_before: Mapping[str, Any] = next(
-        (c for c in previous.get("conditions") or [] if c.get("type") == conditions.ROUTED), {}
-    )
     now = routed.condition
-    if now.reason != routed_before.get("reason") and now.reason in ROUTING_EVENTS:
+    if now.reason != _reason(previous, conditions.ROUTED) and now.reason in ROUTING_EVENTS:
         events.append(Event(now.reason, now.message, warning=now.status != "True"))
     return events
+
+
+def _reason(status: Mapping[str, Any], kind: str) -> str | None:
+    found: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
+    return found.get("reason")
 
 
 def _export(queue: str, decided: decision.Decision, desired: int, ready: int, routed: Routed) -> None:
