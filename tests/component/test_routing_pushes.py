@@ -168,3 +168,26 @@ def test_traffic_through_routed_brokers_arrives_once_and_in_order(shards: list[B
     assert verdict.ok, verdict.to_json()
     assert sum(verdict.stored_by_shard.values()) == 3000 and len(verdict.stored_by_shard) == 3
     assert verdict.busiest_shard_share < 0.5
+
+
+def test_a_broker_that_refuses_the_table_is_named_and_the_others_still_serve_it(tmp_path: Path) -> None:
+    # shard 1 was started for a different slot count than the queue's spec: it refuses the table
+    brokers = [
+        BrokerProcess(
+            tmp_path / f"s{s}",
+            shard=s,
+            admin_token=TOKEN,
+            extra_args=["--slots", "32" if s == 1 else "64", "--await-routing"],
+        ).start()
+        for s in range(3)
+    ]
+    try:
+        routed = passes(brokers, 2)
+        assert routed.condition.reason == "RoutingRefused"
+        assert "Shard 1 refused" in routed.condition.message and "num_slots" in routed.condition.message
+        assert asyncio.run(epochs(brokers)) == [1, 0, 1]  # the others serve the table regardless
+        again = passes(brokers, 3)  # the pass retries, and keeps saying why
+        assert again.condition.reason == "RoutingRefused" and again.decision.push == (1,)
+    finally:
+        for broker in brokers:
+            broker.kill()
