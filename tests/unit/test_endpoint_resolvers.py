@@ -26,11 +26,11 @@ def test_annotations_give_only_the_pods_the_runner_annotated() -> None:
 
 
 def test_an_unknown_resolver_names_the_choices() -> None:
-    with pytest.raises(ValueError, match="annotation.*dns"):
+    with pytest.raises(ValueError, match=r"annotation.*dns"):
         resolver("consul")
 
 
-def test_without_a_token_a_push_is_refused_before_any_call(tmp_path: object) -> None:
+def test_without_a_token_a_push_is_refused_before_any_call() -> None:
     table = RoutingTable(1, 4, (0, 0, 0, 0), {}, {0: "127.0.0.1:1"})
     failures = GrpcBrokers.from_token_file(None).push(table, [0])
     assert failures[0].refused and "--admin-token-file" in failures[0].message
