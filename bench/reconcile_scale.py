@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -138,8 +137,18 @@ class Kube:
         pass
 
 
+def peak_rss_mb() -> float:
+    """This program's peak RSS (VmHWM). Not ru_maxrss: Linux carries that across fork+exec, so the
+    child reported the parent's high-water mark from the backfill (953 MB) as its own."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def operator(url: str, days: int, end_s: float, passes: int) -> None:
     """The child: `passes` forecast + scaling passes, one JSON line per pass."""
+    import foreshard.handlers.shardallocation  # noqa: F401 - the operator's imports count (kopf, kubernetes)
     from foreshard.adapters.brokers import AnnotationEndpoints, GrpcBrokers
     from foreshard.adapters.prometheus import connect
     from foreshard.reconcile import forecasts
@@ -157,7 +166,7 @@ def operator(url: str, days: int, end_s: float, passes: int) -> None:
         result = forecasts.cycle(queue, kube, memo, now, lambda _: reader)
         outcome = reconcile(queue, ports, now)
         wall = time.perf_counter() - began
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss = peak_rss_mb()
         plan = outcome.status.get("plan") or {}
         print(
             json.dumps(
