@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ LIFETIME_S = 6
 RESYNC_S = 2
 # the standby waits out the dead one's keep-alive, then its watch restarts and its timers start
 TAKEOVER_BOUND_S = LIFETIME_S + 4 * RESYNC_S
-ENV = {"FORESHARD_PEERING_LIFETIME_SECONDS": str(LIFETIME_S), "FORESHARD_RESYNC_SECONDS": str(RESYNC_S)}
+Pair = tuple[dict[str, Any], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -156,40 +157,31 @@ class EpochWatch:
         return list(self.epochs)
 
 
-Pair = tuple[dict[str, Any], dict[str, Any]]
-
-
-@pytest.fixture(params=sorted(MODES))
-def mode(request: pytest.FixtureRequest) -> Mode:
-    return MODES[request.param]
-
-
-@pytest.fixture
-def operator_pair(local_cluster: LocalCluster, mode: Mode, tmp_path: Path) -> Iterator[Pair]:
+@contextmanager
+def operator_pair(cluster: LocalCluster, mode: Mode, workdir: Path, lifetime_s: int) -> Iterator[Pair]:
     """Two replicas with one peering name: priority 200 (the active one) and 100 (the standby)."""
-    mode.install(local_cluster)
-    common: dict[str, Any] = {"env": ENV, "account": mode.account, "installed": True}
+    mode.install(cluster)
+    env = {"FORESHARD_PEERING_LIFETIME_SECONDS": str(lifetime_s), "FORESHARD_RESYNC_SECONDS": str(RESYNC_S)}
+    common: dict[str, Any] = {"env": env, "account": mode.account, "installed": True}
     with (
-        running_operator(
-            local_cluster, tmp_path / "active", args=[*mode.args, "--priority", "200"], **common
-        ) as a,
-        running_operator(
-            local_cluster, tmp_path / "standby", args=[*mode.args, "--priority", "100"], **common
-        ) as b,
+        running_operator(cluster, workdir / "active", args=[*mode.args, "--priority", "200"], **common) as a,
+        running_operator(cluster, workdir / "standby", args=[*mode.args, "--priority", "100"], **common) as b,
     ):
         try:
             yield a, b
         finally:  # while the standby lives, so that it removes its finalizer
-            local_cluster.kubectl(
+            cluster.kubectl(
                 "delete", "shardallocation", QUEUE, "-n", mode.namespace, "--wait=false", check=False
             )
 
 
-def test_the_standby_takes_over_a_killed_active_operator_and_routes_the_queue_on(
-    local_cluster: LocalCluster, mode: Mode, operator_pair: Pair
-) -> None:
-    cluster = local_cluster
-    active, standby = operator_pair
+def fail_over(
+    cluster: LocalCluster, mode: Mode, pair: Pair, stop: Callable[[Any], None], bound_s: float
+) -> float:
+    """The active one routes 1 shard while the standby idles; `stop` it, ask for 2 shards: the
+    standby must scale within `bound_s` and route both, the epoch only ever rising. Returns the
+    seconds from the stop to the scaled StatefulSet."""
+    active, standby = pair
 
     def logs() -> str:
         return f"active:\n{active['log'].read_text()[-2500:]}\nstandby:\n{standby['log'].read_text()[-2500:]}"
@@ -213,22 +205,41 @@ def test_the_standby_takes_over_a_killed_active_operator_and_routes_the_queue_on
     assert "Resuming operations" not in standby["log"].read_text(), logs()
     epoch_before = int(get(cluster, mode, "shardallocation", QUEUE)["status"]["routing"]["epoch"])
 
-    active["process"].kill()  # SIGKILL: no goodbye, its keep-alive must lapse
-    killed_at = time.monotonic()
-    active["process"].wait(timeout=10)
+    stopped_at = time.monotonic()
+    stop(active["process"])
+    active["process"].wait(timeout=30)
     cluster.kubectl("apply", "-f", "-", stdin=queue_body(mode, 2))
 
-    wait_for(lambda: replicas(cluster, mode) == 2, TAKEOVER_BOUND_S, "the standby to scale to 2 shards", logs)
-    scaled_s = time.monotonic() - killed_at
+    wait_for(lambda: replicas(cluster, mode) == 2, bound_s, "the standby to scale to 2 shards", logs)
+    scaled_s = time.monotonic() - stopped_at
     wait_for(lambda: routed_shards(cluster, mode) == 2, 120, "2 shards Ready and Routed by the standby", logs)
-    routed_s = time.monotonic() - killed_at
-    print(f"failover ({mode.peering_kind}): scaled {scaled_s:.1f} s, routed {routed_s:.1f} s after SIGKILL")
+    routed_s = time.monotonic() - stopped_at
+    print(f"failover ({mode.peering_kind}): scaled {scaled_s:.1f} s, routed {routed_s:.1f} s after the stop")
 
     assert reconciles(standby["metrics"]) > 0, logs()
     epoch_after = int(get(cluster, mode, "shardallocation", QUEUE)["status"]["routing"]["epoch"])
     assert epoch_after > epoch_before
     epochs = watch.stop()
     assert epochs == sorted(epochs) and epochs[-1] == epoch_after, f"the routing epoch went back: {epochs}"
-    # the standby cleans the dead replica's keep-alive out of the peering object
-    wait_for(lambda: len(peers(cluster, mode)) == 1, 2 * LIFETIME_S, "only the live replica in the peering")
+    # only the live replica stays in the peering object (a dead one's keep-alive is cleaned out)
+    wait_for(lambda: len(peers(cluster, mode)) == 1, 12, "only the live replica in the peering", logs)
     assert_no_rbac_denials(standby["log"])
+    return scaled_s
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_the_standby_takes_over_a_killed_active_operator_and_routes_the_queue_on(
+    local_cluster: LocalCluster, mode: str, tmp_path: Path
+) -> None:
+    with operator_pair(local_cluster, MODES[mode], tmp_path, LIFETIME_S) as pair:
+        # SIGKILL: no goodbye, so the standby waits out the dead one's keep-alive
+        fail_over(local_cluster, MODES[mode], pair, lambda p: p.kill(), TAKEOVER_BOUND_S)
+
+
+def test_a_gracefully_stopped_active_operator_hands_over_without_waiting_out_its_lifetime(
+    local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    lifetime_s = 60  # far longer than the bound: only the goodbye can explain a takeover in time
+    with operator_pair(local_cluster, MODES["cluster-wide"], tmp_path, lifetime_s) as pair:
+        # SIGTERM (what a rolling update sends): kopf removes its keep-alive on the way out
+        fail_over(local_cluster, MODES["cluster-wide"], pair, lambda p: p.terminate(), 4 * RESYNC_S + 10)
