@@ -195,7 +195,7 @@ def test_install_upgrade_and_uninstall_keep_the_crds_when_asked(
     )
     upgraded = deployment(local_cluster, namespace)
     assert upgraded is not None
-    env = {e["name"]: e["value"] for e in upgraded["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in upgraded["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["FORESHARD_RESYNC_SECONDS"] == "15"
     for kind, name in [
         ("servicemonitor", "fs-foreshard-brokers"),

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_helpers import NAMESPACE, assert_no_rbac_denials, get, install, scrape, wait_for
+from operator_helpers import NAMESPACE, REPO, assert_no_rbac_denials, get, install, scrape, wait_for
 
 from foreshard.api.names import DEFAULT_BROKER_IMAGE
 from foreshard.localcluster import images
@@ -37,6 +37,16 @@ def container_kubeconfig(cluster: LocalCluster, workdir: Path) -> Path:
     return mounted
 
 
+def as_the_deployment_runs_it() -> tuple[list[str], list[str]]:
+    """podman options and `foreshard run` arguments from manifests/deployment.yaml: its user, with
+    no passwd entry added for it (a kubelet adds none), and its command (peering included)."""
+    spec = yaml.safe_load((REPO / "manifests" / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    context, (container,) = spec["securityContext"], spec["containers"]
+    assert container["command"][:2] == ["foreshard", "run"], container["command"]
+    user = f"--user={context['runAsUser']}:{context['runAsGroup']}"
+    return [user, "--passwd=false"], container["command"][2:]
+
+
 @contextmanager
 def operator_container(cluster: LocalCluster, image: str, workdir: Path) -> Iterator[dict[str, Any]]:
     """The image's entrypoint on the host network (the local API server listens on loopback)."""
@@ -48,8 +58,11 @@ def operator_container(cluster: LocalCluster, image: str, workdir: Path) -> Iter
         f"--volume={container_kubeconfig(cluster, workdir)}:{MOUNTED_KUBECONFIG}:ro",
         f"--env=KUBECONFIG={MOUNTED_KUBECONFIG}",
         "--env=FORESHARD_RESYNC_SECONDS=2",
+        f"--env=POD_ID={name}",  # the Deployment passes the pod name through the downward API
     ]
-    argv = [*images.PODMAN_RUN, *options, image, f"--metrics-port={metrics}", f"--liveness-port={liveness}"]
+    user, args = as_the_deployment_runs_it()
+    argv = [*images.PODMAN_RUN, *options, *user, image, *args]
+    argv += [f"--metrics-port={metrics}", f"--liveness-port={liveness}"]
     log = workdir / "operator.log"
     with log.open("w") as handle:
         process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT)
@@ -82,6 +95,9 @@ def test_the_operator_image_reconciles_a_queue_as_its_service_account_and_non_ro
         wait_for(reconciled, 90, "the operator to reconcile the queue", lambda: log.read_text()[-3000:])
         uid = subprocess.run(["podman", "exec", operator["name"], "id", "-u"], capture_output=True, text=True)
         assert uid.stdout.strip() not in ("", "0"), "the operator runs as a non-root user"
+        peering = local_cluster.kubectl("get", "clusterkopfpeering", "foreshard", "-o", "json").stdout
+        keepalives = yaml.safe_load(peering).get("status", {})
+        assert operator["name"] in keepalives, f"its keep-alive is named by POD_ID: {keepalives}"
         assert 'foreshard_operator_desired_shards{queue="from-image"} 2.0' in scrape(operator["metrics"])
         assert operator["process"].poll() is None, "the operator is still running"
     sts = get(local_cluster, "sts", "from-image-shard")

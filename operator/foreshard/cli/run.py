@@ -10,6 +10,8 @@ import argparse
 import logging
 import os
 import random
+import socket
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -58,6 +60,16 @@ def peering_priority(given: int | None) -> int:
     return given if given is not None else random.SystemRandom().randint(1, 2**31 - 1)
 
 
+def peering_identity(environ: Mapping[str, str], host: str, pid: int) -> str:
+    """This replica's name in the peering object: the pod's name when the Deployment gives it.
+
+    kopf's own default starts with the user name from the passwd database, and a pod whose
+    runAsUser has no entry in the image's /etc/passwd makes that raise (KeyError) in kopf.run:
+    the operator would crash at start on a real cluster. Host and pid are unique on one machine.
+    """
+    return environ.get("POD_ID") or f"{host}/{pid}"
+
+
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
@@ -76,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
         else {"standalone": True}
     )
     kopf.run(
+        # kopf's Identity is a NewType of str that kopf does not export
+        identity=peering_identity(os.environ, socket.gethostname(), os.getpid()),  # type: ignore[arg-type]
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz",
