@@ -6,7 +6,7 @@ import pytest
 
 from foreshard.api.names import BROKER_GRPC_PORT, BROKER_METRICS_PORT
 from foreshard.api.shardallocation import QueueSpec
-from foreshard.core.workload import stateful_set
+from foreshard.core.workload import BROKER_UID, stateful_set
 from foreshard_broker.server.main import parse_args, shard_ordinal
 
 pytestmark = pytest.mark.unit
@@ -57,5 +57,15 @@ def test_every_shard_pod_mounts_the_admin_token_read_only() -> None:
         assert mount == {"name": "admin-token", "mountPath": ADMIN_TOKEN_DIR, "readOnly": True}
         volume = next(v for v in pod["volumes"] if v["name"] == "admin-token")
         assert volume["secret"]["secretName"] == ADMIN_TOKEN_SECRET
-        assert volume["secret"]["defaultMode"] == 0o400
+        assert volume["secret"]["defaultMode"] == 0o440
+        assert pod["securityContext"]["fsGroup"] == BROKER_UID
         assert ("data" in {v["name"] for v in pod["volumes"]}) is (storage == "")
+
+
+def test_shard_pods_run_as_the_broker_images_own_user() -> None:
+    import re
+    from pathlib import Path
+
+    dockerfile = Path(__file__).resolve().parents[2] / "broker-image" / "Dockerfile"
+    found = re.search(r"^USER (\d+):(\d+)$", dockerfile.read_text(), re.MULTILINE)
+    assert found and int(found.group(1)) == int(found.group(2)) == BROKER_UID

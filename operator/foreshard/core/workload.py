@@ -23,6 +23,7 @@ from foreshard.api.names import (
 from foreshard.api.shardallocation import QueueSpec
 
 Manifest = dict[str, Any]
+BROKER_UID = 10001  # `USER` of broker-image/Dockerfile (a unit test keeps the two equal)
 
 
 def shard_name(queue: str) -> str:
@@ -142,11 +143,14 @@ def _pod_template(spec: QueueSpec) -> Manifest:
         "secret": {
             "secretName": ADMIN_TOKEN_SECRET,
             "items": [{"key": ADMIN_TOKEN_KEY, "path": ADMIN_TOKEN_KEY}],
-            "defaultMode": 0o400,
+            "defaultMode": 0o440,  # root-owned, group fsGroup: the non-root broker reads it
         },
     }
     volumes = [admin_token] if template.storage_size else [{"name": "data", "emptyDir": {}}, admin_token]
     pod_spec: Manifest = {
+        # the broker image's own user (broker-image/Dockerfile); fsGroup makes the data volume
+        # writable and the admin token readable for it
+        "securityContext": {"runAsUser": BROKER_UID, "runAsGroup": BROKER_UID, "fsGroup": BROKER_UID},
         "containers": [container],
         "terminationGracePeriodSeconds": 30,
         "volumes": volumes,
