@@ -70,7 +70,7 @@ def test_a_gap_in_a_trace_stays_a_gap_rather_than_a_zero(prometheus_with_traces:
     assert two_steps == [elb.values[m + 1]]
 
 
-def test_the_history_ends_now(prometheus_with_traces: Any) -> None:
+def test_the_history_ends_where_the_fixture_says(prometheus_with_traces: Any) -> None:
     tweets = prometheus_with_traces.queues["tweets"]
     latest = max(tweets, key=lambda s: s.end_s)
     end = latest.end_s + prometheus_with_traces.shifts["tweets"]
