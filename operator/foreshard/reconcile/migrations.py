@@ -124,7 +124,7 @@ async def _migrate(
     rules = policy(spec, pass_interval_s)
     out = Migrated(None)
     table = inputs.table
-    planned_note = ""
+    planned: Planned | None = None  # None: no planning this pass (moves were in flight)
     try:
         async with movers.session(table.endpoints) as brokers:
             moving = in_flight(known)
@@ -133,12 +133,7 @@ async def _migrate(
                 table = advanced.table
                 out.events.extend(_events(spec.name, advanced))
             if not moving:
-                impossible, planned_note = await _plan(inputs, recorder, brokers, known, out)
-                if impossible is not None:
-                    out.condition = Condition(conditions.MIGRATING, "False", "PlanImpossible", impossible)
-                    _export(spec.name, list(recorder.migrations.values()))
-                    out.migrations = list(recorder.migrations.values())
-                    return out
+                planned = await _plan(inputs, recorder, brokers, known, out)
                 for m in in_flight(list(recorder.migrations.values())):
                     advanced = await advance(m, table, recorder, brokers, rules, time.time, results)
                     table = advanced.table
@@ -146,36 +141,45 @@ async def _migrate(
     except StatusConflict as conflict:
         out.events.append(Event("MoveDeferred", f"{conflict}; the next pass reads it again."))
     out.migrations = list(recorder.migrations.values())
-    out.condition = _condition(out.migrations, status, planned_note, inputs.settled)
+    out.condition = _condition(out.migrations, status, planned)
     _export(spec.name, out.migrations)
     return out
 
 
+@dataclass(frozen=True)
+class Planned:
+    """What planning found: moves admitted (`note` says why), none needed, or an impossible plan."""
+
+    note: str = ""
+    impossible: str | None = None
+    waiting: bool = False  # routing not settled: no verdict on whether moves are needed
+
+
 async def _plan(
     inputs: Inputs, recorder: StatusRecorder, brokers: Session, known: list[Migration], out: Migrated
-) -> tuple[str | None, str]:
-    """Admit the next wave when one is due; (why the plan is impossible, what triggered it)."""
+) -> Planned:
+    """Admit the next wave when one is due."""
     table, aimed = inputs.table, inputs.aimed
     status: Mapping[str, Any] = inputs.body.get("status") or {}
     why = rebalance.trigger(table, aimed)
     continuing = _previous(status).get("reason") == MOVING
-    if not inputs.settled or (why is None and not continuing):
-        return None, ""
-    if any(s not in table.endpoints for s in range(aimed)):
-        return None, ""
+    if why is None and not continuing:
+        return Planned()
+    if not inputs.settled or any(s not in table.endpoints for s in range(aimed)):
+        return Planned(waiting=True)
     loads = await brokers.loads()
     placement = rebalance.propose(table, aimed, loads, inputs.spec.messages_per_second, known, time.time())
     impossible = schedule.impossible(placement)
     if impossible is not None:
-        return impossible, ""
+        return Planned(impossible=impossible)
     limits = limits_of(inputs.spec)
     moves = schedule.plan(placement, rebalance.backlog_bytes(loads, placement), limits)
     if moves is None or not moves.moves:
-        return None, ""
+        return Planned()
     now = time.time()
     admitted = schedule.admit(moves, known, limits, rebalance.plan_id(table, aimed), now, now)
-    if not admitted:
-        return None, ""
+    if not admitted:  # this wave was admitted before and every move of it rolled back
+        return Planned(impossible=f"{len(moves.moves)} moves planned, each already tried from this table")
     await recorder.admit(admitted)  # recorded before the first copy
     reason = why or "rebalancing in progress"
     weights = "measured load" if loads.known else "uniform load (no broker reported any)"
@@ -187,7 +191,7 @@ async def _plan(
                 f"{weights}).",
             )
         )
-    return None, f"{reason}; {len(moves.moves)} moves planned"
+    return Planned(note=f"{reason}; {len(moves.moves)} moves planned")
 
 
 def _events(queue: str, advanced: Advanced) -> list[Event]:
@@ -224,9 +228,9 @@ def _previous(status: Mapping[str, Any]) -> Mapping[str, Any]:
     return next((c for c in status.get("conditions") or [] if c.get("type") == conditions.MIGRATING), {})
 
 
-def _condition(
-    migrations: list[Migration], status: Mapping[str, Any], planned: str, settled: bool
-) -> Condition:
+def _condition(migrations: list[Migration], status: Mapping[str, Any], planned: Planned | None) -> Condition:
+    """Moving while moves are in flight or a rebalance is between waves; Idle once planning found
+    nothing to move; PlanImpossible (no move at all) when the placement cannot be carried out."""
     moving = in_flight(migrations)
     if moving:
         phases: dict[str, int] = {}
@@ -235,16 +239,21 @@ def _condition(
         counts = ", ".join(f"{n} {phase}" for phase, n in sorted(phases.items()))
         done = sum(m.phase is Phase.DONE for m in migrations)
         rolled = sum(m.phase is Phase.ROLLED_BACK for m in migrations)
-        note = f" ({planned})" if planned else ""
+        note = f" ({planned.note})" if planned is not None and planned.note else ""
         return Condition(
             conditions.MIGRATING,
             "True",
             MOVING,
             f"{len(moving)} moves in flight: {counts}{note}; recent: {done} done, {rolled} rolled back.",
         )
-    if _previous(status).get("reason") == MOVING and not settled:
+    if planned is not None and planned.impossible is not None:
+        return Condition(conditions.MIGRATING, "False", "PlanImpossible", planned.impossible)
+    if (planned is None or planned.waiting) and _previous(status).get("reason") == MOVING:
         return Condition(
-            conditions.MIGRATING, "True", MOVING, "Waiting for routing to settle before the next move wave."
+            conditions.MIGRATING,
+            "True",
+            MOVING,
+            "A move wave finished; the next pass plans the next one.",
         )
     return Condition(conditions.MIGRATING, "False", "Idle", "No move in flight; the placement needs none.")
 
