@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -24,15 +23,12 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config, watch
-from operator_helpers import NAMESPACE, get, install, running_operator, wait_for
-from prometheus_client import CollectorRegistry
+from operator_helpers import NAMESPACE, get, install, running_operator, scrape, wait_for
 
 from foreshard.api.names import GROUP, SHARD_ALLOCATIONS, VERSION
 from foreshard.localcluster import traffic
 from foreshard.localcluster.cluster import LocalCluster
-from foreshard_broker.client.consumer import Consumer, ConsumerOptions, Message
 from foreshard_broker.client.grpc_transport import GrpcTransport
-from foreshard_broker.client.producer import Producer
 
 pytestmark = pytest.mark.cluster
 
@@ -93,10 +89,14 @@ async def served_epochs(table: dict[int, str]) -> dict[int, int | None]:
     return out
 
 
+MIGRATING_SEEN: list[str] = []  # the Migrating condition's messages while waiting, for the asserts
+
+
 def settled(cluster: LocalCluster, shards: int) -> bool:
     """`shards` shards, each owning slots, all Routed at the recorded epoch, no move in flight."""
     body = get(cluster, "shardallocation", QUEUE)
     found = (body or {}).get("status") or {}
+    MIGRATING_SEEN.append(condition(body, "Migrating").get("message", ""))
     if owners(found) != set(range(shards)) or len(endpoints(found)) != shards:
         return False
     if (
@@ -117,83 +117,6 @@ def scale(cluster: LocalCluster, shards: int) -> None:
     cluster.kubectl(
         "patch", "shardallocation", QUEUE, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(patch)
     )
-
-
-class LiveTraffic:
-    """Keyed traffic published and consumed at once, in a thread, until stopped; then judged."""
-
-    def __init__(self, bootstrap: str, group: str) -> None:
-        self.bootstrap, self.group = bootstrap, group
-        self.stop = threading.Event()
-        self.drain_s = 180.0
-        self.checker = traffic.Checker({k: [] for k in traffic.keys(KEYS)})
-        self.failed = 0
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> LiveTraffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=self.drain_s + 60)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._traffic())
-        except BaseException as error:  # reported by the test
-            self.error = error
-
-    async def _traffic(self) -> None:
-        transport = GrpcTransport()
-        options = ConsumerOptions(concurrency=64, routing_refresh_s=0.5)
-        consumer = Consumer(
-            transport, [self.bootstrap], self.group, f"{self.group}-0", options, CollectorRegistry()
-        )
-
-        async def handle(message: Message) -> None:
-            self.checker.record(message.payload)
-
-        await consumer.start()
-        running = asyncio.create_task(consumer.run(handle))
-        names = traffic.keys(KEYS)
-        try:
-            async with Producer(transport, [self.bootstrap]) as producer:
-                sequence = 0
-                while not self.stop.is_set():
-                    batch = [(names[i % KEYS], i // KEYS) for i in range(sequence, sequence + 100)]
-                    sequence += len(batch)
-                    answers = await asyncio.gather(
-                        *(producer.send(key, f"{key}:{seq}".encode()) for key, seq in batch),
-                        return_exceptions=True,
-                    )
-                    for (key, seq), answer in zip(batch, answers, strict=True):
-                        if isinstance(answer, BaseException):
-                            self.failed += 1
-                        else:
-                            self.checker.acked[key].add(seq)
-                    await asyncio.sleep(0.05)  # ~1-2k messages/s: load, not a saturation test
-            deadline = time.monotonic() + self.drain_s
-            while not self.checker.complete() and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(1.0)  # a late duplicate would show here
-        finally:
-            await consumer.close()
-            await running
-            await transport.close()
-
-    def verdict(self) -> dict[str, int]:
-        lost, duplicated, reordered = self.checker.verdict()
-        acked = sum(len(s) for s in self.checker.acked.values())
-        return {
-            "acked": acked,
-            "received": self.checker.received,
-            "failed": self.failed,
-            "lost": lost,
-            "duplicated": duplicated,
-            "reordered": reordered,
-        }
 
 
 class Operator:
@@ -248,7 +171,7 @@ def test_scale_out_moves_slots_onto_new_shards_and_scale_in_empties_them_under_l
     cluster = moving["cluster"]
     bootstrap = endpoints(status(cluster))[0]
     began = time.monotonic()
-    with LiveTraffic(bootstrap, "scale-cycle") as live:
+    with traffic.Continuous(bootstrap, "scale-cycle", KEYS) as live:
         time.sleep(3)
         scale(cluster, 4)
         wait_for(
@@ -297,6 +220,15 @@ def test_scale_out_moves_slots_onto_new_shards_and_scale_in_empties_them_under_l
     )
     reasons = {e["reason"] for e in json.loads(events.stdout)["items"]}
     assert {"MoveStarted", "MoveSwitched", "MoveDone", "DrainBeforeScaleIn"} <= reasons, reasons
+    assert any(" moves in flight: " in m for m in MIGRATING_SEEN), "Migrating=True counted the moves"
+    metrics = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in scrape(moving["operator"].current["metrics"]).splitlines()
+        if line.startswith("foreshard_operator_m") and f'queue="{QUEUE}"' in line
+    }
+    assert metrics[f'foreshard_operator_moves_total{{queue="{QUEUE}",result="done"}}'] >= len(done), metrics
+    assert metrics[f'foreshard_operator_move_pause_seconds_count{{queue="{QUEUE}"}}'] >= len(done), metrics
+    assert metrics[f'foreshard_operator_migrations_in_flight{{queue="{QUEUE}"}}'] == 0, metrics
 
 
 def watch_phase(cluster: LocalCluster, phases: set[str], timeout_s: float) -> dict[str, Any] | None:
@@ -330,7 +262,7 @@ def test_an_operator_killed_while_a_move_is_fenced_or_switching_is_resumed_by_a_
     cluster, operator = moving["cluster"], moving["operator"]
     bootstrap = endpoints(status(cluster))[0]
     kills: list[dict[str, Any]] = []
-    with LiveTraffic(bootstrap, "operator-kill") as live:
+    with traffic.Continuous(bootstrap, "operator-kill", KEYS) as live:
         time.sleep(2)
         scale(cluster, 4)
         for _ in range(6):  # each wave moves several slots: the watch catches one in the window

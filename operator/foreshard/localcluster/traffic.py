@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -200,3 +201,90 @@ async def judge(
         time.perf_counter() - began,
         published.failed,
     )
+
+
+class Continuous:
+    """Keyed traffic published and consumed at once, in its own thread, until stopped; then judged.
+
+    The scale-cycle proof: a consumer group reads while slots move (its group state moves with
+    them), and every acknowledged publish is checked once and in order. `with Continuous(...)`
+    starts it; leaving the block stops publishing and waits until everything acked was consumed.
+    """
+
+    def __init__(
+        self, bootstrap: str, group: str, key_count: int = 200, batch: int = 100, pause_s: float = 0.05
+    ) -> None:
+        self.bootstrap, self.group = bootstrap, group
+        self.key_count, self.batch, self.pause_s = key_count, batch, pause_s
+        self.stop = threading.Event()
+        self.drain_s = 180.0
+        self.checker = Checker({k: [] for k in keys(key_count)})
+        self.failed = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Continuous:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=self.drain_s + 60)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._traffic())
+        except BaseException as error:  # reported by verdict()'s caller
+            self.error = error
+
+    async def _traffic(self) -> None:
+        transport = GrpcTransport()
+        options = ConsumerOptions(concurrency=64, routing_refresh_s=0.5)
+        consumer = Consumer(
+            transport, [self.bootstrap], self.group, f"{self.group}-0", options, CollectorRegistry()
+        )
+
+        async def handle(message: Message) -> None:
+            self.checker.record(message.payload)
+
+        await consumer.start()
+        running = asyncio.create_task(consumer.run(handle))
+        names = keys(self.key_count)
+        try:
+            async with Producer(transport, [self.bootstrap]) as producer:
+                sequence = 0
+                while not self.stop.is_set():
+                    sent = [
+                        (names[i % self.key_count], i // self.key_count)
+                        for i in range(sequence, sequence + self.batch)
+                    ]
+                    sequence += len(sent)
+                    answers = await asyncio.gather(
+                        *(producer.send(key, f"{key}:{seq}".encode()) for key, seq in sent),
+                        return_exceptions=True,
+                    )
+                    for (key, seq), answer in zip(sent, answers, strict=True):
+                        if isinstance(answer, BaseException):
+                            self.failed += 1
+                        else:
+                            self.checker.acked[key].add(seq)
+                    await asyncio.sleep(self.pause_s)  # load, not a saturation test
+            deadline = time.monotonic() + self.drain_s
+            while not self.checker.complete() and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)  # a late duplicate would show here
+        finally:
+            await consumer.close()
+            await running
+            await transport.close()
+
+    def verdict(self) -> dict[str, int]:
+        lost, duplicated, reordered = self.checker.verdict()
+        return {
+            "acked": sum(len(s) for s in self.checker.acked.values()),
+            "received": self.checker.received,
+            "failed": self.failed,
+            "lost": lost,
+            "duplicated": duplicated,
+            "reordered": reordered,
+        }
