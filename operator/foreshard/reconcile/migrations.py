@@ -1,7 +1,7 @@
 """The migration step of a timer pass: advance every move in flight, then plan the next wave.
 
     status.migrations + status.routing (read at the pass start, with its resourceVersion)
-      -> each move in flight (at most MAX_ADVANCED, in status order): advance = step, record, act
+      -> each move in flight (in status order, at most MAX_ADVANCED): advance = step, record, act
          (reconcile/migration.py); a move's Switch records the new table, the next move builds on it
       -> nothing in flight, routing settled, a trigger (core/migration/rebalance.py): loads ->
          placement -> schedule.plan (impossible: a condition, no move) -> schedule.admit
@@ -36,7 +36,7 @@ from foreshard.reconcile.events import Event
 from foreshard.reconcile.migration import Advanced, Brokers, advance
 from foreshard_broker.routing import RoutingTable
 
-MAX_ADVANCED = 16  # moves stepped per pass (maxConcurrentMoves is at most 64; the rest wait a pass)
+MAX_ADVANCED = 64  # moves stepped per pass: the CRD's bound on maxConcurrentMoves, so none starves
 PAUSE_WINDOW = frozenset({Phase.FENCE, Phase.SWITCH})
 MOVING = "Moving"
 
