@@ -124,6 +124,8 @@ def test_scale_out_runs_wave_after_wave_staying_moving_between_them_until_idle()
     done = [m for m in kube.status["migrations"] if m["phase"] == str(Phase.DONE)]
     assert len(done) == 8 and events.count("MoveStarted") == 8 and events.count("MoveDone") == 8
     assert reasons[-1] == "Idle" and set(reasons[:-1]) == {"Moving"}, reasons
+    # three waves (3 + 3 + 2 moves), two passes each: admit and copy ahead; fence through Done
+    assert len(reasons) == 3 * 2 + 1, reasons
     assert set(brokers.epoch.values()) == {table.epoch} == {3 + 8}, "one epoch per switch, served by all"
 
 
