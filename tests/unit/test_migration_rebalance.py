@@ -96,6 +96,7 @@ def test_the_recorder_chains_its_versions_and_stops_at_a_foreign_write() -> None
     with pytest.raises(StatusConflict):
         asyncio.run(recorder.record(m.entering(Phase.RESUME, NOW + 2), None))
     assert kube.status["migrations"][0]["phase"] == "Switch", "the conflicting write changed nothing"
+    assert recorder.migrations["m-1"].phase is Phase.SWITCH, "the recorder remembers only what was written"
 
 
 def test_finished_moves_make_room_oldest_first_and_moves_in_flight_always_stay() -> None:

@@ -171,21 +171,20 @@ class StatusRecorder:
         self.writes = 0
 
     async def record(self, migration: Migration, table: RoutingTable | None) -> None:
-        self.migrations[migration.id] = migration
-        self._write(table)
+        self._write({**self.migrations, migration.id: migration}, table)
 
     async def admit(self, admitted: list[Migration]) -> None:
-        for migration in admitted:
-            self.migrations[migration.id] = migration
-        self._write(None)
+        self._write({**self.migrations, **{m.id: m for m in admitted}}, None)
 
-    def _write(self, table: RoutingTable | None) -> None:
-        status: dict[str, Any] = {"migrations": [m.to_status() for m in kept(list(self.migrations.values()))]}
+    def _write(self, migrations: dict[str, Migration], table: RoutingTable | None) -> None:
+        """Write, and only once written remember it: after a conflict this holds what is recorded."""
+        status: dict[str, Any] = {"migrations": [m.to_status() for m in kept(list(migrations.values()))]}
         if table is not None:
             status["routing"] = routing_status.to_status(table)
         self.resource_version = self.kube.write_status(
             self.namespace, self.name, status, self.resource_version
         )
+        self.migrations = migrations
         self.writes += 1
         if table is not None:
             self.table = table
