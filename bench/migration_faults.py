@@ -167,7 +167,7 @@ def run() -> dict[str, Any]:
 
 def cycle(cluster: LocalCluster, operator: Operator, bootstrap: str) -> dict[str, Any]:
     kills: list[dict[str, Any]] = []
-    finished: dict[str, dict[str, Any]] = {}
+    ended: dict[str, dict[str, Any]] = {}
     steps: list[dict[str, Any]] = []
     completed = 1
     with traffic.Continuous(bootstrap, "migration-faults", KEYS) as live:
@@ -196,24 +196,24 @@ def cycle(cluster: LocalCluster, operator: Operator, bootstrap: str) -> dict[str
                 completed = 0
             for m in status(cluster).get("migrations") or []:
                 if m["phase"] in ("Done", "RolledBack"):
-                    finished[m["id"]] = m
+                    ended[m["id"]] = m
             steps.append({"to": shards, "seconds": round(time.monotonic() - began, 1)})
             if not completed:
                 break
     verdict = live.verdict()
-    done = [m for m in finished.values() if m["phase"] == "Done"]
+    done = [m for m in ended.values() if m["phase"] == "Done"]
     pauses = sorted(float(m["pauseMs"]) for m in done if "pauseMs" in m)
     return {
         "slots": SLOTS,
         "keys": KEYS,
         "steps": steps,
         "moves": len(done),
-        "rolled_back": sum(m["phase"] == "RolledBack" for m in finished.values()),
+        "rolled_back": sum(m["phase"] == "RolledBack" for m in ended.values()),
         "operator_kills": len(kills),
         "broker_kills": 0,
         "kills": kills,
         "phases_covered": len({k["recorded_at_kill"] for k in kills}),
-        **{k: verdict[k] for k in ("acked", "received", "failed", "lost", "duplicated", "reordered")},
+        **verdict,
         "scale_cycle_completed": completed,
         "pause_p50_ms": round(statistics.median(pauses), 1) if pauses else None,
         "pause_p99_ms": round(pauses[min(len(pauses) - 1, int(0.99 * len(pauses)))], 1) if pauses else None,
@@ -251,7 +251,8 @@ def main() -> int:
     (RESULTS / "migration_faults.txt").write_text(text + "\n")
     (RESULTS / "migration_faults.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))
-    clean = report["lost"] == report["duplicated"] == report["reordered"] == 0
+    clean = report["lost"] == report["duplicated"] == report["reordered"] == report["pending"] == 0
+    clean = clean and bool(report["finished"])
     return 0 if clean and report["scale_cycle_completed"] else 1
 
 

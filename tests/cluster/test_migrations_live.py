@@ -206,6 +206,7 @@ def test_scale_out_moves_slots_onto_new_shards_and_scale_in_empties_them_under_l
     }
     print("migrations-live:", json.dumps(report))
     assert verdict["acked"] > 1000, "traffic flowed through the scale cycle"
+    assert verdict["finished"] and verdict["pending"] == 0, f"a publish never resolved: {report}"
     assert verdict["lost"] == verdict["duplicated"] == verdict["reordered"] == 0, report
     assert len({m["target"] for m in moves(after_out) if m["phase"] == "Done"}) >= 2, "onto shards 2 and 3"
     drained = [m for m in moves(final) if m["source"] in (2, 3)]
@@ -290,4 +291,5 @@ def test_an_operator_killed_while_a_move_is_fenced_or_switching_is_resumed_by_a_
     assert killed["phase"] in ("Done", "RolledBack"), killed
     assert all(m["phase"] in ("Done", "RolledBack") for m in final), final
     assert verdict["acked"] > 500
+    assert verdict["finished"] and verdict["pending"] == 0, f"a publish never resolved: {verdict}"
     assert verdict["lost"] == verdict["duplicated"] == verdict["reordered"] == 0, verdict

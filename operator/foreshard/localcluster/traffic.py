@@ -220,6 +220,8 @@ class Continuous:
         self.drain_s = 180.0
         self.checker = Checker({k: [] for k in keys(key_count)})
         self.failed = 0
+        self.drained_s = 0.0
+        self.pending = 0
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -259,19 +261,23 @@ class Continuous:
                         for i in range(sequence, sequence + self.batch)
                     ]
                     sequence += len(sent)
+                    self.pending = len(sent)
                     answers = await asyncio.gather(
                         *(producer.send(key, f"{key}:{seq}".encode()) for key, seq in sent),
                         return_exceptions=True,
                     )
+                    self.pending = 0
                     for (key, seq), answer in zip(sent, answers, strict=True):
                         if isinstance(answer, BaseException):
                             self.failed += 1
                         else:
                             self.checker.acked[key].add(seq)
                     await asyncio.sleep(self.pause_s)  # load, not a saturation test
-            deadline = time.monotonic() + self.drain_s
+            began = time.monotonic()
+            deadline = began + self.drain_s
             while not self.checker.complete() and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
+            self.drained_s = time.monotonic() - began
             await asyncio.sleep(1.0)  # a late duplicate would show here
         finally:
             await consumer.close()
@@ -280,9 +286,17 @@ class Continuous:
 
     def verdict(self) -> dict[str, int]:
         lost, duplicated, reordered = self.checker.verdict()
+        acked = self.checker.acked
         return {
-            "acked": sum(len(s) for s in self.checker.acked.values()),
+            "acked": sum(len(s) for s in acked.values()),
             "received": self.checker.received,
+            # stored and delivered, yet never acknowledged to the producer (nor failed)
+            "unacked_received": sum(
+                len(set(seen) - acked.get(key, set())) for key, seen in self.checker.seen.items()
+            ),
+            "finished": int(not self.thread.is_alive()),
+            "drain_ms": int(self.drained_s * 1000),
+            "pending": self.pending,  # sends neither acknowledged nor failed when judged
             "failed": self.failed,
             "lost": lost,
             "duplicated": duplicated,
