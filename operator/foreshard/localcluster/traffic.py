@@ -23,6 +23,7 @@ from foreshard_broker.client.broker_client import BrokerClient
 from foreshard_broker.client.consumer import Consumer, ConsumerOptions, Message
 from foreshard_broker.client.grpc_transport import GrpcTransport
 from foreshard_broker.client.producer import Producer
+from foreshard_broker.routing import slot_of
 
 
 @dataclass
@@ -203,6 +204,9 @@ async def judge(
     )
 
 
+STUCK_S = 30.0  # a publish batch unresolved this long is reported as stuck
+
+
 class Continuous:
     """Keyed traffic published and consumed at once, in its own thread, until stopped; then judged.
 
@@ -222,6 +226,7 @@ class Continuous:
         self.failed = 0
         self.drained_s = 0.0
         self.pending = 0
+        self.stuck: dict[str, Any] = {}
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -262,10 +267,8 @@ class Continuous:
                     ]
                     sequence += len(sent)
                     self.pending = len(sent)
-                    answers = await asyncio.gather(
-                        *(producer.send(key, f"{key}:{seq}".encode()) for key, seq in sent),
-                        return_exceptions=True,
-                    )
+                    futures = [producer.send(key, f"{key}:{seq}".encode()) for key, seq in sent]
+                    answers = await self._answers(producer, sent, futures)
                     self.pending = 0
                     for (key, seq), answer in zip(sent, answers, strict=True):
                         if isinstance(answer, BaseException):
@@ -284,7 +287,30 @@ class Continuous:
             await running
             await transport.close()
 
-    def verdict(self) -> dict[str, int]:
+    async def _answers(
+        self, producer: Producer, sent: list[tuple[str, int]], futures: list[asyncio.Future[None]]
+    ) -> list[BaseException | None]:
+        """The batch's answers; a batch unresolved for STUCK_S leaves what the producer holds for
+        its keys in `self.stuck` (evidence for a publish that never resolves), then keeps waiting."""
+        gathered = asyncio.gather(*futures, return_exceptions=True)
+        try:
+            return list(await asyncio.wait_for(asyncio.shield(gathered), STUCK_S))
+        except TimeoutError:
+            table = producer.table
+            open_keys = sorted({key for (key, _), f in zip(sent, futures, strict=True) if not f.done()})
+            self.stuck = {
+                "keys": open_keys,
+                "slots": [slot_of(k, table.num_slots) for k in open_keys] if table else [],
+                "producer_epoch": table.epoch if table else None,
+                "owners": [table.owner(k, slot_of(k, table.num_slots)) for k in open_keys] if table else [],
+                "in_flight": sorted(set(open_keys) & producer._in_flight),
+                "queued": sorted(set(open_keys) & set(producer._queues)),
+                "backoff": sorted(set(open_keys) & set(producer._backoff_until)),
+                "stats": {"moved": producer.stats.moved, "paused": producer.stats.paused},
+            }
+            return list(await gathered)
+
+    def verdict(self) -> dict[str, Any]:
         lost, duplicated, reordered = self.checker.verdict()
         acked = self.checker.acked
         return {
@@ -297,6 +323,7 @@ class Continuous:
             "finished": int(not self.thread.is_alive()),
             "drain_ms": int(self.drained_s * 1000),
             "pending": self.pending,  # sends neither acknowledged nor failed when judged
+            "stuck": self.stuck,
             "failed": self.failed,
             "lost": lost,
             "duplicated": duplicated,
