@@ -9,6 +9,7 @@ import pytest
 from foreshard.adapters.brokers import AnnotationEndpoints
 from foreshard.adapters.kube import ShardPod
 from foreshard.api import routing as routing_status
+from foreshard.api.migration import Item, Migration, Phase
 from foreshard.api.names import ANNOTATION_BROKER_ENDPOINT
 from foreshard.core import routing
 from foreshard.core.queue_status import Observed
@@ -84,13 +85,14 @@ def test_three_passes_scale_record_then_push_and_say_so() -> None:
     reasons, events = [], []
     for now in (100.0, 110.0, 120.0):
         outcome = reconcile(body(3, status), ports, now)
-        status = outcome.status
+        status = {**status, **outcome.status}  # kopf's status patch is a merge patch
         reasons.append(next(c["reason"] for c in status["conditions"] if c["type"] == "Routed"))
         events += [e.reason for e in outcome.events]
     assert reasons == ["RoutingRecorded", "BrokersRouted", "BrokersRouted"]
     assert events == ["Scaled", "RoutingRecorded", "BrokersRouted"]
     assert brokers.pushes == [(0, 1), (1, 1), (2, 1)]  # each pushed once, after it was recorded
     assert status["routing"]["epoch"] == 1 and len(status["routing"]["slotRanges"]) == 3
+    assert "routing" not in outcome.status, "a pass that records nothing leaves status.routing alone"
 
 
 def test_scale_in_is_held_while_the_shards_to_go_own_slots() -> None:
@@ -118,7 +120,7 @@ def test_a_lagging_broker_is_a_warning_event_once() -> None:
     first = reconcile(body(2, {"routing": routing_status.to_status(table)}), ports, 100.0)
     lagging = [e for e in first.events if e.reason == "BrokersLagging"]
     assert lagging and lagging[0].warning
-    again = reconcile(body(2, first.status), ports, 110.0)
+    again = reconcile(body(2, {"routing": routing_status.to_status(table), **first.status}), ports, 110.0)
     assert not [e for e in again.events if e.reason == "BrokersLagging"]
 
 
@@ -127,8 +129,38 @@ def test_a_held_scale_in_says_so_in_scaling_and_posts_its_event_once() -> None:
     cluster, brokers = Cluster(pods=3), Brokers()
     brokers.epoch = {0: 4, 1: 4, 2: 4}
     ports = Ports(cluster, AnnotationEndpoints(), brokers)
-    first = reconcile(body(1, {"routing": routing_status.to_status(table)}), ports, 100.0)
+    recorded = {"routing": routing_status.to_status(table)}
+    first = reconcile(body(1, recorded), ports, 100.0)
     scaling = next(c for c in first.status["conditions"] if c["type"] == "Scaling")
     assert (scaling["status"], scaling["reason"]) == ("False", "DrainBeforeScaleIn")
-    again = reconcile(body(1, first.status), ports, 110.0)
-    assert "DrainBeforeScaleIn" not in [e.reason for e in again.events]
+    again = reconcile(body(1, {**recorded, **first.status}), ports, 110.0)  # kopf merges status
+    assert cluster.replicas == 3 and "DrainBeforeScaleIn" not in [e.reason for e in again.events]
+
+
+def test_a_move_recorded_in_switch_holds_every_routing_push_and_the_pass_leaves_its_records_alone() -> None:
+    # The operator died after recording Switch (epoch 5) and before pushing it: a generic push now
+    # could reach the target before the source. The move's own Switch pushes, in order.
+    before = RoutingTable(4, 64, routing.initial_owners(64, 2), {}, {s: f"10.0.0.{s}:7000" for s in range(2)})
+    owners = list(before.slot_owners)
+    owners[3] = 1
+    switched = RoutingTable(5, 64, tuple(owners), {}, dict(before.endpoints))
+    move = Migration("m-1", Item(slot=3), 0, 1, Phase.SWITCH, epoch=5, phase_since_s=90.0, started_at_s=80.0)
+    brokers = Brokers()
+    brokers.epoch = {0: 4, 1: 4}
+    recorded = {"routing": routing_status.to_status(switched), "migrations": [move.to_status()]}
+    outcome = reconcile(body(2, recorded), Ports(Cluster(pods=2), AnnotationEndpoints(), brokers), 100.0)
+    routed = next(c for c in outcome.status["conditions"] if c["type"] == "Routed")
+    assert brokers.pushes == [] and routed["reason"] == "SwitchInProgress", routed
+    assert "move m-1 of slot/3 (shard 0 -> 1) is in Switch" in routed["message"]
+    assert "migrations" not in outcome.status and "routing" not in outcome.status
+
+
+def test_scale_in_is_held_while_a_move_still_needs_the_shard_to_go() -> None:
+    # Slot 40 already switched to shard 0, but shard 2 (its source) has not released its copy yet.
+    table = RoutingTable(6, 64, routing.initial_owners(64, 2), {}, {s: f"10.0.0.{s}:7000" for s in range(3)})
+    draining = Migration("m-2", Item(slot=40), 2, 0, Phase.DRAIN, epoch=6, phase_since_s=90.0)
+    cluster, brokers = Cluster(pods=3), Brokers()
+    brokers.epoch = {0: 6, 1: 6, 2: 6}
+    status = {"routing": routing_status.to_status(table), "migrations": [draining.to_status()]}
+    reconcile(body(2, status), Ports(cluster, AnnotationEndpoints(), brokers), 100.0)
+    assert cluster.replicas == 3, "shard 2 stays until its Drain is done"

@@ -3,7 +3,8 @@
     EndpointResolver  shard pods -> {ordinal: "host:port"}
         DnsEndpoints          <pod>.<headless service>.<namespace>.svc:7000 (a real cluster)
         AnnotationEndpoints   the pod's foreshard.io/broker-endpoint (the local pod runner's)
-    GrpcBrokers       epochs (data API GetRouting) and routing pushes (Admin UpdateRouting, token)
+    GrpcBrokers       epochs (data API GetRouting) and routing pushes (Admin UpdateRouting, token);
+                      a migration session (adapters/migration.py: moves and GetLoadMetrics)
 
 Every broker call has a deadline: a stopped or partitioned broker costs a pass seconds, never
 the pass itself; the timer is the retry.
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from foreshard.adapters import migration
 from foreshard.adapters.kube import ShardPod
 from foreshard.api.names import ANNOTATION_BROKER_ENDPOINT, BROKER_GRPC_PORT
 from foreshard.core.routing import PushFailure
@@ -24,6 +27,7 @@ from foreshard_broker.client.transport import TransportError
 from foreshard_broker.routing import RoutingTable
 
 DEADLINE_S = 3.0
+MOVE_DEADLINE_S = 10.0
 T = TypeVar("T")
 
 
@@ -92,6 +96,11 @@ class GrpcBrokers:
             message = "the operator has no admin token (--admin-token-file); brokers refuse Admin calls"
             return {shard: PushFailure(message, refused=True) for shard in shards}
         return asyncio.run(self._push(table, shards))
+
+    def session(self, endpoints: Mapping[int, str]) -> AbstractAsyncContextManager[migration.Session]:
+        """The brokers of one pass's migrations (moves take longer than a routing call: the fence
+        waits up to half the pause budget for deliveries to settle)."""
+        return migration.session(self.token, endpoints, MOVE_DEADLINE_S)
 
     async def _epochs(self, endpoints: Mapping[int, str]) -> dict[int, int | None]:
         transport = GrpcTransport()

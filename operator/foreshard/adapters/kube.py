@@ -1,4 +1,5 @@
-"""Kubernetes I/O for the reconciler: server-side apply of owned objects, and observation."""
+"""Kubernetes I/O for the reconciler: server-side apply of owned objects, observation, and the
+migration recorder (status writes with the resourceVersion as a precondition)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any, Protocol, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from foreshard.api import routing as routing_status
+from foreshard.api.migration import Migration
 from foreshard.api.names import (
     FIELD_MANAGER,
     GROUP,
@@ -22,8 +25,15 @@ from foreshard.api.names import (
     VERSION,
 )
 from foreshard.core.queue_status import Observed
+from foreshard_broker.routing import RoutingTable
 
 APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+MAX_MIGRATIONS = 64  # the CRD's maxItems of status.migrations
+
+
+class StatusConflict(Exception):
+    """Someone wrote the object since this pass read it (409): the pass must not act."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,11 @@ class KubePort(Protocol):
 
     def shard_allocation(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The object as the API server has it now (None once deleted)."""
+        ...
+
+    def write_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> str:
+        """Merge-patch `status` only if the object is still at `resource_version` (else raise
+        StatusConflict); the new resourceVersion."""
         ...
 
 
@@ -119,6 +134,69 @@ class KubeAdapter:
                 return None
             raise
         return cast(dict[str, Any], found)
+
+    def write_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> str:
+        # A JSON merge patch carrying metadata.resourceVersion is applied only at that version:
+        # the API server answers 409 when anything wrote the object in between.
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        custom = client.CustomObjectsApi(self.api)
+        try:
+            found = custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, SHARD_ALLOCATIONS, name, body, _content_type=MERGE
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise StatusConflict(
+                    f"{namespace}/{name} changed since resourceVersion {resource_version}"
+                ) from None
+            raise
+        return str(cast(dict[str, Any], found)["metadata"]["resourceVersion"])
+
+
+class StatusRecorder:
+    """The migration `Recorder`: status.migrations[] (and status.routing with a Switch) written
+    durably before the pass acts, each write preconditioned on the version the last one returned.
+
+    A merge patch replaces a list whole, so every write carries the full `migrations` list; the
+    precondition makes that safe (no concurrent writer's items can be dropped unseen).
+    """
+
+    def __init__(
+        self, kube: KubePort, namespace: str, name: str, resource_version: str, migrations: list[Migration]
+    ) -> None:
+        self.kube, self.namespace, self.name = kube, namespace, name
+        self.resource_version = resource_version
+        self.migrations: dict[str, Migration] = {m.id: m for m in migrations}
+        self.table: RoutingTable | None = None  # the last table this recorder wrote
+        self.writes = 0
+
+    async def record(self, migration: Migration, table: RoutingTable | None) -> None:
+        self._write({**self.migrations, migration.id: migration}, table)
+
+    async def admit(self, admitted: list[Migration]) -> None:
+        self._write({**self.migrations, **{m.id: m for m in admitted}}, None)
+
+    def _write(self, migrations: dict[str, Migration], table: RoutingTable | None) -> None:
+        """Write, and only once written remember it: after a conflict this holds what is recorded."""
+        status: dict[str, Any] = {"migrations": [m.to_status() for m in kept(list(migrations.values()))]}
+        if table is not None:
+            status["routing"] = routing_status.to_status(table)
+        self.resource_version = self.kube.write_status(
+            self.namespace, self.name, status, self.resource_version
+        )
+        self.migrations = migrations
+        self.writes += 1
+        if table is not None:
+            self.table = table
+
+
+def kept(migrations: list[Migration]) -> list[Migration]:
+    """Every move in flight, then the newest finished ones, within the CRD's 64 items."""
+    active = [m for m in migrations if not m.terminal]
+    finished = sorted((m for m in migrations if m.terminal), key=lambda m: m.phase_since_s, reverse=True)
+    room = max(0, MAX_MIGRATIONS - len(active))
+    keep = {m.id for m in [*active, *finished[:room]]}
+    return [m for m in migrations if m.id in keep]
 
 
 class ForecastPort(Protocol):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 
 from foreshard.api.migration import Item
 from foreshard.core.migration.actions import (
@@ -24,6 +25,8 @@ from foreshard.core.migration.actions import (
     Switch,
 )
 from foreshard.core.migration.machine import Result
+from foreshard.core.migration.rebalance import Loads
+from foreshard_broker.client.grpc_transport import GrpcTransport
 from foreshard_broker.client.transport import AdminTransport, Selection, TransportError
 
 Endpoint = Callable[[int], str]  # shard ordinal -> "host:port" of its broker
@@ -140,3 +143,64 @@ def endpoints_of(mapping: Mapping[int, str]) -> Endpoint:
             raise TransportError(f"no endpoint known for shard {shard}") from None
 
     return endpoint
+
+
+class Session:
+    """One pass's broker side of the migrations: the performer behind deadlines, and the loads.
+
+    A stopped broker must cost the pass seconds, not hang it: each call is bounded, and a call
+    that ran out of time is a failed `Result` (every action may be performed again).
+    """
+
+    def __init__(self, transport: GrpcTransport, endpoints: Mapping[int, str], deadline_s: float) -> None:
+        self.transport = transport
+        self.endpoints = dict(endpoints)
+        self.performer = MigrationPerformer(transport, endpoints_of(self.endpoints))
+        self.deadline_s = deadline_s
+
+    async def epochs(self, shards: Iterable[int]) -> dict[int, int | None]:
+        wanted = list(shards)
+        try:
+            return await asyncio.wait_for(self.performer.epochs(wanted), self.deadline_s)
+        except TimeoutError:
+            return dict.fromkeys(wanted)
+
+    async def perform(self, action: Action) -> Result:
+        try:
+            return await asyncio.wait_for(self.performer.perform(action), self.deadline_s)
+        except TimeoutError:
+            return Result(False, f"no answer within {self.deadline_s:g} s")
+
+    async def loads(self) -> Loads:
+        """Per-slot rates and retained bytes from every broker (GetLoadMetrics); the brokers that
+        do not answer in time count as idle, which makes the placement fall back to uniform."""
+        answers = await asyncio.gather(
+            *(
+                asyncio.wait_for(self.transport.admin(e).load_metrics(top_keys=64), self.deadline_s)
+                for e in self.endpoints.values()
+            ),
+            return_exceptions=True,
+        )
+        rate: dict[int, float] = {}
+        size: dict[int, float] = {}
+        keys: dict[str, float] = {}
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                continue
+            for slot in answer.slots:
+                rate[slot.slot] = rate.get(slot.slot, 0.0) + slot.arrival_rate
+                size[slot.slot] = size.get(slot.slot, 0.0) + slot.backlog_bytes
+            for key in answer.keys:
+                keys[key.key] = keys.get(key.key, 0.0) + key.arrival_rate
+        return Loads(rate, size, keys)
+
+
+@asynccontextmanager
+async def session(
+    token: str | None, endpoints: Mapping[int, str], deadline_s: float
+) -> AsyncIterator[Session]:
+    transport = GrpcTransport(admin_token=token)
+    try:
+        yield Session(transport, endpoints, deadline_s)
+    finally:
+        await transport.close()

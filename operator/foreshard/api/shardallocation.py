@@ -69,6 +69,25 @@ class ScalingPolicy:
 
 
 @dataclass(frozen=True)
+class MigrationSettings:
+    """spec.migration (CRD defaults: 4 moves at once, 50 MB/s of copy, a 500 ms pause budget)."""
+
+    max_concurrent: int = 4
+    bytes_per_s: float = 50e6
+    pause_budget_s: float = 0.5
+    avoid_peaks: bool = False
+
+    @classmethod
+    def from_spec(cls, migration: dict[str, Any]) -> MigrationSettings:
+        return cls(
+            max_concurrent=int(migration.get("maxConcurrentMoves", 4)),
+            bytes_per_s=float(migration.get("bytesPerSecond", 50e6)),
+            pause_budget_s=seconds(migration.get("pauseBudget", "500ms")),
+            avoid_peaks=bool(migration.get("avoidPredictedPeaks", False)),
+        )
+
+
+@dataclass(frozen=True)
 class ShardTemplate:
     image: str = DEFAULT_BROKER_IMAGE
     image_pull_policy: str = "IfNotPresent"
@@ -91,6 +110,7 @@ class QueueSpec:
     scaling: ScalingPolicy = field(default_factory=ScalingPolicy)
     messages_per_second: float | None = None  # None while capacity is to be learnt
     approved_plan: str | None = None  # the annotation foreshard.io/approve-plan
+    migration: MigrationSettings = field(default_factory=MigrationSettings)
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> QueueSpec:
@@ -117,6 +137,7 @@ class QueueSpec:
             scaling=ScalingPolicy.from_spec(spec.get("scaling", {})),
             messages_per_second=_capacity(spec.get("capacity", {})),
             approved_plan=(meta.get("annotations") or {}).get(ANNOTATION_APPROVE_PLAN),
+            migration=MigrationSettings.from_spec(spec.get("migration", {})),
         )
 
 

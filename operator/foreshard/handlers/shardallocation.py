@@ -4,6 +4,10 @@ kopf runs a timer beside the event handlers of the same object, so two passes co
 both record a routing table; a per-object lock makes passes take turns, and each pass re-reads the
 object so it starts from the status the previous pass wrote (kopf applies a handler's status
 patch after it returns, and the watch may not have delivered it yet).
+
+Only the timer drives migrations (docs/design/20261202-migration-orchestration.md): kopf never
+runs one object's timer concurrently with itself, and the lock keeps the event handlers' passes
+from interleaving with it; those passes refresh everything else.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def _lock(uid: str) -> threading.Lock:
         return _locks.setdefault(uid, threading.Lock())
 
 
-def _pass(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any) -> None:
+def _pass(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, migrate: bool = False) -> None:
     meta = body["metadata"]
     name = meta["name"]
     ports: Ports = memo["ports"]()
@@ -39,7 +43,7 @@ def _pass(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any) -> N
         if current is None or current["metadata"].get("deletionTimestamp"):
             return
         try:
-            outcome = reconcile(current, ports, time.time())
+            outcome = reconcile(current, ports, time.time(), drive_migrations=migrate)
         except Exception:
             RECONCILES.labels(name, "error").inc()
             raise
@@ -68,4 +72,4 @@ def on_update(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, 
 
 @kopf.timer(GROUP, VERSION, SHARD_ALLOCATIONS, interval=RESYNC_SECONDS, sharp=False)
 def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    _pass(body, patch, memo, logger)
+    _pass(body, patch, memo, logger, migrate=True)

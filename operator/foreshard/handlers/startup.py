@@ -12,6 +12,8 @@ import kopf
 from foreshard.adapters.brokers import GrpcBrokers, resolver
 from foreshard.adapters.kube import KubeAdapter
 from foreshard.adapters.peering import ensure_peering
+from foreshard.core.migration.machine import Result
+from foreshard.handlers.shardallocation import RESYNC_SECONDS
 from foreshard.reconcile.shardallocation import Ports
 
 # kopf's default is 60 s; a standby takes over about this long after the active replica dies.
@@ -28,8 +30,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     # lists namespaces nor watches CRDs, so a namespaced install needs no ClusterRole at all.
     settings.scanning.disabled = bool(namespaces)
     token_file = memo.get("admin_token_file")
+    # the last result of each move's action outlives a pass (the next step observes it), not the process
+    results: dict[str, Result] = {}
     memo.ports = partial(
-        build_ports, resolver(memo.get("broker_endpoints", "dns")), Path(token_file) if token_file else None
+        build_ports,
+        resolver(memo.get("broker_endpoints", "dns")),
+        Path(token_file) if token_file else None,
+        results,
     )
     if token_file is None or not Path(token_file).exists():
         logger.warning("no broker admin token (%s): brokers will refuse routing pushes", token_file)
@@ -46,6 +53,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     )
 
 
-def build_ports(endpoints: Any, token_file: Path | None) -> Ports:
+def build_ports(endpoints: Any, token_file: Path | None, results: dict[str, Result]) -> Ports:
     """A pass's ports; the token file is re-read each pass, so a rotated Secret needs no restart."""
-    return Ports(KubeAdapter(), endpoints, GrpcBrokers.from_token_file(token_file))
+    brokers = GrpcBrokers.from_token_file(token_file)
+    return Ports(
+        KubeAdapter(), endpoints, brokers, movers=brokers, results=results, pass_interval_s=RESYNC_SECONDS
+    )

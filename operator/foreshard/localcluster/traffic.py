@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from foreshard_broker.client.broker_client import BrokerClient
 from foreshard_broker.client.consumer import Consumer, ConsumerOptions, Message
 from foreshard_broker.client.grpc_transport import GrpcTransport
 from foreshard_broker.client.producer import Producer
+from foreshard_broker.routing import slot_of
 
 
 @dataclass
@@ -212,3 +214,130 @@ async def judge(
         published.failed,
         checker.foreign,
     )
+
+
+STUCK_S = 30.0  # a publish batch unresolved this long is reported as stuck
+
+
+class Continuous:
+    """Keyed traffic published and consumed at once, in its own thread, until stopped; then judged.
+
+    The scale-cycle proof: a consumer group reads while slots move (its group state moves with
+    them), and every acknowledged publish is checked once and in order. `with Continuous(...)`
+    starts it; leaving the block stops publishing and waits until everything acked was consumed.
+    """
+
+    def __init__(
+        self, bootstrap: str, group: str, key_count: int = 200, batch: int = 100, pause_s: float = 0.05
+    ) -> None:
+        self.bootstrap, self.group = bootstrap, group
+        self.key_count, self.batch, self.pause_s = key_count, batch, pause_s
+        self.stop = threading.Event()
+        self.drain_s = 180.0
+        self.checker = Checker({k: [] for k in keys(key_count)})
+        self.failed = 0
+        self.drained_s = 0.0
+        self.pending = 0
+        self.stuck: dict[str, Any] = {}
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Continuous:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=self.drain_s + 60)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._traffic())
+        except BaseException as error:  # reported by verdict()'s caller
+            self.error = error
+
+    async def _traffic(self) -> None:
+        transport = GrpcTransport()
+        options = ConsumerOptions(concurrency=64, routing_refresh_s=0.5)
+        consumer = Consumer(
+            transport, [self.bootstrap], self.group, f"{self.group}-0", options, CollectorRegistry()
+        )
+
+        async def handle(message: Message) -> None:
+            self.checker.record(message.payload)
+
+        await consumer.start()
+        running = asyncio.create_task(consumer.run(handle))
+        names = keys(self.key_count)
+        try:
+            async with Producer(transport, [self.bootstrap]) as producer:
+                sequence = 0
+                while not self.stop.is_set():
+                    sent = [
+                        (names[i % self.key_count], i // self.key_count)
+                        for i in range(sequence, sequence + self.batch)
+                    ]
+                    sequence += len(sent)
+                    self.pending = len(sent)
+                    futures = [producer.send(key, f"{key}:{seq}".encode()) for key, seq in sent]
+                    answers = await self._answers(producer, sent, futures)
+                    self.pending = 0
+                    for (key, seq), answer in zip(sent, answers, strict=True):
+                        if isinstance(answer, BaseException):
+                            self.failed += 1
+                        else:
+                            self.checker.acked[key].add(seq)
+                    await asyncio.sleep(self.pause_s)  # load, not a saturation test
+            began = time.monotonic()
+            deadline = began + self.drain_s
+            while not self.checker.complete() and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            self.drained_s = time.monotonic() - began
+            await asyncio.sleep(1.0)  # a late duplicate would show here
+        finally:
+            await consumer.close()
+            await running
+            await transport.close()
+
+    async def _answers(
+        self, producer: Producer, sent: list[tuple[str, int]], futures: list[asyncio.Future[None]]
+    ) -> list[BaseException | None]:
+        """The batch's answers; a batch unresolved for STUCK_S leaves what the producer holds for
+        its keys in `self.stuck` (evidence for a publish that never resolves), then keeps waiting."""
+        gathered = asyncio.gather(*futures, return_exceptions=True)
+        try:
+            return list(await asyncio.wait_for(asyncio.shield(gathered), STUCK_S))
+        except TimeoutError:
+            table = producer.table
+            open_keys = sorted({key for (key, _), f in zip(sent, futures, strict=True) if not f.done()})
+            self.stuck = {
+                "keys": open_keys,
+                "slots": [slot_of(k, table.num_slots) for k in open_keys] if table else [],
+                "producer_epoch": table.epoch if table else None,
+                "owners": [table.owner(k, slot_of(k, table.num_slots)) for k in open_keys] if table else [],
+                "in_flight": sorted(set(open_keys) & producer._in_flight),
+                "queued": sorted(set(open_keys) & set(producer._queues)),
+                "backoff": sorted(set(open_keys) & set(producer._backoff_until)),
+                "stats": {"moved": producer.stats.moved, "paused": producer.stats.paused},
+            }
+            return list(await gathered)
+
+    def verdict(self) -> dict[str, Any]:
+        lost, duplicated, reordered = self.checker.verdict()
+        acked = self.checker.acked
+        return {
+            "acked": sum(len(s) for s in acked.values()),
+            "received": self.checker.received,
+            # stored and delivered, yet never acknowledged to the producer (nor failed)
+            "unacked_received": sum(
+                len(set(seen) - acked.get(key, set())) for key, seen in self.checker.seen.items()
+            ),
+            "finished": int(not self.thread.is_alive()),
+            "drain_ms": int(self.drained_s * 1000),
+            "pending": self.pending,  # sends neither acknowledged nor failed when judged
+            "stuck": self.stuck,
+            "failed": self.failed,
+            "lost": lost,
+            "duplicated": duplicated,
+            "reordered": reordered,
+        }

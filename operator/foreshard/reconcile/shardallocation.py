@@ -3,13 +3,18 @@
 Level-based: nothing is remembered between passes except what status says; the timer re-runs the
 pass, and a fresh process reaches the same decision from the same history, status and time.
 
-    forecast decision -> replicas (never below the shards that own slots) -> Service + StatefulSet
-        -> routing (record a table, or push the recorded one to brokers behind it) -> status, Events
+    forecast decision -> replicas (never below the shards that own slots or a move still needs)
+        -> Service + StatefulSet
+        -> routing (record a table, or push the recorded one to brokers behind it; no push while a
+           move is between Fence and Resume)
+        -> migrations (timer passes only, when routing records nothing: advance the moves in flight,
+           plan the next wave; written by the StatusRecorder itself, see reconcile/migrations.py)
+        -> status (without migrations and routing unless routing recorded), Events
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,8 +34,10 @@ from foreshard.api import routing as routing_status
 from foreshard.api.conditions import Condition
 from foreshard.api.shardallocation import QueueSpec
 from foreshard.core import decision, queue_status, routing, workload
+from foreshard.core.migration.machine import Result
 from foreshard.core.series import Series
-from foreshard.reconcile import forecasts
+from foreshard.reconcile import forecasts, migrations
+from foreshard.reconcile.events import Event
 from foreshard.reconcile.routing import Routed, route
 from foreshard_broker.routing import RoutingTable
 
@@ -56,17 +63,13 @@ class Ports:
     endpoints: EndpointResolver
     brokers: BrokerAdmin
     connect: Connect = connect_briefly
+    movers: migrations.Movers | None = None  # None: this process drives no migration
+    results: MutableMapping[str, Result] = field(default_factory=dict)  # last action results, by move
+    pass_interval_s: float = 10.0
 
 
 # Routed transitions worth an Event (a waiting or recording pass says so in the condition only).
 ROUTING_EVENTS = frozenset({"BrokersRouted", "BrokersLagging", "RoutingRefused"})
-
-
-@dataclass(frozen=True)
-class Event:
-    reason: str
-    message: str
-    warning: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def gather(spec: QueueSpec, replicas: int, now_s: float, connect: Connect) -> de
     return decision.Gathered(replicas, history)
 
 
-def reconcile(body: dict[str, Any], ports: Ports, now_s: float) -> Outcome:
+def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations: bool = False) -> Outcome:
     spec = QueueSpec.from_body(body)
     kube = ports.kube
     before = kube.observe_stateful_set(spec.namespace, workload.shard_name(spec.name))
@@ -104,38 +107,51 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float) -> Outcome:
     else:
         decided = decision.decide(spec, gather(spec, before.replicas, now_s, ports.connect), previous, now_s)
     recorded = routing_status.from_status(previous.get("routing"), spec.slots)
-    desired, held = keep_owning_shards(decided.replicas, recorded)
+    moves = migrations.recorded(previous)
+    desired, held = keep_owning_shards(decided.replicas, recorded, migrations.floor(moves))
     kube.apply(queue_status.owned_by(workload.headless_service(spec), body))
     kube.apply(queue_status.owned_by(workload.stateful_set(spec, desired), body))
     after = kube.observe_stateful_set(spec.namespace, workload.shard_name(spec.name))
-    routed = route(spec, recorded, desired, kube, ports.endpoints, ports.brokers)
+    routed = route(spec, recorded, desired, kube, ports.endpoints, ports.brokers, migrations.hold(moves))
+    migrated = migrations.Migrated(None)
+    table = routed.decision.table
+    if drive_migrations and ports.movers is not None and table is not None and not routed.decision.record:
+        inputs = migrations.Inputs(spec, body, table, decided.replicas, routed.condition.status == "True")
+        migrated = migrations.migrate(inputs, kube, ports.movers, ports.results, ports.pass_interval_s)
     generation = int(body["metadata"].get("generation", 0))
     holding = decided.holding
     if held is not None:  # the plan's scale-in is not applied: Scaling says why, not AtTarget
         holding = Condition(conditions.SCALING, "False", "DrainBeforeScaleIn", held)
+    extra = (migrated.condition,) if migrated.condition is not None else ()
     report = queue_status.Report(
-        (decided.forecasting, routed.condition), holding, decided.plan, decided.last_decision
+        (decided.forecasting, routed.condition, *extra), holding, decided.plan, decided.last_decision
     )
     status = queue_status.next_status(
         dict(previous), generation, desired, after, decision.timestamp(now_s), report
     )
-    if routed.decision.table is not None:
-        status["routing"] = routing_status.to_status(routed.decision.table)
+    # Only a table this pass decided to record goes through kopf's patch (applied after the pass
+    # returns); status.migrations, and the tables moves switch to, the StatusRecorder wrote already,
+    # and a stale copy here would overwrite them.
+    if routed.decision.record and table is not None:
+        status["routing"] = routing_status.to_status(table)
     _export(spec.name, decided, desired, after.ready_replicas, routed)
     scaled_from = before.replicas if before.replicas != desired else None
     events = _events(previous, routed, held, scaled_from, desired, decided.event)
-    return Outcome(status, scaled_from, events)
+    return Outcome(status, scaled_from, [*events, *migrated.events])
 
 
-def keep_owning_shards(planned: int, recorded: RoutingTable | None) -> tuple[int, str | None]:
-    """Never fewer shards than own slots: a StatefulSet scale-in deletes the highest pods and their
-    backlog. Slots leave a shard only by a migration; until then the scale-in waits (and says so)."""
-    floor = routing.floor(recorded)
+def keep_owning_shards(
+    planned: int, recorded: RoutingTable | None, moving: int = 0
+) -> tuple[int, str | None]:
+    """Never fewer shards than own slots (or than a move in flight still needs): a StatefulSet
+    scale-in deletes the highest pods and their backlog. Slots leave a shard only by a migration;
+    until then the scale-in waits (and says so)."""
+    floor = max(routing.floor(recorded), moving)
     if planned >= floor:
         return planned, None
     return floor, (
-        f"Scale-in to {planned} shards held at {floor}: shards {planned}-{floor - 1} still own slots, "
-        "which must move off them first."
+        f"Scale-in to {planned} shards held at {floor}: shards {planned}-{floor - 1} still own slots "
+        "or take part in a move; they are moved off first."
     )
 
 

@@ -1,0 +1,295 @@
+"""Crash-safe migrations in the live operator: real API server, pod runner, brokers, the operator.
+
+A 2-shard queue (16 slots, so a wave is a handful of moves) is scaled to 4 shards and back to 2
+while keyed traffic flows through one bootstrap broker and a consumer group reads along. The
+operator moves slots onto the new shards (each ends up owning some, every broker serves the final
+epoch), then off shards 2 and 3 before the StatefulSet drops them. Then the operator is SIGKILLed
+while a move is in Fence or Switch (a watch on the object sees the phase the moment it is
+recorded) and a new operator resumes or rolls the move back. The per-key checker proves every
+acknowledged message arrived once and in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config, watch
+from operator_helpers import NAMESPACE, get, install, running_operator, scrape, wait_for
+
+from foreshard.api.names import GROUP, SHARD_ALLOCATIONS, VERSION
+from foreshard.localcluster import traffic
+from foreshard.localcluster.cluster import LocalCluster
+from foreshard_broker.client.grpc_transport import GrpcTransport
+
+pytestmark = pytest.mark.cluster
+
+QUEUE = "moving"
+SLOTS = 16
+KEYS = 200
+OPERATOR_ENV = {"FORESHARD_RESYNC_SECONDS": "1"}
+
+
+def queue_body() -> dict[str, Any]:
+    return {
+        "apiVersion": "foreshard.io/v1alpha1",
+        "kind": "ShardAllocation",
+        "metadata": {"name": QUEUE, "namespace": NAMESPACE},
+        "spec": {
+            "minShards": 2,
+            "maxShards": 2,
+            "slots": SLOTS,
+            "template": {"storage": {"size": "1Gi"}},
+            # a loaded 2-core machine: the budget leaves room, the test is about crash safety
+            "migration": {"maxConcurrentMoves": 4, "pauseBudget": "2s"},
+        },
+    }
+
+
+def condition(body: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    return next(
+        (c for c in ((body or {}).get("status") or {}).get("conditions", []) if c["type"] == kind), {}
+    )
+
+
+def status(cluster: LocalCluster) -> dict[str, Any]:
+    return (get(cluster, "shardallocation", QUEUE) or {}).get("status") or {}
+
+
+def owners(found: dict[str, Any]) -> set[int]:
+    routing = found.get("routing") or {}
+    return {int(r["shard"]) for r in routing.get("slotRanges", [])} | {
+        int(p["shard"]) for p in routing.get("pins", [])
+    }
+
+
+def endpoints(found: dict[str, Any]) -> dict[int, str]:
+    return {int(e["shard"]): e["endpoint"] for e in (found.get("routing") or {}).get("endpoints", [])}
+
+
+async def served_epochs(table: dict[int, str]) -> dict[int, int | None]:
+    transport = GrpcTransport()
+    out: dict[int, int | None] = {}
+    try:
+        for shard, endpoint in sorted(table.items()):
+            try:
+                out[shard] = (await asyncio.wait_for(transport.routing(endpoint), 3)).epoch
+            except Exception:  # unreachable: a fact to report
+                out[shard] = None
+    finally:
+        await transport.close()
+    return out
+
+
+MIGRATING_SEEN: list[str] = []  # the Migrating condition's messages while waiting, for the asserts
+
+
+def settled(cluster: LocalCluster, shards: int) -> bool:
+    """`shards` shards, each owning slots, all Routed at the recorded epoch, no move in flight."""
+    body = get(cluster, "shardallocation", QUEUE)
+    found = (body or {}).get("status") or {}
+    MIGRATING_SEEN.append(condition(body, "Migrating").get("message", ""))
+    if owners(found) != set(range(shards)) or len(endpoints(found)) != shards:
+        return False
+    if (
+        condition(body, "Migrating").get("reason") != "Idle"
+        or condition(body, "Routed").get("status") != "True"
+    ):
+        return False
+    if (found.get("shards") or {}).get("desired") != shards or condition(body, "Ready").get(
+        "status"
+    ) != "True":
+        return False
+    epochs = asyncio.run(served_epochs(endpoints(found)))
+    return set(epochs.values()) == {found["routing"]["epoch"]}
+
+
+def scale(cluster: LocalCluster, shards: int) -> None:
+    patch = {"spec": {"minShards": shards, "maxShards": shards}}
+    cluster.kubectl(
+        "patch", "shardallocation", QUEUE, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(patch)
+    )
+
+
+class Operator:
+    """The operator process, restartable: a SIGKILL and a fresh process with no memory."""
+
+    def __init__(self, cluster: LocalCluster, workdir: Path, stack: ExitStack) -> None:
+        self.cluster, self.workdir, self.stack = cluster, workdir, stack
+        self.started = 0
+        self.current: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self.started += 1
+        self.current = self.stack.enter_context(
+            running_operator(
+                self.cluster, self.workdir / f"operator-{self.started}", env=OPERATOR_ENV, installed=True
+            )
+        )
+
+    def kill(self) -> None:
+        process = self.current["process"]
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def moving(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    cluster = local_cluster
+    install(cluster)
+    with ExitStack() as stack:
+        operator = Operator(cluster, tmp_path_factory.mktemp("moving"), stack)
+        operator.start()
+        cluster.kubectl("apply", "-f", "-", stdin=json.dumps(queue_body()))
+        try:
+            wait_for(
+                lambda: settled(cluster, 2),
+                180,
+                "2 shards Ready and Routed",
+                lambda: json.dumps(status(cluster), indent=1)[-3000:],
+            )
+            yield {"cluster": cluster, "operator": operator}
+        finally:
+            cluster.kubectl("delete", "shardallocation", QUEUE, "-n", NAMESPACE, "--wait=false", check=False)
+
+
+def moves(found: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(found.get("migrations") or [])
+
+
+def test_scale_out_moves_slots_onto_new_shards_and_scale_in_empties_them_under_load(
+    moving: dict[str, Any],
+) -> None:
+    cluster = moving["cluster"]
+    bootstrap = endpoints(status(cluster))[0]
+    began = time.monotonic()
+    with traffic.Continuous(bootstrap, "scale-cycle", KEYS) as live:
+        time.sleep(3)
+        scale(cluster, 4)
+        wait_for(
+            lambda: settled(cluster, 4),
+            300,
+            "4 shards, each owning slots, every broker at the final epoch",
+            lambda: json.dumps(status(cluster), indent=1)[-4000:],
+        )
+        out_s = time.monotonic() - began
+        after_out = status(cluster)
+        scale(cluster, 2)
+        wait_for(
+            lambda: settled(cluster, 2),
+            300,
+            "back to 2 shards with shards 2 and 3 emptied",
+            lambda: json.dumps(status(cluster), indent=1)[-4000:],
+        )
+        in_s = time.monotonic() - began - out_s
+    assert live.error is None, repr(live.error)
+    verdict = live.verdict()
+    final = status(cluster)
+    done = [m for m in moves(final) if m["phase"] == "Done"]
+    pauses = sorted(float(m["pauseMs"]) for m in done if "pauseMs" in m)
+    report = {
+        **verdict,
+        "scale_out_s": round(out_s, 1),
+        "scale_in_s": round(in_s, 1),
+        "moves_done": len(done),
+        "rolled_back": sum(m["phase"] == "RolledBack" for m in moves(final)),
+        "pause_ms_max": pauses[-1] if pauses else None,
+        "epoch": final["routing"]["epoch"],
+    }
+    print("migrations-live:", json.dumps(report))
+    assert verdict["acked"] > 1000, "traffic flowed through the scale cycle"
+    assert verdict["finished"] and verdict["pending"] == 0, f"a publish never resolved: {report}"
+    assert verdict["lost"] == verdict["duplicated"] == verdict["reordered"] == 0, report
+    assert len({m["target"] for m in moves(after_out) if m["phase"] == "Done"}) >= 2, "onto shards 2 and 3"
+    drained = [m for m in moves(final) if m["source"] in (2, 3)]
+    assert drained and all(m["phase"] == "Done" for m in drained), drained
+    assert all("pauseMs" in m for m in done), "every switched move records its pause"
+    sts = json.loads(
+        cluster.kubectl("get", "statefulset", f"{QUEUE}-shard", "-n", NAMESPACE, "-o", "json").stdout
+    )
+    assert sts["spec"]["replicas"] == 2
+    events = cluster.kubectl(
+        "get", "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={QUEUE}", "-o", "json"
+    )
+    reasons = {e["reason"] for e in json.loads(events.stdout)["items"]}
+    assert {"MoveStarted", "MoveSwitched", "MoveDone", "DrainBeforeScaleIn"} <= reasons, reasons
+    assert any(" moves in flight: " in m for m in MIGRATING_SEEN), "Migrating=True counted the moves"
+    metrics = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in scrape(moving["operator"].current["metrics"]).splitlines()
+        if line.startswith("foreshard_operator_m") and f'queue="{QUEUE}"' in line
+    }
+    assert metrics[f'foreshard_operator_moves_total{{queue="{QUEUE}",result="done"}}'] >= len(done), metrics
+    assert metrics[f'foreshard_operator_move_pause_seconds_count{{queue="{QUEUE}"}}'] >= len(done), metrics
+    assert metrics[f'foreshard_operator_migrations_in_flight{{queue="{QUEUE}"}}'] == 0, metrics
+
+
+def watch_phase(cluster: LocalCluster, phases: set[str], timeout_s: float) -> dict[str, Any] | None:
+    """The first move seen (by a watch, within milliseconds of its write) in one of `phases`."""
+    api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))
+    stream = watch.Watch()
+    deadline = time.monotonic() + timeout_s
+    try:
+        for event in stream.stream(
+            api.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            NAMESPACE,
+            SHARD_ALLOCATIONS,
+            field_selector=f"metadata.name={QUEUE}",
+            timeout_seconds=int(timeout_s),
+        ):
+            for m in moves(event["object"].get("status") or {}):
+                if m["phase"] in phases:
+                    return dict(m)
+            if time.monotonic() > deadline:
+                break
+    finally:
+        stream.stop()
+    return None
+
+
+def test_an_operator_killed_while_a_move_is_fenced_or_switching_is_resumed_by_a_new_one(
+    moving: dict[str, Any],
+) -> None:
+    cluster, operator = moving["cluster"], moving["operator"]
+    bootstrap = endpoints(status(cluster))[0]
+    kills: list[dict[str, Any]] = []
+    with traffic.Continuous(bootstrap, "operator-kill", KEYS) as live:
+        time.sleep(2)
+        scale(cluster, 4)
+        for _ in range(6):  # each wave moves several slots: the watch catches one in the window
+            seen = watch_phase(cluster, {"Fence", "Switch"}, 120)
+            if seen is None:
+                break
+            operator.kill()
+            after = {m["id"]: m for m in moves(status(cluster))}[seen["id"]]
+            kills.append({"id": seen["id"], "seen": seen["phase"], "recorded_at_kill": after["phase"]})
+            operator.start()
+            if after["phase"] in ("Fence", "Switch"):
+                break
+        wait_for(
+            lambda: settled(cluster, 4),
+            300,
+            "4 shards settled after the operator restarts",
+            lambda: json.dumps(status(cluster), indent=1)[-4000:],
+        )
+    assert live.error is None, repr(live.error)
+    verdict = live.verdict()
+    final = moves(status(cluster))
+    print("migrations-operator-kill:", json.dumps({**verdict, "kills": kills}))
+    assert kills and kills[-1]["recorded_at_kill"] in ("Fence", "Switch"), kills
+    killed = {m["id"]: m for m in final}[kills[-1]["id"]]
+    assert killed["phase"] in ("Done", "RolledBack"), killed
+    assert all(m["phase"] in ("Done", "RolledBack") for m in final), final
+    assert verdict["acked"] > 500
+    assert verdict["finished"] and verdict["pending"] == 0, f"a publish never resolved: {verdict}"
+    assert verdict["lost"] == verdict["duplicated"] == verdict["reordered"] == 0, verdict

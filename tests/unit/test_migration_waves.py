@@ -1,0 +1,148 @@
+"""The timer's migration step over in-memory brokers and status: waves until the placement is met."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from foreshard.adapters.kube import StatusConflict
+from foreshard.api import conditions
+from foreshard.api import routing as routing_status
+from foreshard.api.migration import Phase
+from foreshard.api.shardallocation import QueueSpec
+from foreshard.core import routing
+from foreshard.core.migration.actions import Action, Fence, PushRouting, Switch
+from foreshard.core.migration.machine import Result
+from foreshard.core.migration.rebalance import Loads
+from foreshard.reconcile import migrations
+from foreshard_broker.routing import RoutingTable
+
+pytestmark = pytest.mark.unit
+
+
+class Brokers:
+    """Brokers that do what they are asked and serve the epoch they were last pushed."""
+
+    def __init__(self, epoch: int, shards: int) -> None:
+        self.epoch = dict.fromkeys(range(shards), epoch)
+        self.loads = Loads()
+        self.results: dict[str, Result] = {}  # the operator process's memory of action results
+
+    async def epochs(self, shards: Iterable[int]) -> dict[int, int | None]:
+        return {s: self.epoch.get(s) for s in shards}
+
+    async def perform(self, action: Action) -> Result:
+        if isinstance(action, Switch):
+            self.epoch[action.source] = self.epoch[action.target] = action.table.epoch
+        if isinstance(action, PushRouting):
+            for shard in action.shards:
+                self.epoch[shard] = action.table.epoch
+        return Result(True, pause_ms=2.0 if isinstance(action, Fence) else 0.0)
+
+    async def load(self) -> Loads:
+        return self.loads
+
+    @asynccontextmanager
+    async def session(self, endpoints: Mapping[int, str]) -> AsyncIterator[Any]:
+        yield Session(self)
+
+
+class Session:
+    def __init__(self, brokers: Brokers) -> None:
+        self.brokers = brokers
+
+    async def epochs(self, shards: Iterable[int]) -> dict[int, int | None]:
+        return await self.brokers.epochs(shards)
+
+    async def perform(self, action: Action) -> Result:
+        return await self.brokers.perform(action)
+
+    async def loads(self) -> Loads:
+        return await self.brokers.load()
+
+
+class Kube:
+    """Status with a resourceVersion check, as the API server keeps it."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.version, self.status = 1, status
+
+    def write_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> str:
+        if resource_version != str(self.version):
+            raise StatusConflict("changed")
+        self.status.update(status)
+        self.version += 1
+        return str(self.version)
+
+
+def spec(max_concurrent: int = 4, capacity: float | None = None) -> QueueSpec:
+    body = {
+        "metadata": {"name": "q", "namespace": "ns"},
+        "spec": {
+            "minShards": 4,
+            "maxShards": 4,
+            "slots": 16,
+            "migration": {"maxConcurrentMoves": max_concurrent},
+            **({"capacity": {"messagesPerSecond": capacity}} if capacity else {}),
+        },
+    }
+    return QueueSpec.from_body(body)
+
+
+def one_pass(queue: QueueSpec, kube: Kube, brokers: Brokers, aimed: int) -> migrations.Migrated:
+    table = routing_status.from_status(kube.status["routing"], 16)
+    assert table is not None
+    body = {"metadata": {"resourceVersion": str(kube.version)}, "status": kube.status}
+    inputs = migrations.Inputs(queue, body, table, aimed, settled=True)
+    out = migrations.migrate(inputs, kube, brokers, brokers.results, 1.0)  # type: ignore[arg-type]
+    if out.condition is not None:  # what kopf's patch would merge after the pass
+        kube.status["conditions"] = conditions.merge(kube.status.get("conditions", []), out.condition, "t", 1)
+    return out
+
+
+def start(shards: int, owners: int) -> tuple[Kube, Brokers]:
+    table = RoutingTable(
+        3, 16, routing.initial_owners(16, owners), {}, {s: f"10.0.0.{s}:7000" for s in range(shards)}
+    )
+    return Kube({"routing": routing_status.to_status(table)}), Brokers(3, shards)
+
+
+def test_scale_out_runs_wave_after_wave_staying_moving_between_them_until_idle() -> None:
+    kube, brokers = start(shards=4, owners=2)
+    reasons, events = [], []
+    for _ in range(30):
+        out = one_pass(spec(max_concurrent=3), kube, brokers, aimed=4)
+        reasons.append(out.condition.reason if out.condition else None)
+        events += [e.reason for e in out.events]
+        if reasons[-1] == "Idle":
+            break
+    table = routing_status.from_status(kube.status["routing"], 16)
+    assert table is not None and sorted(table.slot_owners.count(s) for s in range(4)) == [4, 4, 4, 4]
+    done = [m for m in kube.status["migrations"] if m["phase"] == str(Phase.DONE)]
+    assert len(done) == 8 and events.count("MoveStarted") == 8 and events.count("MoveDone") == 8
+    assert reasons[-1] == "Idle" and set(reasons[:-1]) == {"Moving"}, reasons
+    # three waves (3 + 3 + 2 moves), two passes each: admit and copy ahead; fence through Done
+    assert len(reasons) == 3 * 2 + 1, reasons
+    assert set(brokers.epoch.values()) == {table.epoch} == {3 + 8}, "one epoch per switch, served by all"
+
+
+def test_scale_in_moves_everything_off_the_highest_ordinals() -> None:
+    kube, brokers = start(shards=4, owners=4)
+    for _ in range(30):
+        out = one_pass(spec(), kube, brokers, aimed=2)
+        if out.condition is not None and out.condition.reason == "Idle":
+            break
+    table = routing_status.from_status(kube.status["routing"], 16)
+    assert table is not None and set(table.slot_owners) == {0, 1}
+    assert {m["source"] for m in kube.status["migrations"]} == {2, 3}
+
+
+def test_an_impossible_plan_is_a_condition_and_not_a_single_move() -> None:
+    kube, brokers = start(shards=4, owners=2)
+    brokers.loads = Loads({s: 100.0 for s in range(16)})  # 1600 msg/s over 4 shards of 50
+    out = one_pass(spec(capacity=50.0), kube, brokers, aimed=4)
+    assert out.condition is not None and out.condition.reason == "PlanImpossible"
+    assert "raise maxShards" in out.condition.message and not kube.status.get("migrations")
