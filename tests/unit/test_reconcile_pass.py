@@ -164,3 +164,18 @@ def test_scale_in_is_held_while_a_move_still_needs_the_shard_to_go() -> None:
     status = {"routing": routing_status.to_status(table), "migrations": [draining.to_status()]}
     reconcile(body(2, status), Ports(cluster, AnnotationEndpoints(), brokers), 100.0)
     assert cluster.replicas == 3, "shard 2 stays until its Drain is done"
+
+
+def test_an_unreadable_status_routing_is_reported_and_nothing_is_pushed_or_scaled_in() -> None:
+    cluster, brokers = Cluster(pods=3), Brokers()
+    cluster.replicas = 3
+    broken = {
+        "routing": {"epoch": 5, "slotRanges": [{"start": 0, "end": 9, "shard": 0}]}
+    }  # slots 10+ unowned
+    outcome = reconcile(body(1, broken), Ports(cluster, AnnotationEndpoints(), brokers), 100.0)
+    routed = next(c for c in outcome.status["conditions"] if c["type"] == "Routed")
+    assert (routed["status"], routed["reason"]) == ("False", "RoutingInvalid") and "slot 10" in routed[
+        "message"
+    ]
+    assert cluster.replicas == 3 and brokers.pushes == [] and "routing" not in outcome.status
+    assert [e.reason for e in outcome.events] == ["RoutingInvalid"] and outcome.events[0].warning

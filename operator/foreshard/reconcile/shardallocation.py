@@ -106,7 +106,10 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
         decided = decision.decide(spec, gathered, previous, now_s, estimate)
     else:
         decided = decision.decide(spec, gather(spec, before.replicas, now_s, ports.connect), previous, now_s)
-    recorded = routing_status.from_status(previous.get("routing"), spec.slots)
+    try:
+        recorded = routing_status.from_status(previous.get("routing"), spec.slots)
+    except ValueError as error:  # written by someone else: report it, route and scale in nothing
+        return _unreadable_routing(body, spec, previous, decided, before, now_s, str(error), kube)
     moves = migrations.recorded(previous)
     desired, held = keep_owning_shards(decided.replicas, recorded, migrations.floor(moves))
     kube.apply(queue_status.owned_by(workload.headless_service(spec), body))
@@ -138,6 +141,41 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
     scaled_from = before.replicas if before.replicas != desired else None
     events = _events(previous, routed, held, scaled_from, desired, decided.event)
     return Outcome(status, scaled_from, [*events, *migrated.events])
+
+
+def _unreadable_routing(
+    body: dict[str, Any],
+    spec: QueueSpec,
+    previous: Mapping[str, Any],
+    decided: decision.Decision,
+    before: queue_status.Observed,
+    now_s: float,
+    error: str,
+    kube: KubePort,
+) -> Outcome:
+    """status.routing that cannot be read (someone edited or restored status): without it the
+    owners are unknown, so the pass pushes nothing, moves nothing and never scales in."""
+    desired = max(decided.replicas, before.replicas)
+    kube.apply(queue_status.owned_by(workload.stateful_set(spec, desired), body))
+    after = kube.observe_stateful_set(spec.namespace, workload.shard_name(spec.name))
+    message = (
+        f"status.routing cannot be read ({error}); the operator routes, moves and scales in nothing "
+        "until it is repaired (each broker's GetRouting still returns the table it serves)."
+    )
+    invalid = Condition(conditions.ROUTED, "False", "RoutingInvalid", message)
+    report = queue_status.Report(
+        (decided.forecasting, invalid), decided.holding, decided.plan, decided.last_decision
+    )
+    generation = int(body["metadata"].get("generation", 0))
+    status = queue_status.next_status(
+        dict(previous), generation, desired, after, decision.timestamp(now_s), report
+    )
+    events = (
+        []
+        if _reason(previous, conditions.ROUTED) == "RoutingInvalid"
+        else [Event("RoutingInvalid", message, True)]
+    )
+    return Outcome(status, before.replicas if before.replicas != desired else None, events)
 
 
 def keep_owning_shards(
