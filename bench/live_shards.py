@@ -30,6 +30,7 @@ from typing import Any
 
 from foreshard.localcluster import devenv, traffic
 from foreshard.localcluster.cluster import LocalCluster
+from foreshard_broker.routing import RoutingTable
 from foreshard_broker.testing import BrokerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,11 +53,8 @@ def queue() -> dict[str, Any]:
     }
 
 
-def routed(cluster: LocalCluster) -> dict[str, Any] | None:
-    out = cluster.kubectl("get", "shalloc", QUEUE, "-n", NAMESPACE, "-o", "json", check=False).stdout
-    body = json.loads(out) if out else {}
-    states = {c["type"]: c["status"] for c in (body.get("status") or {}).get("conditions", [])}
-    return body if states.get("Ready") == states.get("Routed") == "True" else None
+def routed(cluster: LocalCluster) -> RoutingTable | None:
+    return devenv.routed(cluster, NAMESPACE, QUEUE)
 
 
 def wait(predicate: Any, what: str, timeout_s: float = 180) -> Any:
@@ -111,8 +109,7 @@ def main() -> int:
             operator, _ = devenv.start_operator(cluster, workdir, env={"FORESHARD_RESYNC_SECONDS": "2"})
             cluster.kubectl("apply", "-f", "-", stdin=json.dumps(queue()))
             progress("waiting for 3 shards Ready and Routed")
-            body = wait(lambda: routed(cluster), "3 shards Ready and Routed")
-            endpoints = {int(e["shard"]): e["endpoint"] for e in body["status"]["routing"]["endpoints"]}
+            endpoints = dict(wait(lambda: routed(cluster), "3 shards Ready and Routed").endpoints)
             single.start()
             live_runs, single_runs = [], []
             for round_ in range(ROUNDS):

@@ -30,9 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config, watch
-
-from foreshard.api.names import GROUP, SHARD_ALLOCATIONS, VERSION
 from foreshard.localcluster import devenv, traffic
 from foreshard.localcluster.cluster import LocalCluster
 from foreshard.localcluster.process import Managed
@@ -98,28 +95,6 @@ def wait(predicate: Any, what: str, timeout_s: float = 300) -> None:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def watch_phase(cluster: LocalCluster, phase: str, timeout_s: float) -> dict[str, Any] | None:
-    """The first move a watch sees recorded in `phase` (milliseconds after the write)."""
-    api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))
-    stream = watch.Watch()
-    try:
-        for event in stream.stream(
-            api.list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            NAMESPACE,
-            SHARD_ALLOCATIONS,
-            field_selector=f"metadata.name={QUEUE}",
-            timeout_seconds=int(timeout_s),
-        ):
-            for m in (event["object"].get("status") or {}).get("migrations") or []:
-                if m["phase"] == phase:
-                    return dict(m)
-    finally:
-        stream.stop()
-    return None
-
-
 class Operator:
     def __init__(self, cluster: LocalCluster, workdir: Path) -> None:
         self.cluster, self.workdir = cluster, workdir
@@ -180,7 +155,7 @@ def cycle(cluster: LocalCluster, operator: Operator, bootstrap: str) -> dict[str
                 "patch", "shalloc", QUEUE, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(patch)
             )
             for phase in phases:
-                seen = watch_phase(cluster, phase, 60)
+                seen = devenv.watch_migration(cluster, NAMESPACE, QUEUE, {phase}, 60)
                 if seen is None:
                     progress(f"no move seen in {phase}: the step finished first")
                     continue

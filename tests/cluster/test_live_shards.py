@@ -24,9 +24,10 @@ import pytest
 from operator_helpers import NAMESPACE, get, install, running_operator, wait_for
 
 from foreshard.api.names import ANNOTATION_BROKER_METRICS
-from foreshard.localcluster import traffic
+from foreshard.localcluster import devenv, traffic
 from foreshard.localcluster.cluster import LocalCluster
 from foreshard.localcluster.prometheus import PrometheusServer
+from foreshard_broker.routing import RoutingTable
 
 pytestmark = pytest.mark.cluster
 
@@ -48,18 +49,14 @@ def condition(body: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     )
 
 
-def routed(cluster: LocalCluster) -> dict[str, Any]:
-    body = get(cluster, "shardallocation", QUEUE)
-    return (
-        body
-        if condition(body, "Routed").get("status") == "True"
-        and condition(body, "Ready").get("status") == "True"
-        else {}
-    )
+def routed(cluster: LocalCluster) -> RoutingTable | None:
+    return devenv.routed(cluster, NAMESPACE, QUEUE)
 
 
-def endpoints(body: dict[str, Any]) -> dict[int, str]:
-    return {int(e["shard"]): e["endpoint"] for e in body["status"]["routing"]["endpoints"]}
+def routed_table(cluster: LocalCluster) -> RoutingTable:
+    table = routed(cluster)
+    assert table is not None, "the queue is Ready and Routed"
+    return table
 
 
 def pods(cluster: LocalCluster) -> list[dict[str, Any]]:
@@ -122,7 +119,7 @@ def live(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) 
         cluster.kubectl("apply", "-f", "-", stdin=json.dumps(queue_body()))
         try:
             wait_for(
-                lambda: bool(routed(cluster)),
+                lambda: routed(cluster) is not None,
                 180,
                 "3 shards Ready and Routed",
                 lambda: json.dumps(get(cluster, "shardallocation", QUEUE), indent=1)[-3000:],
@@ -136,10 +133,10 @@ def test_traffic_through_one_bootstrap_spreads_over_three_live_brokers_and_arriv
     live: dict[str, Any],
 ) -> None:
     cluster = live["cluster"]
-    body = routed(cluster)
-    assert body["status"]["routing"]["epoch"] >= 1 and len(endpoints(body)) == 3
+    table = routed(cluster)
+    assert table is not None and table.epoch >= 1 and len(table.endpoints) == 3
     verdict = asyncio.run(
-        traffic.check(endpoints(body), messages=100_000, key_count=1000, group="e2e", timeout_s=240)
+        traffic.check(dict(table.endpoints), messages=100_000, key_count=1000, group="e2e", timeout_s=240)
     )
     print("live-shards:", json.dumps(verdict.to_json()))
     assert verdict.failed == 0 and verdict.ok, verdict.to_json()
@@ -163,7 +160,7 @@ def test_a_deleted_shard_pod_comes_back_on_its_data_and_nothing_acknowledged_is_
     live: dict[str, Any],
 ) -> None:
     cluster = live["cluster"]
-    table = endpoints(routed(cluster))
+    table = dict(routed_table(cluster).endpoints)
     published: list[traffic.Published] = []
 
     def publish() -> None:
@@ -178,7 +175,7 @@ def test_a_deleted_shard_pod_comes_back_on_its_data_and_nothing_acknowledged_is_
     publisher.join(timeout=240)
     assert not publisher.is_alive() and published
     wait_for(
-        lambda: pod_ready(pod(cluster, 1), other_than=uid) and bool(routed(cluster)),
+        lambda: pod_ready(pod(cluster, 1), other_than=uid) and routed(cluster) is not None,
         120,
         "shard 1 back and routed",
     )
@@ -193,12 +190,12 @@ def test_a_killed_broker_is_restarted_and_routed_again_losing_nothing_acknowledg
     live: dict[str, Any],
 ) -> None:
     cluster = live["cluster"]
-    table = endpoints(routed(cluster))
+    table = dict(routed_table(cluster).endpoints)
     before = asyncio.run(traffic.publish([table[0]], 5_000, 200))
     name = f"{QUEUE}-shard-2"
     os.kill(broker_pids(cluster)[name], signal.SIGKILL)
     wait_for(
-        lambda: restarts(pod(cluster, 2)) >= 1 and pod_ready(pod(cluster, 2)) and bool(routed(cluster)),
+        lambda: restarts(pod(cluster, 2)) >= 1 and pod_ready(pod(cluster, 2)) and routed(cluster) is not None,
         90,
         "the runner restarted shard 2's broker and the queue is routed again",
         lambda: json.dumps(pod(cluster, 2).get("status"))[:1500],
@@ -209,7 +206,6 @@ def test_a_killed_broker_is_restarted_and_routed_again_losing_nothing_acknowledg
 
 def test_an_unreachable_broker_is_named_in_routed_and_an_event_then_recovers(live: dict[str, Any]) -> None:
     cluster = live["cluster"]
-    routed(cluster)
     pid = broker_pids(cluster)[f"{QUEUE}-shard-0"]
     os.kill(pid, signal.SIGSTOP)  # alive, listening, answering nothing
     try:
@@ -224,7 +220,7 @@ def test_an_unreachable_broker_is_named_in_routed_and_an_event_then_recovers(liv
         assert "Shards 0 " in message, message
     finally:
         os.kill(pid, signal.SIGCONT)
-    wait_for(lambda: bool(routed(cluster)), 60, "Routed again after the broker answers")
+    wait_for(lambda: routed(cluster) is not None, 60, "Routed again after the broker answers")
     events = cluster.kubectl(
         "get", "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={QUEUE}", "-o", "json"
     )

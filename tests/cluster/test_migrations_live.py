@@ -11,7 +11,6 @@ acknowledged message arrived once and in order.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -22,13 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config, watch
 from operator_helpers import NAMESPACE, get, install, running_operator, scrape, wait_for
 
-from foreshard.api.names import GROUP, SHARD_ALLOCATIONS, VERSION
-from foreshard.localcluster import traffic
+from foreshard.adapters.brokers import GrpcBrokers
+from foreshard.localcluster import devenv, traffic
 from foreshard.localcluster.cluster import LocalCluster
-from foreshard_broker.client.grpc_transport import GrpcTransport
 
 pytestmark = pytest.mark.cluster
 
@@ -75,20 +72,6 @@ def endpoints(found: dict[str, Any]) -> dict[int, str]:
     return {int(e["shard"]): e["endpoint"] for e in (found.get("routing") or {}).get("endpoints", [])}
 
 
-async def served_epochs(table: dict[int, str]) -> dict[int, int | None]:
-    transport = GrpcTransport()
-    out: dict[int, int | None] = {}
-    try:
-        for shard, endpoint in sorted(table.items()):
-            try:
-                out[shard] = (await asyncio.wait_for(transport.routing(endpoint), 3)).epoch
-            except Exception:  # unreachable: a fact to report
-                out[shard] = None
-    finally:
-        await transport.close()
-    return out
-
-
 MIGRATING_SEEN: list[str] = []  # the Migrating condition's messages while waiting, for the asserts
 
 
@@ -108,7 +91,7 @@ def settled(cluster: LocalCluster, shards: int) -> bool:
         "status"
     ) != "True":
         return False
-    epochs = asyncio.run(served_epochs(endpoints(found)))
+    epochs = GrpcBrokers(token=None).epochs(endpoints(found))  # the operator's own reading
     return set(epochs.values()) == {found["routing"]["epoch"]}
 
 
@@ -232,31 +215,6 @@ def test_scale_out_moves_slots_onto_new_shards_and_scale_in_empties_them_under_l
     assert metrics[f'foreshard_operator_migrations_in_flight{{queue="{QUEUE}"}}'] == 0, metrics
 
 
-def watch_phase(cluster: LocalCluster, phases: set[str], timeout_s: float) -> dict[str, Any] | None:
-    """The first move seen (by a watch, within milliseconds of its write) in one of `phases`."""
-    api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))
-    stream = watch.Watch()
-    deadline = time.monotonic() + timeout_s
-    try:
-        for event in stream.stream(
-            api.list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            NAMESPACE,
-            SHARD_ALLOCATIONS,
-            field_selector=f"metadata.name={QUEUE}",
-            timeout_seconds=int(timeout_s),
-        ):
-            for m in moves(event["object"].get("status") or {}):
-                if m["phase"] in phases:
-                    return dict(m)
-            if time.monotonic() > deadline:
-                break
-    finally:
-        stream.stop()
-    return None
-
-
 def test_an_operator_killed_while_a_move_is_fenced_or_switching_is_resumed_by_a_new_one(
     moving: dict[str, Any],
 ) -> None:
@@ -267,7 +225,7 @@ def test_an_operator_killed_while_a_move_is_fenced_or_switching_is_resumed_by_a_
         time.sleep(2)
         scale(cluster, 4)
         for _ in range(6):  # each wave moves several slots: the watch catches one in the window
-            seen = watch_phase(cluster, {"Fence", "Switch"}, 120)
+            seen = devenv.watch_migration(cluster, NAMESPACE, QUEUE, {"Fence", "Switch"}, 120)
             if seen is None:
                 break
             operator.kill()

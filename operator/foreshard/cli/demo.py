@@ -26,6 +26,7 @@ from foreshard.localcluster import devenv, traffic
 from foreshard.localcluster.cluster import LocalCluster, Ports
 from foreshard.localcluster.process import free_port
 from foreshard.localcluster.prometheus import PrometheusServer, backfill
+from foreshard_broker.routing import RoutingTable
 
 REPO = Path(__file__).resolve().parents[3]
 NAMESPACE = "demo"
@@ -57,7 +58,7 @@ def _demo(args: argparse.Namespace) -> int:
     _step(f"creating the sample queue `{QUEUE}` (3 shards) in namespace {NAMESPACE}")
     _apply_sample(cluster, prometheus_url)
     _step("waiting for the shard pods' brokers to be Ready and serve the operator's routing")
-    body = _wait_routed(cluster, timeout_s=180)
+    table = _wait_routed(cluster, timeout_s=180)
     brokers = _brokers(cluster)
     summary: dict[str, Any] = {
         "server": cluster.server,
@@ -67,17 +68,17 @@ def _demo(args: argparse.Namespace) -> int:
         "operator_pid": operator_pid,
         "queue": QUEUE,
         "namespace": NAMESPACE,
-        "queue_ready": body is not None,
-        "routing_epoch": (body or {}).get("status", {}).get("routing", {}).get("epoch"),
+        "queue_ready": table is not None,
+        "routing_epoch": table.epoch if table is not None else None,
         "brokers": brokers,
     }
-    if body is not None and args.messages:
-        endpoints = {int(e["shard"]): e["endpoint"] for e in body["status"]["routing"]["endpoints"]}
+    if table is not None and args.messages:
+        endpoints = dict(table.endpoints)
         _step(f"publishing {args.messages} keyed messages through one broker, consuming them as a group")
         verdict = asyncio.run(traffic.check(endpoints, args.messages, min(1000, args.messages), "demo-check"))
         summary["traffic"] = verdict.to_json()
     _print_summary(cluster, summary, args.json)
-    passed = body is not None and summary.get("traffic", {}).get("ok", not args.messages)
+    passed = table is not None and summary.get("traffic", {}).get("ok", not args.messages)
     return 0 if passed else 1
 
 
@@ -138,15 +139,13 @@ def _apply_sample(cluster: LocalCluster, prometheus_url: str) -> None:
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
 
 
-def _wait_routed(cluster: LocalCluster, timeout_s: float) -> dict[str, Any] | None:
-    """The queue once Ready and Routed are both True (None on timeout)."""
+def _wait_routed(cluster: LocalCluster, timeout_s: float) -> RoutingTable | None:
+    """The queue's routing table once Ready and Routed are both True (None on timeout)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        out = cluster.kubectl("get", "shalloc", QUEUE, "-n", NAMESPACE, "-o", "json", check=False).stdout
-        body = json.loads(out) if out else {}
-        states = {c["type"]: c["status"] for c in (body.get("status") or {}).get("conditions", [])}
-        if states.get("Ready") == states.get("Routed") == "True":
-            return dict(body)
+        table = devenv.routed(cluster, NAMESPACE, QUEUE)
+        if table is not None:
+            return table
         time.sleep(1)
     return None
 

@@ -11,11 +11,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
+from kubernetes import client, config, watch
+
+from foreshard.api import routing as routing_status
+from foreshard.api.names import GROUP, SHARD_ALLOCATIONS, VERSION
+from foreshard.api.shardallocation import QueueSpec
 from foreshard.localcluster.cluster import LocalCluster, service_account_kubeconfig
 from foreshard.localcluster.process import Managed, free_port, spawn
+from foreshard_broker.routing import RoutingTable
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -54,3 +62,50 @@ def start_operator(
     ]  # fmt: skip
     environment = {"KUBECONFIG": str(config), "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
     return spawn(name, argv, workdir / "logs", env=environment), metrics
+
+
+def shard_allocation(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
+    found = cluster.kubectl("get", "shardallocation", name, "-n", namespace, "-o", "json", check=False)
+    return dict(json.loads(found.stdout)) if found.returncode == 0 else None
+
+
+def routing_of(body: Mapping[str, Any]) -> RoutingTable | None:
+    """The queue's recorded routing table (the operator's own reading of status.routing)."""
+    slots = QueueSpec.from_body(dict(body)).slots
+    return routing_status.from_status((body.get("status") or {}).get("routing"), slots)
+
+
+def routed(cluster: LocalCluster, namespace: str, name: str) -> RoutingTable | None:
+    """The routing table once the queue is Ready and Routed (every broker serves it), else None."""
+    body = shard_allocation(cluster, namespace, name)
+    states = {c["type"]: c["status"] for c in ((body or {}).get("status") or {}).get("conditions", [])}
+    if body is None or not states.get("Ready") == states.get("Routed") == "True":
+        return None
+    return routing_of(body)
+
+
+def watch_migration(
+    cluster: LocalCluster, namespace: str, name: str, phases: Collection[str], timeout_s: float
+) -> dict[str, Any] | None:
+    """The first move a watch sees recorded in one of `phases` (within milliseconds of its write)."""
+    api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))  # type: ignore[no-untyped-call]
+    stream = watch.Watch()  # type: ignore[no-untyped-call]
+    deadline = time.monotonic() + timeout_s
+    try:
+        for event in stream.stream(  # type: ignore[no-untyped-call]
+            api.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            SHARD_ALLOCATIONS,
+            field_selector=f"metadata.name={name}",
+            timeout_seconds=int(timeout_s),
+        ):
+            for move in (event["object"].get("status") or {}).get("migrations") or []:
+                if move["phase"] in phases:
+                    return dict(move)
+            if time.monotonic() > deadline:
+                break
+    finally:
+        stream.stop()  # type: ignore[no-untyped-call]
+    return None
