@@ -163,6 +163,7 @@ class Selection:
 class Copied:
     next_offset: int  # the next copy of the selection starts here
     messages: int  # messages the export carried (imported now or skipped as imported before)
+    bytes: int = 0  # their keys and payloads
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class Fenced:
     imported: int
     renewed: bool
     expires_at_ms: int  # source wall clock
+    bytes: int = 0  # keys and payloads of the delta
 
 
 class AdminTransport(Transport, Protocol):

@@ -88,13 +88,25 @@ class Checker:
         return all(sequences <= set(self.seen.get(k, ())) for k, sequences in self.acked.items())
 
     def verdict(self) -> tuple[int, int, int]:
+        """(lost, duplicated, reordered). A message delivered again right after itself is a
+        redelivery (see `redelivered`), not a duplicate: a broker killed before it persisted the
+        consumer's ack hands the key's head out again, as at-least-once delivery must."""
         lost = duplicated = reordered = 0
         for key, sequences in self.acked.items():
-            got = self.seen.get(key, [])
+            got = _collapsed(self.seen.get(key, []))
             lost += len(sequences - set(got))
             duplicated += len(got) - len(set(got))
             reordered += any(b <= a for a, b in itertools.pairwise(got))
         return lost, duplicated, reordered
+
+    def redelivered(self) -> int:
+        """Messages delivered again immediately after themselves (an acknowledgement lost with a
+        killed broker, or one that missed the ack deadline): the key's order is intact."""
+        return sum(len(got) - len(_collapsed(got)) for got in self.seen.values())
+
+
+def _collapsed(got: list[int]) -> list[int]:
+    return [n for i, n in enumerate(got) if i == 0 or n != got[i - 1]]
 
 
 def keys(count: int) -> list[str]:
@@ -340,4 +352,5 @@ class Continuous:
             "lost": lost,
             "duplicated": duplicated,
             "reordered": reordered,
+            "redelivered": self.checker.redelivered(),
         }
