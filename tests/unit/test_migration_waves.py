@@ -146,3 +146,32 @@ def test_an_impossible_plan_is_a_condition_and_not_a_single_move() -> None:
     out = one_pass(spec(capacity=50.0), kube, brokers, aimed=4)
     assert out.condition is not None and out.condition.reason == "PlanImpossible"
     assert "raise maxShards" in out.condition.message and not kube.status.get("migrations")
+
+
+def test_a_plan_held_back_lists_its_moves_with_sizes_and_pause_and_moves_nothing() -> None:
+    kube, brokers = start(shards=2, owners=2)  # DryRun or awaiting approval: replicas stay at 2
+    brokers.loads = Loads({s: 10.0 for s in range(16)}, {s: 1000.0 * (s + 1) for s in range(16)})
+    table = routing_status.from_status(kube.status["routing"], 16)
+    assert table is not None
+    body = {"metadata": {"resourceVersion": str(kube.version)}, "status": kube.status}
+    inputs = migrations.Inputs(spec(max_concurrent=3), body, table, aimed=2, settled=True, planned=4)
+    out = migrations.migrate(inputs, kube, brokers, brokers.results, 1.0)  # type: ignore[arg-type]
+    assert not kube.status.get("migrations"), "held back: nothing moves"
+    preview = out.preview
+    assert preview is not None and preview["moves"] == 8 and len(preview["moveList"]) == 8
+    assert {m["target"] for m in preview["moveList"]} == {2, 3} and preview["waves"] == 3
+    assert preview["movedBytes"] == sum(m["bytes"] for m in preview["moveList"]) > 0
+    assert preview["expectedPauseMs"] == 500.0, "no move measured yet: the pause budget"
+    assert "shards 2, 3 own nothing yet" in preview["movesWhy"]
+
+
+def test_an_impossible_plan_lists_no_moves_and_says_why() -> None:
+    kube, brokers = start(shards=4, owners=2)
+    brokers.loads = Loads({s: 100.0 for s in range(16)})
+    table = routing_status.from_status(kube.status["routing"], 16)
+    assert table is not None
+    body = {"metadata": {"resourceVersion": str(kube.version)}, "status": kube.status}
+    inputs = migrations.Inputs(spec(capacity=50.0), body, table, aimed=4, settled=True, planned=4)
+    out = migrations.migrate(inputs, kube, brokers, brokers.results, 1.0)  # type: ignore[arg-type]
+    assert out.preview is not None and out.preview["moves"] == 0 and out.preview["moveList"] == []
+    assert out.preview["movesWhy"].startswith("impossible: ") and "raise maxShards" in out.preview["movesWhy"]

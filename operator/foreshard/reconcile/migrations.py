@@ -55,6 +55,7 @@ class Migrated:
     condition: Condition | None  # None: leave Migrating as it was (the step did not run)
     events: list[Event] = field(default_factory=list)
     migrations: list[Migration] = field(default_factory=list)
+    preview: dict[str, Any] | None = None  # status.plan's moves (schedule.preview); None: not computed
 
 
 def recorded(status: Mapping[str, Any]) -> list[Migration]:
@@ -99,6 +100,7 @@ class Inputs:
     table: RoutingTable
     aimed: int  # the shard count the plan aims at (the decision's, below a held scale-in)
     settled: bool  # Routed=True this pass: every broker serves the recorded epoch
+    planned: int | None = None  # status.plan.targetShards: the moves it needs go into status.plan
 
 
 def migrate(
@@ -135,6 +137,8 @@ async def _migrate(
                 planned = await _plan(inputs, recorder, brokers, known, out)
                 for m in in_flight(list(recorder.migrations.values())):
                     table = await _advance(m, table, recorder, brokers, rules, results, out, spec.name)
+            if inputs.planned is not None:
+                out.preview = await _preview(inputs, inputs.planned, brokers, known)
     except StatusConflict as conflict:
         out.events.append(Event("MoveDeferred", f"{conflict}; the next pass reads it again."))
     out.migrations = list(recorder.migrations.values())
@@ -212,6 +216,21 @@ async def _plan(
             )
         )
     return Planned(note=f"{reason}; {len(moves.moves)} moves planned")
+
+
+async def _preview(inputs: Inputs, shards: int, brokers: Session, known: list[Migration]) -> dict[str, Any]:
+    """The moves the plan's shard count needs from the recorded table, for status.plan (every
+    mode: DryRun and Approve show what they would do, Auto what it is doing)."""
+    table = inputs.table
+    loads = await brokers.loads()
+    now = time.time()
+    placement = rebalance.propose(table, shards, loads, inputs.spec.messages_per_second, known, now)
+    weights = "measured load" if loads.known else "uniform load (no broker reported any)"
+    trigger = rebalance.trigger(table, shards)
+    why = f"{trigger}; sticky placement on {weights}" if trigger else f"balance on {weights}"
+    measured = [m.pause_ms for m in known if m.phase is Phase.DONE and m.pause_ms is not None]
+    backlog = rebalance.backlog_bytes(loads, placement)
+    return schedule.preview(placement, backlog, limits_of(inputs.spec), measured, why)
 
 
 def _events(queue: str, advanced: Advanced) -> list[Event]:

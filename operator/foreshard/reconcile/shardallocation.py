@@ -119,15 +119,18 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
     migrated = migrations.Migrated(None)
     table = routed.decision.table
     if drive_migrations and ports.movers is not None and table is not None and not routed.decision.record:
-        inputs = migrations.Inputs(spec, body, table, decided.replicas, routed.condition.status == "True")
+        planned = decided.plan["targetShards"] if decided.plan is not None else None
+        settled = routed.condition.status == "True"
+        inputs = migrations.Inputs(spec, body, table, decided.replicas, settled, planned)
         migrated = migrations.migrate(inputs, kube, ports.movers, ports.results, ports.pass_interval_s)
     generation = int(body["metadata"].get("generation", 0))
-    holding = decided.holding
+    plan = with_moves(decided.plan, migrated.preview, previous.get("plan") or {})
+    holding = listing_moves(decided.holding, plan)
     if held is not None:  # the plan's scale-in is not applied: Scaling says why, not AtTarget
         holding = Condition(conditions.SCALING, "False", "DrainBeforeScaleIn", held)
     extra = (migrated.condition,) if migrated.condition is not None else ()
     report = queue_status.Report(
-        (decided.forecasting, routed.condition, *extra), holding, decided.plan, decided.last_decision
+        (decided.forecasting, routed.condition, *extra), holding, plan, decided.last_decision
     )
     status = queue_status.next_status(
         dict(previous), generation, desired, after, decision.timestamp(now_s), report
@@ -141,6 +144,37 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
     scaled_from = before.replicas if before.replicas != desired else None
     events = _events(previous, routed, held, scaled_from, desired, decided.event)
     return Outcome(status, scaled_from, [*events, *migrated.events])
+
+
+MOVE_FIELDS = ("moves", "moveList", "movedBytes", "waves", "expectedPauseMs", "movesWhy")
+
+
+def with_moves(
+    plan: dict[str, Any] | None, preview: Mapping[str, Any] | None, previous: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """status.plan with the moves it needs: this pass's preview (the timer's pass computes it from
+    the brokers' loads), else the previous pass's when it was of the same plan."""
+    if plan is None:
+        return None
+    if preview is not None:
+        return {**plan, **preview}
+    if previous.get("id") == plan.get("id"):
+        return {**plan, **{k: previous[k] for k in MOVE_FIELDS if k in previous}}
+    return plan
+
+
+def listing_moves(holding: Condition | None, plan: Mapping[str, Any] | None) -> Condition | None:
+    """A DryRun or AwaitingApproval condition names the moves the plan would make."""
+    if holding is None or plan is None or holding.reason not in ("DryRun", "AwaitingApproval"):
+        return holding
+    if "movesWhy" not in plan:
+        return holding
+    size = f"{int(plan.get('movedBytes', 0)) / 1e6:.1f} MB"
+    pause = plan.get("expectedPauseMs")
+    moves = f" It moves {plan.get('moves', 0)} slots or keys ({size}"
+    moves += f", about {pause:.0f} ms pause each)" if pause is not None else ")"
+    moves += f": {plan['movesWhy']}. kubectl foreshard plan lists them."
+    return Condition(holding.type, holding.status, holding.reason, holding.message + moves)
 
 
 def _unreadable_routing(
