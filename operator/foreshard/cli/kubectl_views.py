@@ -127,7 +127,7 @@ def plan(body: Body) -> dict[str, Any]:
     if not found:
         raise Refused(f"{body['metadata']['name']} has no plan yet (the operator writes one each pass).")
     moves = found.get("moveList")
-    hidden = {"id", "moves", "moveList", "targetShards"}
+    hidden = {"id", "moves", "moveList", "targetShards", "approved"}
     evidence = {k: v for k, v in found.items() if k not in hidden}
     approved = (body["metadata"].get("annotations") or {}).get(ANNOTATION_APPROVE_PLAN)
     return {

@@ -124,7 +124,8 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
         inputs = migrations.Inputs(spec, body, table, decided.replicas, settled, planned)
         migrated = migrations.migrate(inputs, kube, ports.movers, ports.results, ports.pass_interval_s)
     generation = int(body["metadata"].get("generation", 0))
-    plan = with_moves(decided.plan, migrated.preview, previous.get("plan") or {})
+    awaiting = decided.holding is not None and decided.holding.reason == "AwaitingApproval"
+    plan = with_moves(decided.plan, migrated.preview, previous.get("plan") or {}, spec, awaiting)
     holding = listing_moves(decided.holding, plan)
     if held is not None:  # the plan's scale-in is not applied: Scaling says why, not AtTarget
         holding = Condition(conditions.SCALING, "False", "DrainBeforeScaleIn", held)
@@ -150,17 +151,40 @@ MOVE_FIELDS = ("moves", "moveList", "movedBytes", "waves", "expectedPauseMs", "m
 
 
 def with_moves(
-    plan: dict[str, Any] | None, preview: Mapping[str, Any] | None, previous: Mapping[str, Any]
+    plan: dict[str, Any] | None,
+    preview: Mapping[str, Any] | None,
+    previous: Mapping[str, Any],
+    spec: QueueSpec,
+    awaiting: bool = False,
 ) -> dict[str, Any] | None:
     """status.plan with the moves it needs: this pass's preview (the timer's pass computes it from
-    the brokers' loads), else the previous pass's when it was of the same plan."""
+    the brokers' loads), else the previous pass's when it was of the same plan. While a plan awaits
+    approval its first list stands (what is approved is what was shown),
+    and the approved list is carried in `approved` while the annotation names it, for the
+    migration step to carry out (reconcile/migrations.py)."""
     if plan is None:
         return None
-    if preview is not None:
-        return {**plan, **preview}
-    if previous.get("id") == plan.get("id"):
-        return {**plan, **{k: previous[k] for k in MOVE_FIELDS if k in previous}}
-    return plan
+    same = previous.get("id") == plan.get("id")
+    frozen = awaiting and "moveList" in previous
+    if same and (preview is None or frozen):
+        out = {**plan, **{k: previous[k] for k in MOVE_FIELDS if k in previous}}
+    else:
+        out = {**plan, **(preview or {})}
+    approved = _approved(spec, previous)
+    if approved is not None:
+        out["approved"] = approved
+    return out
+
+
+def _approved(spec: QueueSpec, previous: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The move list of the plan the annotation approved: taken from the plan when it is approved
+    (its id is still the plan's), then carried while the annotation names it."""
+    if spec.scaling.mode != "Approve" or not spec.approved_plan:
+        return None
+    if previous.get("id") == spec.approved_plan and "moveList" in previous:
+        return {"id": previous["id"], "moves": previous.get("moves", 0), "moveList": previous["moveList"]}
+    carried = previous.get("approved")
+    return dict(carried) if carried and carried.get("id") == spec.approved_plan else None
 
 
 def listing_moves(holding: Condition | None, plan: Mapping[str, Any] | None) -> Condition | None:
