@@ -258,7 +258,8 @@ def cycle(cluster: LocalCluster, operator: Operator, bootstrap: str) -> dict[str
                 "patch", "shalloc", QUEUE, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(patch)
             )
             for victim, phase in plan:
-                seen = devenv.watch_migration(cluster, NAMESPACE, QUEUE, {phase}, 60)
+                hit = {k["id"] for k in kills}  # one kill a move: a retried move is not hit again
+                seen = devenv.watch_migration(cluster, NAMESPACE, QUEUE, {phase}, 60, hit)
                 if seen is None:
                     progress(f"no move seen in {phase}: the step finished first")
                     continue

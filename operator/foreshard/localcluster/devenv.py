@@ -87,9 +87,15 @@ def routed(cluster: LocalCluster, namespace: str, name: str) -> RoutingTable | N
 
 
 def watch_migration(
-    cluster: LocalCluster, namespace: str, name: str, phases: Collection[str], timeout_s: float
+    cluster: LocalCluster,
+    namespace: str,
+    name: str,
+    phases: Collection[str],
+    timeout_s: float,
+    skip: Collection[str] = (),
 ) -> dict[str, Any] | None:
-    """The first move a watch sees recorded in one of `phases` (within milliseconds of its write)."""
+    """The first move a watch sees recorded in one of `phases` (within milliseconds of its write),
+    other than the moves named in `skip` (a fault test aims each kill at a move not hit before)."""
     api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))  # type: ignore[no-untyped-call]
     stream = watch.Watch()  # type: ignore[no-untyped-call]
     deadline = time.monotonic() + timeout_s
@@ -104,7 +110,7 @@ def watch_migration(
             timeout_seconds=int(timeout_s),
         ):
             for move in (event["object"].get("status") or {}).get("migrations") or []:
-                if move["phase"] in phases:
+                if move["phase"] in phases and move["id"] not in skip:
                     return dict(move)
             if time.monotonic() > deadline:
                 break
