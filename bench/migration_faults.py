@@ -57,9 +57,13 @@ NAMESPACE, QUEUE = "bench", "moving"
 OPERATOR_ENV = {"FORESHARD_RESYNC_SECONDS": "1"}
 VICTIMS = ("operator", "source", "target")
 # (scale to, (victim, phase) kills while that step's moves run)
+# One move at a time (maxConcurrentMoves 1): 12 moves out, 16 back, each a chance for one kill.
 CYCLE = [
-    (6, [(victim, phase) for phase in ("Prepare", "Fence", "Switch") for victim in VICTIMS]),
-    (2, [(victim, phase) for phase in ("Resume", "Drain") for victim in VICTIMS]),
+    (6, [(victim, phase) for phase in ("Prepare", "Fence") for victim in VICTIMS] + [("operator", "Switch")]),
+    (
+        2,
+        [("source", "Switch"), ("target", "Switch")] + [(v, p) for p in ("Resume", "Drain") for v in VICTIMS],
+    ),
 ]
 LAGGARD = "laggard"  # a group that never reads: the backlog the moves copy
 
@@ -78,7 +82,7 @@ def queue(shards: int) -> dict[str, Any]:
             "maxShards": shards,
             "slots": SLOTS,
             "template": {"storage": {"size": "1Gi"}},
-            "migration": {"maxConcurrentMoves": 2, "pauseBudget": "2s"},
+            "migration": {"maxConcurrentMoves": 1, "pauseBudget": "2s"},
         },
     }
 

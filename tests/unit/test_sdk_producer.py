@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 
 import pytest
@@ -236,3 +237,21 @@ async def test_an_unexpected_error_fails_the_batch_and_the_key_keeps_flowing() -
             await asyncio.wait_for(first, 10)
         await asyncio.wait_for(producer.send("key", b"1"), 10)
     assert stored_by_key(network)["key"] == [b"1"]
+
+
+async def test_a_key_whose_back_off_ran_out_during_a_slow_launch_is_still_sent() -> None:
+    # The stuck publish of the migration bench: a key refused PAUSED is backed off for a few ms;
+    # the launch that skips it is slow (a loaded machine) and its back-off runs out before the
+    # dispatch loop picks its next wake-up. Nothing else is in flight to wake it up.
+    network = TwinNetwork(shards=1, num_slots=16)
+    async with Producer(TwinTransport(network), network.endpoints) as producer:
+        launch = producer._launch_batches
+
+        def slow_launch() -> None:
+            launch()
+            time.sleep(0.06)  # the event loop held up: the back-off below runs out meanwhile
+
+        producer._launch_batches = slow_launch  # type: ignore[method-assign]
+        producer._backoff_until["key"] = asyncio.get_running_loop().time() + 0.03
+        await asyncio.wait_for(producer.send("key", b"x"), 5)
+    assert stored_by_key(network)["key"] == [b"x"]

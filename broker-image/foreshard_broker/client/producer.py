@@ -247,8 +247,11 @@ class Producer:
             # While closing, re-check now and then: the last batch task may end after our wake-up.
             return 0.01 if self._closing else None
         now = asyncio.get_running_loop().time()
-        # Only keys waiting to be sent matter; a stale entry would make this loop spin.
-        waits = [until for key, until in self._backoff_until.items() if key in self._ready and until > now]
+        # Only keys waiting to be sent matter; a stale entry would make this loop spin. A ready
+        # key whose back-off ran out since the last launch counts too (wait 0): skipped by that
+        # launch while still backed off, it would otherwise wait for a wake-up that may never come
+        # (nothing else in flight), and its messages would stay queued for good.
+        waits = [until for key, until in self._backoff_until.items() if key in self._ready]
         if not waits:
             self._backoff_until = {k: u for k, u in self._backoff_until.items() if u > now}
             return 0.01 if self._closing else None
