@@ -313,6 +313,12 @@ def report(
     done = [m for m in ended.values() if m["phase"] == "Done"]
     clean = sorted(float(m["pauseMs"]) for m in done if "pauseMs" in m and not _killed_during(m, kills))
     disturbed = sorted(float(m["pauseMs"]) for m in done if "pauseMs" in m and _killed_during(m, kills))
+    fenced = sorted(float(m["fenceMs"]) for m in done if "fenceMs" in m and not _killed_during(m, kills))
+    rest = sorted(
+        float(m["pauseMs"]) - float(m["fenceMs"])
+        for m in done
+        if "fenceMs" in m and "pauseMs" in m and not _killed_during(m, kills)
+    )
     copied = sum(int(m.get("copiedBytes", 0)) for m in done)
     copy_s = sum(float(m.get("copyMs", 0.0)) for m in done) / 1000
     outcome = {m["id"]: m["phase"] for m in ended.values()}
@@ -339,6 +345,11 @@ def report(
         "pause_p99_ms": _percentile(clean, 0.99),
         "pause_max_ms": clean[-1] if clean else None,
         "pause_max_killed_ms": disturbed[-1] if disturbed else None,
+        # the pause's profile: fence + delta and group-state import, then record + switch pushes
+        "pause_fence_p50_ms": round(statistics.median(fenced), 1) if fenced else None,
+        "pause_fence_p99_ms": _percentile(fenced, 0.99),
+        "pause_switch_p50_ms": round(statistics.median(rest), 1) if rest else None,
+        "pause_switch_p99_ms": _percentile(rest, 0.99),
         "moves_with_a_killed_broker": len(disturbed),
         "copied_mb": round(copied / 1e6, 2),
         "move_mb_s": round(copied / 1e6 / copy_s, 1) if copy_s else None,
@@ -366,6 +377,8 @@ def table(report: dict[str, Any]) -> str:
         ("redelivered (lost acks) / failed", _slash(r, "redelivered", "failed")),
         ("removed shards retained", json.dumps(r["removed_shards_retained"])),
         ("pause p50 / p99 / max ms", _slash(r, "pause_p50_ms", "pause_p99_ms", "pause_max_ms")),
+        ("pause p50 fence / record+switch ms", _slash(r, "pause_fence_p50_ms", "pause_switch_p50_ms")),
+        ("pause p99 fence / record+switch ms", _slash(r, "pause_fence_p99_ms", "pause_switch_p99_ms")),
         (
             "broker killed mid-move: moves / max ms",
             _slash(r, "moves_with_a_killed_broker", "pause_max_killed_ms"),

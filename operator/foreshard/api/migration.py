@@ -84,6 +84,7 @@ class Migration:
     failures: int = 0  # consecutive failed actions in this phase
     copied_bytes: int = 0  # keys and payloads copied to the target (copy-ahead and fence delta)
     copy_ms: float = 0.0  # time spent copying them (copy-ahead rounds and the fence)
+    fence_ms: float | None = None  # the pause's first part: fence, delta and group-state import
 
     @property
     def lease_id(self) -> str:
@@ -116,6 +117,8 @@ class Migration:
             body["key"] = self.item.key
         if self.pause_ms is not None:
             body["pauseMs"] = round(self.pause_ms, 3)
+        if self.fence_ms is not None:
+            body["fenceMs"] = round(self.fence_ms, 3)
         if self.copied_bytes or self.copy_ms:
             body["copiedBytes"] = self.copied_bytes
             body["copyMs"] = round(self.copy_ms, 3)
@@ -142,4 +145,5 @@ class Migration:
             failures=int(body.get("failures", 0)),
             copied_bytes=int(body.get("copiedBytes", 0)),
             copy_ms=float(body.get("copyMs", 0.0)),
+            fence_ms=body.get("fenceMs"),
         )

@@ -148,6 +148,7 @@ def _fence_phase(m: Migration, seen: Observation, policy: Policy) -> Step:
         epoch=table.epoch,
         copied_through=max(m.copied_through, result.through),
         pause_ms=result.pause_ms,
+        fence_ms=result.pause_ms,
         copied_bytes=m.copied_bytes + result.bytes,
         copy_ms=m.copy_ms + result.pause_ms,
     )
