@@ -355,6 +355,9 @@ def report(
         "move_mb_s": round(copied / 1e6 / copy_s, 1) if copy_s else None,
         "traffic_msgs_s": round(verdict["acked"] / sum(s["seconds"] for s in steps)) if steps else 0,
         "traffic_error": repr(live.error) if live.error else None,
+        # the machine's run queue at the end (2 cores shared with other work: read pauses with it)
+        "load_avg_1m": round(os.getloadavg()[0], 1),
+        "cpus": os.cpu_count(),
     }
 
 
