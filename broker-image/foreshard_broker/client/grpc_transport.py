@@ -275,6 +275,7 @@ class GrpcTransport:
             fenced.renewed,
             fenced.expires_at_ms,
             chunk_bytes(fenced.delta),
+            int(fenced.settled_ms),
         )
 
     async def unfence(self, source: str, lease_id: str) -> bool:

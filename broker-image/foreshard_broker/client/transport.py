@@ -176,6 +176,7 @@ class Fenced:
     renewed: bool
     expires_at_ms: int  # source wall clock
     bytes: int = 0  # keys and payloads of the delta
+    settled_ms: int = 0  # how long the source waited for in-flight deliveries to be acked
 
 
 class AdminTransport(Transport, Protocol):

@@ -119,6 +119,7 @@ class MigrationPerformer:
             inflight=fenced.inflight,
             pause_ms=pause_ms,
             bytes=fenced.bytes,
+            settled_ms=fenced.settled_ms,
         )
 
     async def _switch(self, action: Switch) -> Result:

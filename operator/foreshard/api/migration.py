@@ -85,6 +85,7 @@ class Migration:
     copied_bytes: int = 0  # keys and payloads copied to the target (copy-ahead and fence delta)
     copy_ms: float = 0.0  # time spent copying them (copy-ahead rounds and the fence)
     fence_ms: float | None = None  # the pause's first part: fence, delta and group-state import
+    settle_ms: float | None = None  # of which the source waited for in-flight deliveries' acks
 
     @property
     def lease_id(self) -> str:
@@ -119,6 +120,8 @@ class Migration:
             body["pauseMs"] = round(self.pause_ms, 3)
         if self.fence_ms is not None:
             body["fenceMs"] = round(self.fence_ms, 3)
+        if self.settle_ms is not None:
+            body["settleMs"] = round(self.settle_ms, 3)
         if self.copied_bytes or self.copy_ms:
             body["copiedBytes"] = self.copied_bytes
             body["copyMs"] = round(self.copy_ms, 3)
@@ -146,4 +149,5 @@ class Migration:
             copied_bytes=int(body.get("copiedBytes", 0)),
             copy_ms=float(body.get("copyMs", 0.0)),
             fence_ms=body.get("fenceMs"),
+            settle_ms=body.get("settleMs"),
         )

@@ -62,6 +62,7 @@ class Result:
     lease_lapsing: bool = False  # rollback: A was unreachable, its lease lapses by itself
     bytes: int = 0  # copies and fences: keys and payloads carried to the target
     elapsed_ms: float = 0.0  # copies: how long the copy took
+    settled_ms: float = 0.0  # fence: the part of pause_ms spent waiting for in-flight acks
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def _fence_phase(m: Migration, seen: Observation, policy: Policy) -> Step:
         copied_through=max(m.copied_through, result.through),
         pause_ms=result.pause_ms,
         fence_ms=result.pause_ms,
+        settle_ms=result.settled_ms,
         copied_bytes=m.copied_bytes + result.bytes,
         copy_ms=m.copy_ms + result.pause_ms,
     )
