@@ -5,7 +5,8 @@ keyed traffic read by a consumer group.
     local cluster (API server, pod runner, real brokers in shard pods) + the operator process
       -> a preload of larger messages held by a group that never reads (the copies carry bytes)
       -> traffic.Continuous publishes through one bootstrap broker and consumes along
-      -> spec 3 -> 6 shards: slots move onto the new shards, in waves
+      -> spec 3 -> 6 shards: slots move onto the new shards, one move a wave (maxConcurrentMoves 1:
+         every wave is a chance for one kill)
       -> spec 6 -> 2 shards: slots move off shards 2-5, then replicas drop
       -> meanwhile, for each (victim, phase) in the step's list: a watch on the object sees a move
          recorded in that phase and, within milliseconds, the victim is SIGKILLed: the operator
