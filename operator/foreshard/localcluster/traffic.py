@@ -246,7 +246,10 @@ class Continuous:
         self.key_count, self.batch, self.pause_s = key_count, batch, pause_s
         self.stop = threading.Event()
         self.drain_s = 180.0
-        self.checker = Checker({k: [] for k in keys(key_count)})
+        # Payloads carry a run id: a new group also reads what earlier traffic left retained (say
+        # an idle group of an earlier run still holds it), which the checker sets apart.
+        self.run = uuid.uuid4().hex[:12]
+        self.checker = Checker({k: [] for k in keys(key_count)}, self.run)
         self.failed = 0
         self.drained_s = 0.0
         self.pending = 0
@@ -291,7 +294,7 @@ class Continuous:
                     ]
                     sequence += len(sent)
                     self.pending = len(sent)
-                    futures = [producer.send(key, f"{key}:{seq}".encode()) for key, seq in sent]
+                    futures = [producer.send(key, f"{self.run}|{key}:{seq}".encode()) for key, seq in sent]
                     answers = await self._answers(producer, sent, futures)
                     self.pending = 0
                     for (key, seq), answer in zip(sent, answers, strict=True):
@@ -349,6 +352,7 @@ class Continuous:
             "pending": self.pending,  # sends neither acknowledged nor failed when judged
             "stuck": self.stuck,
             "failed": self.failed,
+            "earlier_runs": self.checker.foreign,  # read, not judged: other runs' messages
             "lost": lost,
             "duplicated": duplicated,
             "reordered": reordered,
