@@ -25,7 +25,7 @@ killed (a move whose target was killed after the source let go waits for the tar
 on the same cores, the numbers are an upper bound on what a dedicated machine shows.
 
 Prints a table, then ONE JSON line (the last line); writes bench/results/migration_faults.{json,txt}.
-Environment: BENCH_SLOTS (24), BENCH_KEYS (200), BENCH_PRELOAD_MB (24).
+Environment: BENCH_SLOTS (24), BENCH_KEYS (200), BENCH_PRELOAD_MB (24), BENCH_RESULTS_NAME.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SLOTS = int(os.environ.get("BENCH_SLOTS", "24"))
 KEYS = int(os.environ.get("BENCH_KEYS", "200"))
 PRELOAD_MB = float(os.environ.get("BENCH_PRELOAD_MB", "24"))
+NAME = os.environ.get("BENCH_RESULTS_NAME", "migration_faults")  # bench/results/<NAME>.{txt,json}
 NAMESPACE, QUEUE = "bench", "moving"
 OPERATOR_ENV = {"FORESHARD_RESYNC_SECONDS": "1"}
 VICTIMS = ("operator", "source", "target")
@@ -407,8 +408,8 @@ def main() -> int:
     text = table(report)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "migration_faults.txt").write_text(text + "\n")
-    (RESULTS / "migration_faults.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{NAME}.txt").write_text(text + "\n")
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))
     clean = report["lost"] == report["duplicated"] == report["reordered"] == report["pending"] == 0
     clean = clean and bool(report["finished"]) and not any(report["removed_shards_retained"].values())
