@@ -172,7 +172,10 @@ def endpoints_of(found: dict[str, Any]) -> dict[int, str]:
 
 
 async def preload(endpoints: dict[int, str]) -> float:
-    """Create the never-reading group on every shard, then publish 2 KiB messages over every slot."""
+    """Create the never-reading group on every shard, then publish 2 KiB messages over every slot
+    (BENCH_PRELOAD_MB=0: neither; only the traffic's own small in-flight backlog moves)."""
+    if PRELOAD_MB <= 0:
+        return 0.0
     for endpoint in endpoints.values():
         client = BrokerClient(endpoint)
         try:
