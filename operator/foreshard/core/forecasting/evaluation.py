@@ -68,6 +68,13 @@ def origins_for(n: int, test_share: float, max_origins: int) -> IntArray:
     return np.unique(np.linspace(start, n - 1, count).round().astype(np.int64))
 
 
+def development_split(series: Series, test_share: float) -> Series:
+    """The series without its test region: evaluating this scores the window before the test
+    window, which is where choices are tuned, so that the reported test numbers stay unseen."""
+    keep = len(series) - max(1, int(np.ceil(test_share * len(series))))
+    return Series(series.key, series.start_s, series.step_s, series.values[:keep])
+
+
 def ses_alpha(train: FloatArray) -> float:
     """SES smoothing level fitted in-sample by statsmodels (the published baseline)."""
     from statsmodels.tsa.holtwinters import SimpleExpSmoothing
@@ -105,7 +112,7 @@ def foreshard_paths(
         if len(block) == 0:
             continue
         at = origins[block]
-        fitted = selection.fit(y[: at[0]], phase_base, step_s, horizon)
+        fitted = selection.fit(y[: at[0]], phase_base, step_s, horizon, statistical_models=True)
         points[block] = selection.combined_paths(y, fitted, phase_base, at, horizon)
         upper[block] = quantile_paths(points[block], fitted.residuals, 0.9, fitted.samples)
         names.append(fitted.name)

@@ -10,13 +10,38 @@ model cannot look good by having seen the days it is scored on.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from foreshard.core.forecasting import models
+from foreshard.core.forecasting import models, statistical
 from foreshard.core.forecasting.models import LEVEL, SNAIVE, TSB, IntArray, Spec
+from foreshard.core.forecasting.statistical import StatSpec
 from foreshard.core.series import FloatArray
+
+Candidate = Spec | StatSpec
+
+# Model classes: the names spec.forecast.models (the CRD's enum) restricts the candidates to.
+NAIVE_CLASS = "Naive"  # last value
+SEASONAL_NAIVE_CLASS = "SeasonalNaive"  # same phase one season earlier
+SES_CLASS = "SES"  # smoothed level without season (raw or log1p, with or without burst resets)
+ETS_CLASS = "ETS"  # level + seasonal profile (ETS(A,N,A)); Holt-Winters by statsmodels when tracked
+ARIMA_CLASS = "ARIMA"  # statsmodels, tracked series only
+SARIMAX_CLASS = "SARIMAX"  # statsmodels, ARIMA errors around the seasonal profiles; tracked only
+CROSTON_CLASS = "Croston"  # TSB, Croston's method with a decaying probability; intermittent keys
+ENSEMBLE_CLASS = "Ensemble"  # median of the best 3, 5 or 8 families
+MODEL_CLASSES = (
+    NAIVE_CLASS,
+    SEASONAL_NAIVE_CLASS,
+    SES_CLASS,
+    ETS_CLASS,
+    ARIMA_CLASS,
+    SARIMAX_CLASS,
+    CROSTON_CLASS,
+    ENSEMBLE_CLASS,
+)
+NAIVE = Spec(LEVEL, False, 0, 1.0)  # what is left when nothing allowed can be fitted
 
 DAY_S = 86_400.0
 ALPHAS = (0.01, 0.03, 0.07, 0.15, 0.3, 0.5, 0.75, 1.0)
@@ -40,7 +65,7 @@ RESIDUAL_LEVELS = np.linspace(0.0, 1.0, 201)  # stored so any quantile can be re
 class Fitted:
     """A chosen model: spec(s), profiles by season, and log1p residual quantiles per step."""
 
-    specs: tuple[Spec, ...]  # one spec, or the members of a median ensemble
+    specs: tuple[Candidate, ...]  # one spec, or the members of a median ensemble
     profiles: dict[int, FloatArray]
     residuals: FloatArray  # (len(RESIDUAL_LEVELS), horizon) quantiles of log1p(actual) - log1p(point)
     samples: int  # backtest residuals behind the smallest column: the conformal correction needs it
@@ -68,15 +93,41 @@ def seasons_for(step_s: float) -> list[int]:
     return out
 
 
+def model_class(spec: Candidate) -> str:
+    """The spec.forecast.models name a candidate belongs to."""
+    if isinstance(spec, StatSpec):
+        return {statistical.ETS: ETS_CLASS, statistical.ARIMA: ARIMA_CLASS}.get(spec.kind, SARIMAX_CLASS)
+    if spec.kind == SNAIVE:
+        return SEASONAL_NAIVE_CLASS
+    if spec.kind == TSB:
+        return CROSTON_CLASS
+    if spec.season:
+        return ETS_CLASS
+    if spec.alpha == 1.0 and not spec.reset:
+        return NAIVE_CLASS  # in log1p space too: expm1(log1p(y)) is y
+    return SES_CLASS
+
+
+def log_profiles(profiles: dict[int, FloatArray]) -> dict[int, FloatArray]:
+    """The log1p-space profiles by season length (what the statsmodels candidates use)."""
+    return {key // 2: profile for key, profile in profiles.items() if key % 2}
+
+
 def paths(
     y: FloatArray,
-    spec: Spec,
+    spec: Candidate,
     profiles: dict[int, FloatArray],
     phase_base: int,
     origins: IntArray,
     horizon: int,
 ) -> FloatArray:
     """Raw-count forecasts of one spec at each origin."""
+    if isinstance(spec, StatSpec):
+        by_season = log_profiles(profiles)
+        if spec.kind == statistical.ETS:
+            profile = by_season.get(spec.season) if spec.season else None
+            return statistical.ets_paths(y, spec, profile, phase_base, origins, horizon)
+        return statistical.arima_paths(y, spec, by_season, phase_base, origins, horizon)
     if spec.kind == SNAIVE:
         return models.snaive_paths(y, spec.season, origins, horizon)
     if spec.kind == TSB:
@@ -106,9 +157,9 @@ def _profiles(y: FloatArray, phase_base: int, step_s: float) -> dict[int, FloatA
     return out
 
 
-def _candidates(y: FloatArray, profiles: dict[int, FloatArray]) -> list[list[Spec]]:
+def _candidates(y: FloatArray, profiles: dict[int, FloatArray]) -> list[list[Candidate]]:
     """Families of specs; within a family only alpha differs."""
-    families: list[list[Spec]] = [[Spec(LEVEL, log, 0, a) for a in ALPHAS] for log in (False, True)]
+    families: list[list[Candidate]] = [[Spec(LEVEL, log, 0, a) for a in ALPHAS] for log in (False, True)]
     families += [[Spec(LEVEL, True, 0, a, reset=r) for a in RESET_ALPHAS] for r in RESETS]
     for key in sorted(profiles):
         season, log = key // 2, bool(key % 2)
@@ -120,6 +171,35 @@ def _candidates(y: FloatArray, profiles: dict[int, FloatArray]) -> list[list[Spe
     if len(y) and float(np.mean(y == 0)) > INTERMITTENT_ZEROS:
         families.append(list(TSB_SPECS))
     return families
+
+
+def _statistical(
+    y: FloatArray, end: int, profiles: dict[int, FloatArray], phase_base: int, allowed: Collection[str]
+) -> list[list[Candidate]]:
+    """Statsmodels families fitted on at most FIT_WINDOW intervals before `end` (the first origin)."""
+    start = max(0, end - statistical.FIT_WINDOW)
+    z = np.log1p(y[start:end])
+    by_season = log_profiles(profiles)
+    seasons = tuple(sorted(by_season))
+    families: list[list[Candidate]] = []
+    if ETS_CLASS in allowed:
+        daily = by_season.get(seasons[0]) if seasons else None
+        ets = statistical.fit_ets(z, daily, phase_base, start)
+        if ets is None and daily is not None:
+            ets = statistical.fit_ets(z, None, phase_base, start)
+        families.append([ets] if ets else [])
+    for name, used in ((ARIMA_CLASS, ()), (SARIMAX_CLASS, seasons)):
+        if name not in allowed or (name == SARIMAX_CLASS and not used):
+            continue
+        exog = statistical.regressors(by_season, used, phase_base, start, len(z))
+        fits = [statistical.fit_arima(z, order, exog, used) for order in statistical.ARIMA_ORDERS]
+        families.append([f for f in fits if f is not None])
+    return [family for family in families if family]
+
+
+def _restricted(families: list[list[Candidate]], allowed: Collection[str]) -> list[list[Candidate]]:
+    kept = [[spec for spec in family if model_class(spec) in allowed] for family in families]
+    return [family for family in kept if family]
 
 
 def profile_key(spec: Spec) -> int:
@@ -143,12 +223,20 @@ def _actuals(y: FloatArray, origins: IntArray, horizon: int) -> FloatArray:
     return np.where(targets < len(y), y[np.clip(targets, 0, len(y) - 1)], np.nan)
 
 
+Scored = tuple[float, Candidate, FloatArray]
+
+
 def _best_per_family(
-    y: FloatArray, profiles: dict[int, FloatArray], phase_base: int, origins: IntArray, actual: FloatArray
-) -> list[tuple[float, Spec, FloatArray]]:
+    y: FloatArray,
+    families: list[list[Candidate]],
+    profiles: dict[int, FloatArray],
+    phase_base: int,
+    origins: IntArray,
+    actual: FloatArray,
+) -> list[Scored]:
     horizon = actual.shape[1]
-    best: list[tuple[float, Spec, FloatArray]] = []
-    for family in _candidates(y[: origins[0]], profiles):
+    best: list[Scored] = []
+    for family in families:
         scored = []
         for spec in family:
             forecasts = paths(y, spec, profiles, phase_base, origins, horizon)
@@ -171,20 +259,45 @@ def residual_table(forecasts: FloatArray, actual: FloatArray) -> tuple[FloatArra
     return np.nan_to_num(table), int(np.isfinite(errors).sum(axis=0).min())
 
 
-def fit(y: FloatArray, phase_base: int, step_s: float, horizon: int) -> Fitted:
-    """Choose and fit the model for a cleaned history `y` (counts per step, no NaN)."""
+def fit(
+    y: FloatArray,
+    phase_base: int,
+    step_s: float,
+    horizon: int,
+    *,
+    allowed: Collection[str] | None = None,
+    statistical_models: bool = False,
+) -> Fitted:
+    """Choose and fit the model for a cleaned history `y` (counts per step, no NaN).
+
+    `allowed`: model classes (MODEL_CLASSES) the choice is restricted to; None allows all.
+    `statistical_models`: add the statsmodels candidates (tracked series only: they cost tens of
+    milliseconds each per fit). When nothing allowed can be fitted, naive is used.
+    """
+    permitted = set(MODEL_CLASSES if allowed is None else allowed)
     origins = _validation(len(y), horizon)
     actual = _actuals(y, origins, horizon)
-    ranked = _best_per_family(y, _profiles(y[: origins[0]], phase_base, step_s), phase_base, origins, actual)
+    profiles = _profiles(y[: origins[0]], phase_base, step_s)
+    families = _restricted(_candidates(y[: origins[0]], profiles), permitted)
+    if statistical_models:
+        families += _statistical(y, int(origins[0]), profiles, phase_base, permitted)
+    ranked = _best_per_family(y, families or [[NAIVE]], profiles, phase_base, origins, actual)
+    chosen, forecasts = _choose(ranked, actual, ENSEMBLE_CLASS in permitted)
+    scores = {item[1].name: item[0] for item in ranked}
+    table, samples = residual_table(forecasts, actual)
+    return Fitted(chosen, _profiles(y, phase_base, step_s), table, samples, scores, len(origins))
+
+
+def _choose(ranked: list[Scored], actual: FloatArray, ensembles: bool) -> tuple[tuple[Candidate, ...], FloatArray]:
+    """The best family, or the median of the best few when it backtests about as well (within
+    ENSEMBLE_PREFERENCE): combinations are steadier out of sample than the winner of close races."""
     chosen_score, forecasts = ranked[0][0], ranked[0][2]
-    chosen: tuple[Spec, ...] = (ranked[0][1],)
-    for size in ENSEMBLE_SIZES:
+    chosen: tuple[Candidate, ...] = (ranked[0][1],)
+    for size in ENSEMBLE_SIZES if ensembles else ():
         if len(ranked) < size:
             continue
         members = np.median(np.stack([item[2] for item in ranked[:size]]), axis=0)
         if _mae(members, actual) < chosen_score * ENSEMBLE_PREFERENCE:
             chosen_score = _mae(members, actual)
             chosen, forecasts = tuple(item[1] for item in ranked[:size]), members
-    scores = {item[1].name: item[0] for item in ranked}
-    table, samples = residual_table(forecasts, actual)
-    return Fitted(chosen, _profiles(y, phase_base, step_s), table, samples, scores, len(origins))
+    return chosen, forecasts
