@@ -342,7 +342,9 @@ def _forecast_all(
         try:
             if state is None or sid in due or state.fitted.horizon < steps:
                 began = time.perf_counter()
-                state = FitState(fit(history, steps), now_s, time.perf_counter() - began)
+                # tracked series, the tail and OPF targets only: the statsmodels candidates join
+                fitted = fit(history, steps, allowed=settings.models, statistical_models=True)
+                state = FitState(fitted, now_s, time.perf_counter() - began)
                 memo.fits[sid], fits = state, fits + 1
             basis = basis_of(history, steps, salt)
             if state.forecast is None or state.basis != basis:

@@ -288,9 +288,19 @@ def fit(
     return Fitted(chosen, _profiles(y, phase_base, step_s), table, samples, scores, len(origins))
 
 
-def _choose(ranked: list[Scored], actual: FloatArray, ensembles: bool) -> tuple[tuple[Candidate, ...], FloatArray]:
+def is_baseline(spec: Candidate) -> bool:
+    """Naive, SES and seasonal naive: the simple forecasts every other candidate must beat."""
+    return model_class(spec) in (NAIVE_CLASS, SES_CLASS, SEASONAL_NAIVE_CLASS) and not (
+        isinstance(spec, Spec) and (spec.log or spec.reset)
+    )
+
+
+def _choose(
+    ranked: list[Scored], actual: FloatArray, ensembles: bool
+) -> tuple[tuple[Candidate, ...], FloatArray]:
     """The best family, or the median of the best few when it backtests about as well (within
-    ENSEMBLE_PREFERENCE): combinations are steadier out of sample than the winner of close races."""
+    ENSEMBLE_PREFERENCE): combinations are steadier out of sample than the winner of close races.
+    A baseline that backtests better than the combination wins over it."""
     chosen_score, forecasts = ranked[0][0], ranked[0][2]
     chosen: tuple[Candidate, ...] = (ranked[0][1],)
     for size in ENSEMBLE_SIZES if ensembles else ():
@@ -300,4 +310,7 @@ def _choose(ranked: list[Scored], actual: FloatArray, ensembles: bool) -> tuple[
         if _mae(members, actual) < chosen_score * ENSEMBLE_PREFERENCE:
             chosen_score = _mae(members, actual)
             chosen, forecasts = tuple(item[1] for item in ranked[:size]), members
+    baseline = next((item for item in ranked if is_baseline(item[1])), None)
+    if baseline is not None and baseline[0] < chosen_score:
+        return (baseline[1],), baseline[2]
     return chosen, forecasts

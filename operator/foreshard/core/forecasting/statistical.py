@@ -191,14 +191,27 @@ def fit_arima(
     with quiet():
         try:
             beta = np.linalg.lstsq(regressors_, target, rcond=None)[0] if design.shape[1] else np.zeros(0)
-            arma = _arma(z - design @ beta, order).fit(method="hannan_rissanen")
+            w = z - design @ beta
+            params = np.asarray(_arma(w, order).fit(method="hannan_rissanen").params, dtype=np.float64)
+            if not (np.all(np.isfinite(params)) and _stable(params, order)):
+                params = _likelihood_fit(w, order)
         except (ValueError, np.linalg.LinAlgError):
             return None
-    params = np.asarray(arma.params, dtype=np.float64)
     if not (np.all(np.isfinite(params)) and np.all(np.isfinite(beta)) and _stable(params, order)):
         return None
     kind = SARIMAX if seasons else ARIMA
     return StatSpec(kind, order=order, params=tuple(params.tolist()), seasons=seasons, coefficients=tuple(beta.tolist()))
+
+
+def _likelihood_fit(w: FloatArray, order: tuple[int, int, int]) -> FloatArray:
+    """Maximum likelihood with stationarity and invertibility enforced, a bounded number of
+    iterations: the fallback when the regression estimates are explosive (an over-parameterised
+    order, such as ARMA(2,1) on an AR(1) series, can make them so)."""
+    from statsmodels.tsa.arima.model import ARIMA as Model
+
+    model = Model(w, order=order, trend="n")
+    result = model.fit(method="statespace", method_kwargs={"maxiter": MAX_ITER, "disp": False})
+    return np.asarray(result.params, dtype=np.float64)
 
 
 def _stable(params: FloatArray, order: tuple[int, int, int]) -> bool:
