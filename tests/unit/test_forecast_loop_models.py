@@ -1,0 +1,94 @@
+"""spec.forecast.models reaches every fit of the operator's forecast loop, and the CRD's enum
+names exactly the model classes the forecaster knows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from foreshard.api.orderparamforecast import TAIL
+from foreshard.api.shardallocation import ForecastSettings, QueueSpec, ShardTemplate
+from foreshard.core.forecasting import selection
+from foreshard.core.series import Series
+from foreshard.reconcile import forecasts
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+STEP = 300.0
+NOW = 1_760_000_400.0
+
+
+def enum_at(crd: Path, *path: str) -> list[str]:
+    node = yaml.safe_load(crd.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for name in path:
+        node = node["properties"][name] if name != "[]" else node["items"]
+    return list(node["enum"])
+
+
+@pytest.mark.parametrize("folder", ["crds", "helm/foreshard/files/crds"])
+def test_the_crds_name_exactly_the_model_classes_the_forecaster_knows(folder: str) -> None:
+    queue = REPO / folder / "foreshard.io_shardallocations.yaml"
+    assert enum_at(queue, "spec", "forecast", "models", "[]") == list(selection.MODEL_CLASSES)
+    opf = REPO / folder / "foreshard.io_orderparamforecasts.yaml"
+    assert enum_at(opf, "spec", "model") == list(selection.MODEL_CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [({}, None), ({"models": []}, None), ({"models": ["SES", "ETS"]}, ("ETS", "SES"))],
+)
+def test_forecast_settings_read_the_allowed_models(
+    given: dict[str, list[str]], expected: tuple[str, ...] | None
+) -> None:
+    assert ForecastSettings.from_spec(given).models == expected
+
+
+def queue(models: list[str] | None) -> QueueSpec:
+    settings = {"prometheusURL": "http://prometheus:9090", "step": "5m", "longHorizon": "1h"}
+    if models is not None:
+        settings["models"] = models  # type: ignore[assignment]
+    return QueueSpec(
+        "orders", "default", 1, 4, 1024, ShardTemplate(), forecast=ForecastSettings.from_spec(settings)
+    )
+
+
+def history() -> dict[str, Series]:
+    rng = np.random.default_rng(9)
+    steps = 4 * 288
+    wave = 1 + 0.5 * np.sin(2 * np.pi * np.arange(steps) / 288)
+    start = NOW - steps * STEP
+    return {
+        "a": Series("a", start, STEP, rng.poisson(200 * wave).astype(float)),
+        TAIL: Series(TAIL, start, STEP, rng.poisson(50 * wave).astype(float)),
+    }
+
+
+@pytest.mark.parametrize(
+    "models",
+    [["SeasonalNaive"], ["Naive", "SES"], ["ARIMA"], ["SARIMAX", "ETS", "Ensemble"]],
+    ids=lambda m: "+".join(m),
+)
+def test_every_fit_of_the_loop_keeps_to_the_queues_models(models: list[str]) -> None:
+    memo = forecasts.QueueMemo()
+    found, problems, fits = forecasts._forecast_all(queue(models), {}, history(), ["a", TAIL], memo, NOW)
+    assert not problems and fits == 2 and set(found) == {"a", TAIL}
+    for state in memo.fits.values():
+        classes = {selection.model_class(spec) for spec in state.fitted.specs}
+        assert classes <= set(models), state.fitted.name
+        assert found_model_is(found, state.fitted.name)
+
+
+def found_model_is(found: dict[str, object], name: str) -> bool:
+    return any(getattr(f, "model", None) == name for f in found.values())
+
+
+def test_without_models_the_loop_backtests_the_statsmodels_candidates_too() -> None:
+    memo = forecasts.QueueMemo()
+    forecasts._forecast_all(queue(None), {}, history(), ["a"], memo, NOW)
+    scores = memo.fits["a"].fitted.scores
+    for prefix in ("ets(", "arima(", "sarimax(", "snaive(", "level(raw,"):
+        assert any(name.startswith(prefix) for name in scores), (prefix, sorted(scores))
