@@ -86,9 +86,14 @@ def found_model_is(found: dict[str, object], name: str) -> bool:
     return any(getattr(f, "model", None) == name for f in found.values())
 
 
-def test_without_models_the_loop_backtests_the_statsmodels_candidates_too() -> None:
+def test_statsmodels_candidates_join_at_a_series_staggered_refit_not_at_its_first_fit() -> None:
     memo = forecasts.QueueMemo()
     forecasts._forecast_all(queue(None), {}, history(), ["a"], memo, NOW)
+    statsmodels = ("ets(", "arima(", "sarimax(")
+    assert not any(name.startswith(statsmodels) for name in memo.fits["a"].fitted.scores)
+    memo.cycle = forecasts.REFIT_PERIOD  # "a" (row 0) is due again
+    _, _, fits = forecasts._forecast_all(queue(None), {}, history(), ["a"], memo, NOW + STEP)
     scores = memo.fits["a"].fitted.scores
-    for prefix in ("ets(", "arima(", "sarimax(", "snaive(", "level(raw,"):
+    assert fits == 1
+    for prefix in (*statsmodels, "snaive(", "level(raw,"):
         assert any(name.startswith(prefix) for name in scores), (prefix, sorted(scores))

@@ -37,6 +37,7 @@ from foreshard.core.forecasting import (
     fleet,
     predict,
     report,
+    selection,
     tracking,
 )
 from foreshard.core.planning.consumers import GroupDecision
@@ -342,8 +343,12 @@ def _forecast_all(
         try:
             if state is None or sid in due or state.fitted.horizon < steps:
                 began = time.perf_counter()
-                # tracked series, the tail and OPF targets only: the statsmodels candidates join
-                fitted = fit(history, steps, allowed=settings.models, statistical_models=True)
+                # only tracked series, the tail and OPF targets come here, so the statsmodels
+                # candidates may join; not on a series' first fit (unless nothing else is allowed),
+                # so that a cold start, every series at once, stays fast: they join at its
+                # staggered refit
+                slow = state is not None or selection.only_statsmodels(settings.models)
+                fitted = fit(history, steps, allowed=settings.models, statistical_models=slow)
                 state = FitState(fitted, now_s, time.perf_counter() - began)
                 memo.fits[sid], fits = state, fits + 1
             basis = basis_of(history, steps, salt)

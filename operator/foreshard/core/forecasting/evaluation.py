@@ -14,12 +14,11 @@ exponential smoothing with its parameter fitted in-sample (statsmodels) on the t
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from foreshard.core.forecasting import models, selection
+from foreshard.core.forecasting import models, selection, statistical
 from foreshard.core.forecasting.intervals import quantile_paths
 from foreshard.core.forecasting.models import IntArray
 from foreshard.core.forecasting.types import InsufficientHistory
@@ -77,15 +76,8 @@ def development_split(series: Series, test_share: float) -> Series:
 
 def ses_alpha(train: FloatArray) -> float:
     """SES smoothing level fitted in-sample by statsmodels (the published baseline)."""
-    from statsmodels.tsa.holtwinters import SimpleExpSmoothing
-
-    if len(train) < 3 or float(np.ptp(train)) == 0.0:
-        return 1.0
-    with warnings.catch_warnings():
-        # deliberate: a poor fit still yields a usable level; the baseline is what it is
-        warnings.simplefilter("ignore")
-        result = SimpleExpSmoothing(train, initialization_method="estimated").fit()
-    return float(np.clip(result.params["smoothing_level"], 1e-4, 1.0))
+    alpha = statistical.fit_ses(train)
+    return 1.0 if alpha is None else alpha
 
 
 def baseline_paths(

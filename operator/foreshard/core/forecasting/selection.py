@@ -41,7 +41,13 @@ MODEL_CLASSES = (
     CROSTON_CLASS,
     ENSEMBLE_CLASS,
 )
+STATSMODELS_ONLY = frozenset({ARIMA_CLASS, SARIMAX_CLASS})  # classes without a fast candidate
 NAIVE = Spec(LEVEL, False, 0, 1.0)  # what is left when nothing allowed can be fitted
+
+
+def only_statsmodels(allowed: Collection[str] | None) -> bool:
+    """True when the allowed classes have no fast candidate (only statsmodels fits can serve)."""
+    return allowed is not None and set(allowed) - {ENSEMBLE_CLASS} <= STATSMODELS_ONLY
 
 DAY_S = 86_400.0
 ALPHAS = (0.01, 0.03, 0.07, 0.15, 0.3, 0.5, 0.75, 1.0)
@@ -56,6 +62,7 @@ MAX_VALIDATION = 2000  # steps; recent behaviour is what the next forecasts face
 MAX_ORIGINS = 400  # backtest origins per fit, evenly spaced over the validation window
 PROFILE_SEASONS = {1: 28, 7: 6}  # days per season -> how many recent seasons the profile spans
 INTERMITTENT_ZEROS = 0.3  # share of empty intervals above which TSB joins the candidates
+MIN_SELECTION_ORIGINS = 30  # fewer backtest origins cannot tell many candidates apart: baselines only
 ENSEMBLE_SIZES = (3, 5, 8)
 ENSEMBLE_PREFERENCE = 1.05
 RESIDUAL_LEVELS = np.linspace(0.0, 1.0, 201)  # stored so any quantile can be read later
@@ -272,14 +279,24 @@ def fit(
 
     `allowed`: model classes (MODEL_CLASSES) the choice is restricted to; None allows all.
     `statistical_models`: add the statsmodels candidates (tracked series only: they cost tens of
-    milliseconds each per fit). When nothing allowed can be fitted, naive is used.
+    milliseconds each per fit). With fewer than MIN_SELECTION_ORIGINS backtest origins only the
+    baselines (naive, SES, seasonal naive) compete, if allowed. When nothing allowed can be
+    fitted, naive is used.
     """
     permitted = set(MODEL_CLASSES if allowed is None else allowed)
     origins = _validation(len(y), horizon)
     actual = _actuals(y, origins, horizon)
     profiles = _profiles(y[: origins[0]], phase_base, step_s)
     families = _restricted(_candidates(y[: origins[0]], profiles), permitted)
-    if statistical_models:
+    short = len(origins) < MIN_SELECTION_ORIGINS
+    if (statistical_models or short) and SES_CLASS in permitted:
+        alpha = statistical.fit_ses(y[: origins[0]])
+        families += [[Spec(LEVEL, False, 0, alpha)]] if alpha is not None and alpha < 1.0 else []
+    if short:
+        # a short history: the simple baselines only, when any is allowed
+        baselines = [[s for s in family if is_baseline(s)] for family in families]
+        families = [family for family in baselines if family] or families
+    elif statistical_models:
         families += _statistical(y, int(origins[0]), profiles, phase_base, permitted)
     ranked = _best_per_family(y, families or [[NAIVE]], profiles, phase_base, origins, actual)
     chosen, forecasts = _choose(ranked, actual, ENSEMBLE_CLASS in permitted)

@@ -75,6 +75,18 @@ def quiet() -> Iterator[None]:
         yield
 
 
+def fit_ses(y: FloatArray) -> float | None:
+    """Simple exponential smoothing's level parameter, fitted in-sample by statsmodels on raw counts."""
+    from statsmodels.tsa.holtwinters import SimpleExpSmoothing
+
+    if len(y) < 3 or float(np.ptp(y)) == 0.0:
+        return None
+    with quiet():
+        result = SimpleExpSmoothing(y, initialization_method="estimated").fit()
+    alpha = float(result.params["smoothing_level"])
+    return float(np.clip(alpha, 1e-4, 1.0)) if np.isfinite(alpha) else None
+
+
 # ---- Holt-Winters -------------------------------------------------------------------------------
 
 
