@@ -181,3 +181,48 @@ def test_a_combination_better_than_every_baseline_is_kept() -> None:
 )
 def test_every_candidate_belongs_to_one_model_class(spec: selection.Candidate, expected: str) -> None:
     assert selection.model_class(spec) == expected
+
+
+def bursty_counts(n: int, seed: int = 13) -> np.ndarray:
+    """Noisy counts around 30 (smoothing pays) with bursts of about 150 that last four
+    intervals, every 500 or so (the last value pays while they last)."""
+    rng = np.random.default_rng(seed)
+    y = rng.poisson(30, n).astype(np.float64)
+    for start in range(100, n - 10, 500):
+        start += int(rng.integers(0, 100))
+        y[start : start + 4] = rng.poisson(150, 4)
+    return y
+
+
+def test_a_short_history_uses_ses_fitted_on_all_of_it() -> None:
+    y = np.random.default_rng(3).poisson(150, 48).astype(np.float64)
+    fitted = selection.fit(y, 0, 60.0, 15, statistical_models=True)
+    alpha = statistical.fit_ses(y)
+    assert alpha is not None
+    assert fitted.specs == (Spec(LEVEL, False, 0, alpha),) and fitted.follow is None
+
+
+def test_bursts_that_last_make_the_fit_follow_surprises_and_forecast_the_newest_value() -> None:
+    allowed = {selection.ARIMA_CLASS, selection.NAIVE_CLASS}  # ARIMA smooths; nothing else jumps
+    fitted = selection.fit(bursty_counts(6000), 0, 300.0, 3, allowed=allowed, statistical_models=True)
+    assert fitted.follow is not None, fitted.name
+    assert fitted.name.endswith("+follow")
+    quiet = np.random.default_rng(1).poisson(30, 600).astype(np.float64)
+    burst = np.concatenate([quiet, [150.0, 160.0]])
+    forecast = selection.combined_paths(burst, fitted, 0, np.array([len(burst)]), 3)[0]
+    assert forecast == pytest.approx([160.0] * 3)
+    assert np.all(selection.combined_paths(quiet, fitted, 0, np.array([len(quiet)]), 3)[0] < 50)
+
+
+def test_following_replaces_only_the_origins_whose_newest_value_surprised() -> None:
+    y = np.array([5.0, 5.0, 5.0, 100.0, 5.0, 5.0])
+    origins = np.array([3, 4, 5], dtype=np.int64)
+    plain = np.full((3, 2), 5.0)
+    prior = np.array([5.0, 5.0, 5.0])  # one-step forecasts of y[2], y[3], y[4]
+    out = selection._followed(y, origins, plain, prior, (-1.0, 1.0))
+    np.testing.assert_array_equal(out, [[5.0, 5.0], [100.0, 100.0], [5.0, 5.0]])
+
+
+def test_without_naive_among_the_allowed_classes_the_fit_never_follows() -> None:
+    allowed = {selection.SES_CLASS, selection.ETS_CLASS, selection.ENSEMBLE_CLASS}
+    assert selection.fit(bursty_counts(6000), 0, 300.0, 3, allowed=allowed).follow is None

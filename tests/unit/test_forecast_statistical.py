@@ -47,7 +47,11 @@ def test_the_holt_winters_filter_reproduces_statsmodels_one_step_forecasts() -> 
         initial_trend=0.0,
         initial_seasonal=profile,
     ).fit(
-        smoothing_level=alpha, smoothing_trend=beta, smoothing_seasonal=gamma, damping_trend=phi, optimized=False
+        smoothing_level=alpha,
+        smoothing_trend=beta,
+        smoothing_seasonal=gamma,
+        damping_trend=phi,
+        optimized=False,
     )
     spec = StatSpec(ETS, DAY, params=(alpha, beta, gamma, phi))
     origins = np.arange(1, len(y), dtype=np.int64)
@@ -98,10 +102,12 @@ def test_a_mean_reverting_series_is_forecast_better_by_arima_than_by_the_last_va
 def test_fits_are_deterministic_and_quiet_on_noisy_short_series(seed: int) -> None:
     rng = np.random.default_rng(seed)
     z = np.log1p(rng.poisson(3, 60).astype(np.float64) * (rng.random(60) < 0.5))
-    for _ in range(2):
-        first = [statistical.fit_ets(z, None, 0, 0), *[statistical.fit_arima(z, o, None) for o in statistical.ARIMA_ORDERS]]
-        second = [statistical.fit_ets(z, None, 0, 0), *[statistical.fit_arima(z, o, None) for o in statistical.ARIMA_ORDERS]]
-        assert first == second
+
+    def fits() -> list[StatSpec | None]:
+        arima = [statistical.fit_arima(z, order, None) for order in statistical.ARIMA_ORDERS]
+        return [statistical.fit_ets(z, None, 0, 0), *arima]
+
+    assert fits() == fits()
 
 
 def test_too_short_a_history_gets_no_statsmodels_fit() -> None:
@@ -125,4 +131,5 @@ def test_explosive_arma_parameters_are_refused() -> None:
 def test_names_say_family_orders_and_profiles() -> None:
     assert StatSpec(ETS, 288).name == "ets(log,add,damped,season=288)"
     assert StatSpec(ARIMA, order=(1, 1, 1)).name == "arima(log,1,1,1)"
-    assert StatSpec(SARIMAX, order=(2, 0, 1), seasons=(288, 2016)).name == "sarimax(log,2,0,1,profiles=288+2016)"
+    sarimax = StatSpec(SARIMAX, order=(2, 0, 1), seasons=(288, 2016))
+    assert sarimax.name == "sarimax(log,2,0,1,profiles=288+2016)"

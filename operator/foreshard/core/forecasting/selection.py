@@ -14,6 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from foreshard.core.forecasting import models, statistical
 from foreshard.core.forecasting.models import LEVEL, SNAIVE, TSB, IntArray, Spec
@@ -21,6 +22,7 @@ from foreshard.core.forecasting.statistical import StatSpec
 from foreshard.core.series import FloatArray
 
 Candidate = Spec | StatSpec
+BoolArray = npt.NDArray[np.bool_]
 
 # Model classes: the names spec.forecast.models (the CRD's enum) restricts the candidates to.
 NAIVE_CLASS = "Naive"  # last value
@@ -49,6 +51,7 @@ def only_statsmodels(allowed: Collection[str] | None) -> bool:
     """True when the allowed classes have no fast candidate (only statsmodels fits can serve)."""
     return allowed is not None and set(allowed) - {ENSEMBLE_CLASS} <= STATSMODELS_ONLY
 
+
 DAY_S = 86_400.0
 ALPHAS = (0.01, 0.03, 0.07, 0.15, 0.3, 0.5, 0.75, 1.0)
 TSB_SPECS = (
@@ -58,6 +61,8 @@ TSB_SPECS = (
 )
 RESETS = (1.0, 2.0)  # log1p jump sizes (x2.7, x7.4) that move a level at once
 RESET_ALPHAS = (0.07, 0.15, 0.3, 0.5)
+SAFETY_RESET = 3.0  # statsmodels members follow a jump of more than x20 that lasts two intervals
+FOLLOW_LEVELS = ((0.01, 0.99), (0.025, 0.975))  # residual quantiles beyond which the last value leads
 MAX_VALIDATION = 2000  # steps; recent behaviour is what the next forecasts face
 MAX_ORIGINS = 400  # backtest origins per fit, evenly spaced over the validation window
 PROFILE_SEASONS = {1: 28, 7: 6}  # days per season -> how many recent seasons the profile spans
@@ -78,12 +83,18 @@ class Fitted:
     samples: int  # backtest residuals behind the smallest column: the conformal correction needs it
     scores: dict[str, float] = field(default_factory=dict)  # validation MAE per candidate family
     validation_origins: int = 0
+    # (low, high) log1p residuals: when the newest interval's one-step residual falls outside,
+    # the forecast is the newest value (a burst or a break the model has not caught up with)
+    follow: tuple[float, float] | None = None
 
     @property
     def name(self) -> str:
-        if len(self.specs) == 1:
-            return self.specs[0].name
-        return "median(" + ", ".join(s.name for s in self.specs) + ")"
+        name = (
+            self.specs[0].name
+            if len(self.specs) == 1
+            else "median(" + ", ".join(s.name for s in self.specs) + ")"
+        )
+        return f"{name}+follow" if self.follow else name
 
     @property
     def horizon(self) -> int:
@@ -120,6 +131,21 @@ def log_profiles(profiles: dict[int, FloatArray]) -> dict[int, FloatArray]:
     return {key // 2: profile for key, profile in profiles.items() if key % 2}
 
 
+def _statistical_paths(
+    y: FloatArray,
+    spec: StatSpec,
+    profiles: dict[int, FloatArray],
+    phase_base: int,
+    origins: IntArray,
+    horizon: int,
+) -> FloatArray:
+    by_season = log_profiles(profiles)
+    if spec.kind == statistical.ETS:
+        profile = by_season.get(spec.season) if spec.season else None
+        return statistical.ets_paths(y, spec, profile, phase_base, origins, horizon)
+    return statistical.arima_paths(y, spec, by_season, phase_base, origins, horizon)
+
+
 def paths(
     y: FloatArray,
     spec: Candidate,
@@ -130,11 +156,16 @@ def paths(
 ) -> FloatArray:
     """Raw-count forecasts of one spec at each origin."""
     if isinstance(spec, StatSpec):
-        by_season = log_profiles(profiles)
-        if spec.kind == statistical.ETS:
-            profile = by_season.get(spec.season) if spec.season else None
-            return statistical.ets_paths(y, spec, profile, phase_base, origins, horizon)
-        return statistical.arima_paths(y, spec, by_season, phase_base, origins, horizon)
+        # a safety valve like the log-space levels' reset: a jump of more than SAFETY_RESET (x20)
+        # that the model did not foresee, and that has lasted two intervals (a burst, not a
+        # single spike), is followed at once
+        forecasts = _statistical_paths(y, spec, profiles, phase_base, origins, horizon)
+        earlier = np.maximum(origins - 1, 1)
+        prior = _statistical_paths(y, spec, profiles, phase_base, earlier, 1)[:, 0]
+        before = _statistical_paths(y, spec, profiles, phase_base, np.maximum(origins - 2, 1), 1)[:, 0]
+        lasted = _surprised(y, earlier, before, (-SAFETY_RESET, SAFETY_RESET))
+        followed = _followed(y, origins, forecasts, prior, (-SAFETY_RESET, SAFETY_RESET))
+        return np.where(lasted[:, None], followed, forecasts)
     if spec.kind == SNAIVE:
         return models.snaive_paths(y, spec.season, origins, horizon)
     if spec.kind == TSB:
@@ -146,9 +177,44 @@ def paths(
 def combined_paths(
     y: FloatArray, fitted: Fitted, phase_base: int, origins: IntArray, horizon: int
 ) -> FloatArray:
-    """Forecasts of a fitted model (median across ensemble members)."""
-    stack = [paths(y, s, fitted.profiles, phase_base, origins, horizon) for s in fitted.specs]
+    """Forecasts of a fitted model (median across ensemble members; the newest value after a
+    surprise when the fit follows surprises)."""
+    plain = _median_paths(y, fitted.specs, fitted.profiles, phase_base, origins, horizon)
+    if fitted.follow is None:
+        return plain
+    prior = _median_paths(y, fitted.specs, fitted.profiles, phase_base, np.maximum(origins - 1, 1), 1)
+    return _followed(y, origins, plain, prior[:, 0], fitted.follow)
+
+
+def _median_paths(
+    y: FloatArray,
+    specs: tuple[Candidate, ...],
+    profiles: dict[int, FloatArray],
+    phase_base: int,
+    origins: IntArray,
+    horizon: int,
+) -> FloatArray:
+    stack = [paths(y, s, profiles, phase_base, origins, horizon) for s in specs]
     return stack[0] if len(stack) == 1 else np.asarray(np.median(np.stack(stack), axis=0), dtype=np.float64)
+
+
+def _surprised(y: FloatArray, origins: IntArray, prior: FloatArray, bounds: tuple[float, float]) -> BoolArray:
+    """Origins whose newest interval is outside `bounds` (log1p residual) of its forecast `prior`."""
+    with np.errstate(all="ignore"):
+        residual = np.log1p(y[origins - 1]) - np.log1p(prior)
+    return np.asarray(((residual < bounds[0]) | (residual > bounds[1])) & (origins >= 2), dtype=np.bool_)
+
+
+def _followed(
+    y: FloatArray, origins: IntArray, plain: FloatArray, prior: FloatArray, follow: tuple[float, float]
+) -> FloatArray:
+    """`plain`, except at origins whose newest interval surprised the model's one-step forecast
+    (`prior`) beyond `follow`: there, the newest value for every step."""
+    last = y[origins - 1]
+    surprised = _surprised(y, origins, prior, follow)
+    out = plain.copy()
+    out[surprised] = last[surprised][:, None]
+    return out
 
 
 def _profiles(y: FloatArray, phase_base: int, step_s: float) -> dict[int, FloatArray]:
@@ -289,20 +355,53 @@ def fit(
     profiles = _profiles(y[: origins[0]], phase_base, step_s)
     families = _restricted(_candidates(y[: origins[0]], profiles), permitted)
     short = len(origins) < MIN_SELECTION_ORIGINS
-    if (statistical_models or short) and SES_CLASS in permitted:
-        alpha = statistical.fit_ses(y[: origins[0]])
-        families += [[Spec(LEVEL, False, 0, alpha)]] if alpha is not None and alpha < 1.0 else []
-    if short:
-        # a short history: the simple baselines only, when any is allowed
+    if short and SES_CLASS in permitted:
+        # too few origins to choose by backtest: SES (naive when alpha is 1) fitted by likelihood
+        # on the whole history, which uses every interval, not a dozen scored ones
+        alpha = statistical.fit_ses(y)
+        families = [[Spec(LEVEL, False, 0, 1.0 if alpha is None else alpha)]]
+    elif short:
         baselines = [[s for s in family if is_baseline(s)] for family in families]
         families = [family for family in baselines if family] or families
     elif statistical_models:
+        if SES_CLASS in permitted:
+            alpha = statistical.fit_ses(y[: origins[0]])
+            families += [[Spec(LEVEL, False, 0, alpha)]] if alpha is not None and alpha < 0.99 else []
         families += _statistical(y, int(origins[0]), profiles, phase_base, permitted)
     ranked = _best_per_family(y, families or [[NAIVE]], profiles, phase_base, origins, actual)
     chosen, forecasts = _choose(ranked, actual, ENSEMBLE_CLASS in permitted)
+    follow = None
+    if not short and NAIVE_CLASS in permitted:
+        follow, forecasts = _follow_choice(y, chosen, profiles, phase_base, origins, forecasts, actual)
     scores = {item[1].name: item[0] for item in ranked}
     table, samples = residual_table(forecasts, actual)
-    return Fitted(chosen, _profiles(y, phase_base, step_s), table, samples, scores, len(origins))
+    return Fitted(chosen, _profiles(y, phase_base, step_s), table, samples, scores, len(origins), follow)
+
+
+def _follow_choice(
+    y: FloatArray,
+    chosen: tuple[Candidate, ...],
+    profiles: dict[int, FloatArray],
+    phase_base: int,
+    origins: IntArray,
+    forecasts: FloatArray,
+    actual: FloatArray,
+) -> tuple[tuple[float, float] | None, FloatArray]:
+    """Whether to follow surprises, and at which residual quantiles: kept only when it lowers the
+    backtest error. Bursts on news-driven keys last several intervals; a model that smooths them
+    lags, the newest value does not."""
+    table, _ = residual_table(forecasts, actual)
+    prior = _median_paths(y, chosen, profiles, phase_base, np.maximum(origins - 1, 1), 1)[:, 0]
+    best: tuple[float, tuple[float, float] | None, FloatArray] = (_mae(forecasts, actual), None, forecasts)
+    for low, high in FOLLOW_LEVELS:
+        bounds = (
+            float(np.interp(low, RESIDUAL_LEVELS, table[:, 0])),
+            float(np.interp(high, RESIDUAL_LEVELS, table[:, 0])),
+        )
+        followed = _followed(y, origins, forecasts, prior, bounds)
+        if _mae(followed, actual) < best[0]:
+            best = (_mae(followed, actual), bounds, followed)
+    return best[1], best[2]
 
 
 def is_baseline(spec: Candidate) -> bool:

@@ -117,16 +117,28 @@ def fit_ets(z: FloatArray, profile: FloatArray | None, phase_base: int, start: i
         initial_seasonal=initial if m else None,
     )
     with quiet():
-        result = model.fit(optimized=True, use_brute=False, minimize_kwargs={"options": {"maxiter": MAX_ITER}})
+        result = model.fit(
+            optimized=True, use_brute=False, minimize_kwargs={"options": {"maxiter": MAX_ITER}}
+        )
     p = result.params
-    values = [p["smoothing_level"], p["smoothing_trend"], p.get("smoothing_seasonal", 0.0), p["damping_trend"]]
+    values = [
+        p["smoothing_level"],
+        p["smoothing_trend"],
+        p.get("smoothing_seasonal", 0.0),
+        p["damping_trend"],
+    ]
     if not all(np.isfinite(v) for v in values):
         return None
     return StatSpec(ETS, m, params=tuple(float(np.clip(v, 0.0, 1.0)) for v in values))
 
 
 def ets_paths(
-    y: FloatArray, spec: StatSpec, profile: FloatArray | None, phase_base: int, origins: IntArray, horizon: int
+    y: FloatArray,
+    spec: StatSpec,
+    profile: FloatArray | None,
+    phase_base: int,
+    origins: IntArray,
+    horizon: int,
 ) -> FloatArray:
     """Forecasts (origins x horizon, counts) of Holt-Winters with fixed parameters, filtered from
     FILTER_WINDOW intervals before the first origin."""
@@ -212,7 +224,9 @@ def fit_arima(
     if not (np.all(np.isfinite(params)) and np.all(np.isfinite(beta)) and _stable(params, order)):
         return None
     kind = SARIMAX if seasons else ARIMA
-    return StatSpec(kind, order=order, params=tuple(params.tolist()), seasons=seasons, coefficients=tuple(beta.tolist()))
+    return StatSpec(
+        kind, order=order, params=tuple(params.tolist()), seasons=seasons, coefficients=tuple(beta.tolist())
+    )
 
 
 def _likelihood_fit(w: FloatArray, order: tuple[int, int, int]) -> FloatArray:
