@@ -61,7 +61,7 @@ TSB_SPECS = (
 )
 RESETS = (1.0, 2.0)  # log1p jump sizes (x2.7, x7.4) that move a level at once
 RESET_ALPHAS = (0.07, 0.15, 0.3, 0.5)
-SAFETY_RESET = 3.0  # statsmodels members follow a jump of more than x20 that lasts two intervals
+SAFETY_RESET = 3.0  # statsmodels members follow a jump of more than x20 (log1p units)
 FOLLOW_LEVELS = ((0.01, 0.99), (0.025, 0.975))  # residual quantiles beyond which the last value leads
 MAX_VALIDATION = 2000  # steps; recent behaviour is what the next forecasts face
 MAX_ORIGINS = 400  # backtest origins per fit, evenly spaced over the validation window
@@ -156,16 +156,12 @@ def paths(
 ) -> FloatArray:
     """Raw-count forecasts of one spec at each origin."""
     if isinstance(spec, StatSpec):
-        # a safety valve like the log-space levels' reset: a jump of more than SAFETY_RESET (x20)
-        # that the model did not foresee, and that has lasted two intervals (a burst, not a
-        # single spike), is followed at once
+        # a safety valve like the log-space levels' reset, but without memory: when the newest
+        # interval is more than SAFETY_RESET (x20) from the model's one-step forecast, the member
+        # forecasts the newest value; the next origin is the model's own again
         forecasts = _statistical_paths(y, spec, profiles, phase_base, origins, horizon)
-        earlier = np.maximum(origins - 1, 1)
-        prior = _statistical_paths(y, spec, profiles, phase_base, earlier, 1)[:, 0]
-        before = _statistical_paths(y, spec, profiles, phase_base, np.maximum(origins - 2, 1), 1)[:, 0]
-        lasted = _surprised(y, earlier, before, (-SAFETY_RESET, SAFETY_RESET))
-        followed = _followed(y, origins, forecasts, prior, (-SAFETY_RESET, SAFETY_RESET))
-        return np.where(lasted[:, None], followed, forecasts)
+        prior = _statistical_paths(y, spec, profiles, phase_base, np.maximum(origins - 1, 1), 1)[:, 0]
+        return _followed(y, origins, forecasts, prior, (-SAFETY_RESET, SAFETY_RESET))
     if spec.kind == SNAIVE:
         return models.snaive_paths(y, spec.season, origins, horizon)
     if spec.kind == TSB:
