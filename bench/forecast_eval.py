@@ -80,6 +80,7 @@ def main() -> int:
     parser.add_argument("--traces", type=Path, default=Path("build/traces"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--oracle", metavar="KEY", help="print the look-ahead bound for one series instead")
+    parser.add_argument("--horizons", default=",".join(HORIZONS), help="comma-separated, e.g. 15m,1h")
     parser.add_argument(
         "--dev", action="store_true", help="the tuning split (forecast-eval --dev): forecast_eval_dev_*"
     )
@@ -88,7 +89,7 @@ def main() -> int:
         print(json.dumps({h: oracle(args.traces, args.oracle, h) for h in HORIZONS}))
         return 0
     summaries = {}
-    for horizon in HORIZONS:
+    for horizon in args.horizons.split(","):
         summary = run(args.traces, horizon, args.out, args.dev)
         summary.pop("per_series")
         summaries[horizon] = summary
