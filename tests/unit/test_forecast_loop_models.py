@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from foreshard.api.orderparamforecast import TAIL
+from foreshard.api.orderparamforecast import TAIL, ForecastObject, Target
 from foreshard.api.shardallocation import ForecastSettings, QueueSpec, ShardTemplate
 from foreshard.core.forecasting import selection
 from foreshard.core.series import Series
@@ -97,3 +97,31 @@ def test_statsmodels_candidates_join_at_a_series_staggered_refit_not_at_its_firs
     assert fits == 1
     for prefix in (*statsmodels, "snaive(", "level(raw,"):
         assert any(name.startswith(prefix) for name in scores), (prefix, sorted(scores))
+
+
+def opf(name: str, key: str, model: str | None) -> ForecastObject:
+    return ForecastObject(name, "default", "orders", Target.of_key(key), model=model)
+
+
+def test_an_opfs_model_is_the_only_class_its_series_is_fitted_with() -> None:
+    forced = forecasts.forced_models([opf("mine", "a", "SeasonalNaive"), opf("other", "b", None)])
+    assert forced == {"a": ("SeasonalNaive",)}
+    memo = forecasts.QueueMemo()
+    forecasts._forecast_all(queue(None), {}, history(), ["a", TAIL], memo, NOW, forced)
+    assert {selection.model_class(s) for s in memo.fits["a"].fitted.specs} == {"SeasonalNaive"}
+    assert memo.fits[TAIL].fitted.name != memo.fits["a"].fitted.name
+
+
+def test_changing_the_allowed_models_refits_at_once_even_when_not_due() -> None:
+    memo = forecasts.QueueMemo()
+    forecasts._forecast_all(queue(None), {}, history(), ["a", TAIL], memo, NOW)
+    memo.cycle = 2  # neither row is due (row 0 at cycle 12, row 1 at cycle 13)
+    _, _, fits = forecasts._forecast_all(
+        queue(None), {}, history(), ["a", TAIL], memo, NOW, {"a": ("Naive",)}
+    )
+    assert fits == 1 and memo.fits["a"].fitted.specs == (selection.NAIVE,)
+
+
+def test_the_first_opf_by_name_decides_when_several_name_one_series() -> None:
+    objects = [opf("zeta", "a", "ARIMA"), opf("alpha", "a", "SES")]
+    assert forecasts.forced_models(objects) == {"a": ("SES",)}
