@@ -4,13 +4,14 @@
             --predict--> point path + conformal quantiles --events--> Forecast
 
 Candidates: smoothed level (raw or log1p, with or without a daily/weekly profile, with or
-without burst resets), seasonal naive, TSB for intermittent keys, and the median of the best
-three. See docs/forecasting.md for the measured accuracy against baselines.
+without burst resets; naive and SES among them), seasonal naive, TSB for intermittent keys,
+for tracked series the statsmodels models (Holt-Winters, ARIMA, SARIMAX), and the median of the
+best 3, 5 or 8. See docs/forecasting.md for the measured accuracy against baselines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -42,8 +43,19 @@ def phase_base(series: Series) -> int:
     return round(series.start_s / series.step_s)
 
 
-def fit(history: Series, horizon_steps: int) -> Fitted:
-    """Choose and fit a model for `history`; raises InsufficientHistory when it is too short."""
+def fit(
+    history: Series,
+    horizon_steps: int,
+    *,
+    allowed: Collection[str] | None = None,
+    statistical_models: bool = False,
+) -> Fitted:
+    """Choose and fit a model for `history`; raises InsufficientHistory when it is too short.
+
+    `allowed` restricts the candidates to these model classes (`selection.MODEL_CLASSES`, the
+    names of spec.forecast.models); `statistical_models` adds the statsmodels candidates (for
+    tracked series: a fit then costs tenths of a second instead of tens of milliseconds).
+    """
     if horizon_steps < 1:
         raise ValueError(f"horizon_steps must be at least 1, got {horizon_steps}")
     observed = int(np.sum(np.isfinite(history.values) & (history.values >= 0)))
@@ -51,7 +63,14 @@ def fit(history: Series, horizon_steps: int) -> Fitted:
         raise InsufficientHistory(
             f"{history.key}: {observed} usable intervals of history, need at least {MIN_HISTORY}"
         )
-    return selection.fit(history.cleaned().values, phase_base(history), history.step_s, horizon_steps)
+    return selection.fit(
+        history.cleaned().values,
+        phase_base(history),
+        history.step_s,
+        horizon_steps,
+        allowed=allowed,
+        statistical_models=statistical_models,
+    )
 
 
 def predict(
