@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
         futures = {q: pool.submit(run_queue, q, str(build / q)) for q in order}
         for queue in chosen:
             rows += futures[queue].result()
-            print(f"done {queue}: {ratios(rows[-len(LEADS):])}", file=sys.stderr)
+            print(f"done {queue}: {ratios(rows[-len(LEADS) :])}", file=sys.stderr)
     print_table(rows)
     if set(chosen) == set(QUEUES):
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,15 @@ def main(argv: list[str]) -> int:
         (RESULTS / "simulate_compare.md").write_text(markdown(rows))
     summary = {"seconds": round(time.perf_counter() - started, 1), "all_pass": all(r["pass"] for r in rows)}
     decisions = sorted({str(r.get("decision")) for r in rows})
-    print(json.dumps({**summary, "decision": decisions[0] if len(decisions) == 1 else decisions, "ratios": ratios(rows)}))
+    print(
+        json.dumps(
+            {
+                **summary,
+                "decision": decisions[0] if len(decisions) == 1 else decisions,
+                "ratios": ratios(rows),
+            }
+        )
+    )
     return 0
 
 

@@ -85,7 +85,26 @@ def observe(cluster: LocalCluster) -> tuple[dict[str, Any], dict[str, dict[str, 
     body = get(cluster, "shalloc", QUEUE) or {}
     status = body.get("status", {})
     sts = get(cluster, "statefulset", f"{QUEUE}-shard")
-    return status, {c["type"]: c for c in status.get("conditions", [])}, sts["spec"]["replicas"] if sts else None
+    return (
+        status,
+        {c["type"]: c for c in status.get("conditions", [])},
+        sts["spec"]["replicas"] if sts else None,
+    )
+
+
+def scaled(cluster: LocalCluster) -> list[tuple[str, int]]:
+    """(message, count) of every Scaled Event of the queue."""
+    found = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        NAMESPACE,
+        "-o",
+        "json",
+        "--field-selector",
+        f"involvedObject.name={QUEUE},reason=Scaled",
+    )
+    return [(e["message"], int(e.get("count") or 1)) for e in json.loads(found.stdout)["items"]]
 
 
 def reason(cluster: LocalCluster, kind: str) -> str | None:
@@ -110,12 +129,16 @@ def test_a_prometheus_outage_holds_the_shards_says_why_and_forecasting_resumes(
 
     wait_for(sized, 180, "the queue sized on its forecast", evidence)
     _, _, planned = observe(local_cluster)
+    print("scaled events at creation:", json.dumps(scaled(local_cluster)))
     port = own_prometheus.port
 
     own_prometheus.stop()
     try:
         wait_for(
-            lambda: reason(local_cluster, "Forecasting") == "PrometheusUnreachable", 60, "the outage seen", evidence
+            lambda: reason(local_cluster, "Forecasting") == "PrometheusUnreachable",
+            60,
+            "the outage seen",
+            evidence,
         )
         status, conditions, replicas = observe(local_cluster)
         assert conditions["Forecasting"]["status"] == "False"
@@ -136,7 +159,9 @@ def test_a_prometheus_outage_holds_the_shards_says_why_and_forecasting_resumes(
         own_prometheus.start()
     assert own_prometheus.port == port  # the queue's prometheusURL still points at it
 
-    wait_for(lambda: reason(local_cluster, "Forecasting") == "ForecastReady", 120, "forecasting resumed", evidence)
+    wait_for(
+        lambda: reason(local_cluster, "Forecasting") == "ForecastReady", 120, "forecasting resumed", evidence
+    )
     status, conditions, replicas = observe(local_cluster)
     assert conditions["Forecasting"]["status"] == "True"
     assert conditions.get("Scaling", {}).get("reason") != "MissingData", conditions

@@ -58,7 +58,7 @@ def test_every_replayed_answer_is_the_reconcile_passes_decision_on_the_replayed_
         gathered = decision.Gathered(replicas, {planner.TOTAL: recent} if len(recent) else {})
 
         def published(*_: object, completed: int = completed) -> demand.Demand:
-            return forecasts.demand(completed)
+            return forecasts.published(completed)
 
         expected = shardallocation.DECIDE(policy.spec, gathered, previous, now_s, published)
         assert policy.last == expected and answer == expected.replicas
@@ -70,14 +70,17 @@ def test_the_replayed_forecast_loop_refits_on_its_schedule_and_rolls_forward_bet
     workload = workload_from_series("q", [daily_ramp()])
     forecasts = ForecastReplay(workload, ReplaySettings())
     cycles = len(forecasts.counts) + 1
-    forecasts.demand(cycles - 1)
+    forecasts.published(cycles - 1)
     # cycle 0 has no data; from the first interval on, a refit every REFIT_PERIOD cycles
     assert forecasts.fits == len(range(demand.REFIT_PERIOD, cycles, demand.REFIT_PERIOD)) + 1
     # between refits new data still moves the forecast (rolled forward, not frozen at the fit)
-    first, later = forecasts.demand(demand.REFIT_PERIOD * 2 + 1), forecasts.demand(demand.REFIT_PERIOD * 2 + 5)
+    first, later = (
+        forecasts.published(demand.REFIT_PERIOD * 2 + 1),
+        forecasts.published(demand.REFIT_PERIOD * 2 + 5),
+    )
     assert later.forecast.start_s - first.forecast.start_s == 4 * forecasts.step_s
     with pytest.raises(InsufficientHistory):
-        forecasts.demand(0)
+        forecasts.published(0)
 
 
 @pytest.mark.parametrize("how", [["--policy", "predictive"], ["--compare"]])

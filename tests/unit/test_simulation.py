@@ -4,7 +4,6 @@ comparison and the CLI."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,7 @@ from foreshard.core.simulation.compare import (
     PREDICTIVE_DEFAULT,
     Point,
     make_policy,
-    report,
     shard_hours_for,
-    sweep,
     violation_ratio,
     violations_at,
 )
@@ -35,7 +32,7 @@ from foreshard.core.simulation.engine import (
 from foreshard.core.simulation.hpa import Behavior, Hpa, Stabilizer, raw_desired, scale_up_limit
 from foreshard.core.simulation.planner import ForecastReplay, ReplaySettings
 from foreshard.core.simulation.policies import Observation, Policy, ReactiveHpa, StaticPeak
-from foreshard.core.simulation.workload import Workload, workload_from_series
+from foreshard.core.simulation.workload import workload_from_series
 from foreshard.traces import write_series
 
 pytestmark = pytest.mark.unit
@@ -142,7 +139,9 @@ def test_the_operators_decision_serves_a_learnt_ramp_on_time_with_fewer_scale_ev
     workload = workload_from_series("q", [daily_ramp(days=6, step=3600.0)])
     config = SimConfig(10.0, lead_s=300.0)
     forecasts = ForecastReplay(workload, ReplaySettings(step_s=3600.0))
-    ours = simulate(workload, make_policy("predictive", PREDICTIVE_DEFAULT, workload, config, forecasts), config)
+    ours = simulate(
+        workload, make_policy("predictive", PREDICTIVE_DEFAULT, workload, config, forecasts), config
+    )
     hpa = simulate(workload, ReactiveHpa(10.0, HPA_REFERENCE), config)
     last_days = slice(-2 * round(DAY / workload.step_s), None)  # once the forecast has learnt the ramp
 

@@ -41,7 +41,6 @@ from foreshard.reconcile.events import Event
 from foreshard.reconcile.routing import Routed, route
 from foreshard_broker.routing import RoutingTable
 
-
 # The one decision function: this pass calls it, and `foreshard simulate` replays traces through the
 # very same object (core/simulation/planner.py), so the comparison measures what ships.
 DECIDE = decision.decide

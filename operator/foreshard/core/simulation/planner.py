@@ -120,7 +120,9 @@ class ForecastReplay:
         self.step_s = settings.step_s
         per = round(settings.step_s / workload.step_s)
         if per < 1 or abs(per * workload.step_s - settings.step_s) > 1e-9:
-            raise ValueError(f"the forecast step {settings.step_s:g}s must be a multiple of {workload.step_s:g}s")
+            raise ValueError(
+                f"the forecast step {settings.step_s:g}s must be a multiple of {workload.step_s:g}s"
+            )
         self.substeps = per
         padded = np.pad(workload.arrivals, (0, -len(workload.arrivals) % per))
         self.counts = padded.reshape(-1, per).sum(axis=1)  # what Prometheus reports per interval
@@ -141,7 +143,7 @@ class ForecastReplay:
         """Intervals complete at `now_s`."""
         return min(int((now_s - self.workload.start_s) // self.step_s), len(self.counts))
 
-    def demand(self, completed: int) -> demand.Demand:
+    def published(self, completed: int) -> demand.Demand:
         """The published demand with `completed` trace steps known; raises InsufficientHistory."""
         while len(self._demands) <= completed:
             self._demands.append(self._cycle(len(self._demands)))
@@ -203,7 +205,7 @@ class OperatorPlanner:
     def _estimate(
         self, history: Mapping[str, Series], now_s: float, horizon_s: float, quantile: float
     ) -> demand.Demand:
-        return self._forecasts.demand(self._forecasts.completed(now_s))
+        return self._forecasts.published(self._forecasts.completed(now_s))
 
     def decide(self, step: int, obs: Observation) -> int:
         now_s = self._now(step)
@@ -214,7 +216,8 @@ class OperatorPlanner:
         return self.last.replicas
 
     def quiet(self, step: int, obs: Observation, last: int) -> int:
-        """Up to the step before new data arrives (the last sync of an interval sees it complete) or before `decision.steady_until`, whichever comes first."""
+        """Up to the step before new data arrives (the last sync of an interval sees it complete)
+        or before `decision.steady_until`, whichever comes first."""
         data_at = (step // self._substeps + 1) * self._substeps - 1
         steady = decision.steady_until(self.spec, self._previous, self._now(step), self._workload.start_s)
         before_change = math.ceil((steady - self._workload.start_s) / self._step_s - 1 - 1e-9) - 1
