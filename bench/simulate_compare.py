@@ -70,8 +70,8 @@ def main(argv: list[str]) -> int:
     chosen = argv[argv.index("--queues") + 1].split(",") if "--queues" in argv else list(QUEUES)
     started = time.perf_counter()
     rows = []
-    # the longest replay first, so that the other queues fill the second process meanwhile
-    order = sorted(chosen, key=lambda q: -sum(f.stat().st_size for f in (build / q).iterdir()))
+    # the shortest replays first: on a busy machine their rows come in while the long one runs
+    order = sorted(chosen, key=lambda q: sum(f.stat().st_size for f in (build / q).iterdir()))
     with ProcessPoolExecutor(max_workers=2) as pool:
         futures = {q: pool.submit(run_queue, q, str(build / q)) for q in order}
         for queue in chosen:

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from foreshard.api import conditions
 from foreshard.api.conditions import Condition
 from foreshard.api.shardallocation import QueueSpec
@@ -158,8 +156,9 @@ def _missing(gathered: Gathered) -> tuple[str, str] | None:
         return "PrometheusUnreachable", gathered.unreachable or "no history was read"
     if not gathered.history:
         return "HistoryMissing", "Prometheus has no arrival series for this queue"
-    newest = demand.total([s.values[-1:] for s in gathered.history.values() if len(s)])
-    if not len(newest) or bool(np.isnan(newest).all()):
+    # plain floats: this runs every pass, and every sync of a trace replay
+    newest = [float(s.values[-1]) for s in gathered.history.values() if len(s)]
+    if all(math.isnan(value) for value in newest):  # also when no series has any interval
         return "HistoryMissing", "no key reported arrivals in the newest interval (brokers not scraped?)"
     return None
 
