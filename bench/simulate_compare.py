@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,11 @@ def _cell(value: float | None, width: int) -> str:
     return f"{value:{width}.3f}" if value is not None else f"{'FAILED':>{width}s}"
 
 
+def span_s(directory: Path) -> float:
+    first = traces.read_directory(directory)[0]
+    return first.end_s - first.start_s
+
+
 def main(argv: list[str]) -> int:
     build = ROOT / "build" / "traces"
     if not all((build / q).is_dir() for q in QUEUES):
@@ -70,13 +75,15 @@ def main(argv: list[str]) -> int:
     chosen = argv[argv.index("--queues") + 1].split(",") if "--queues" in argv else list(QUEUES)
     started = time.perf_counter()
     rows = []
-    # the shortest replays first: on a busy machine their rows come in while the long one runs
-    order = sorted(chosen, key=lambda q: sum(f.stat().st_size for f in (build / q).iterdir()))
+    # the shortest replays first, each queue's rows on stderr as it finishes: on a busy machine
+    # the short ones report while the seven months of NYC taxi still run
+    order = sorted(chosen, key=lambda q: span_s(build / q))
     with ProcessPoolExecutor(max_workers=2) as pool:
-        futures = {q: pool.submit(run_queue, q, str(build / q)) for q in order}
-        for queue in chosen:
-            rows += futures[queue].result()
-            print(f"done {queue}: {ratios(rows[-len(LEADS) :])}", file=sys.stderr)
+        futures = {pool.submit(run_queue, q, str(build / q)): q for q in order}
+        for future in as_completed(futures):
+            rows += future.result()
+            print(f"done {futures[future]}: {json.dumps(rows[-len(LEADS) :])}", file=sys.stderr, flush=True)
+    rows.sort(key=lambda r: (QUEUES.index(r["queue"]), r["lead_s"]))
     print_table(rows)
     if set(chosen) == set(QUEUES):
         RESULTS.mkdir(parents=True, exist_ok=True)
