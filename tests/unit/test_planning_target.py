@@ -127,3 +127,20 @@ def test_the_same_inputs_give_the_same_plan() -> None:
     )
     assert first.explanation == second.explanation
     assert np.array_equal(first.placement.slot_owner, second.placement.slot_owner)
+
+
+def test_a_scale_out_waits_for_the_short_window_then_sizes_for_the_long_horizons_peak() -> None:
+    from dataclasses import replace
+
+    short = replace(POLICY, short_horizon_s=600.0)
+    ramp = forecast([10, 10, 10, 40, 80, 80, 10])
+    assert plan_target(ramp, 0.0, 2, 10.0, [], short).reason == "Hold"  # 40 msg/s is 15 min out
+    step = plan_target(ramp, 300.0, 2, 10.0, [], short)  # now within the short window
+    assert (step.reason, step.target) == ("ScaleOut", 10)  # one step for the 80 msg/s that follows
+
+
+def test_a_scale_in_must_free_a_band_of_shards() -> None:
+    almost = plan_target(forecast([72] * 8), 0.0, 10, 72.0, [], POLICY)
+    assert (almost.reason, almost.target) == ("Hold", 10)  # 9 shards would do: one is not worth a move
+    enough = plan_target(forecast([60] * 8), 0.0, 10, 60.0, [], POLICY)
+    assert (enough.reason, enough.target) == ("ScaleIn", 8)

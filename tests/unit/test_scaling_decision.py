@@ -9,7 +9,7 @@ import pytest
 
 from foreshard.api.shardallocation import QueueSpec, seconds
 from foreshard.core import demand
-from foreshard.core.decision import Gathered, decide, plan_id, timestamp
+from foreshard.core.decision import Gathered, decide, plan_id, steady_until, timestamp
 from foreshard.core.forecasting import Forecast, InsufficientHistory
 from foreshard.core.series import Series
 
@@ -244,3 +244,33 @@ def test_crd_durations_read_as_seconds() -> None:
     assert [seconds(t) for t in ("7d", "1h30m", "2.5s", "1w")] == [604800.0, 5400.0, 2.5, 604800.0]
     with pytest.raises(ValueError, match="not a duration"):
         seconds("5 minutes")
+
+
+@pytest.mark.parametrize("mode", ["Auto", "DryRun"])
+def test_decide_answers_the_same_from_now_until_steady_until_says_it_may_change(mode: str) -> None:
+    """The replay of `foreshard simulate` skips the passes between now and steady_until (DryRun
+    keeps one shard, so its plan follows every window edge)."""
+    rates = np.array([2.0, 6.0, 6.0, 30.0, 30.0, 12.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0])
+    counts = rates * STEP
+    known = Forecast("__total__", NOW, STEP, counts, {0.9: counts}, "fixed", True)
+
+    def published(history: Any, now_s: float, horizon_s: float, quantile: float) -> demand.Demand:
+        return demand.Demand(known, 2.0, 1, 1.0)  # one forecast, whatever the time
+
+    queue = spec(mode, forecast__shortHorizon="10m", scaling__leadTime="2m")
+    status: dict[str, Any] = {}
+    replicas, changes, now = 1, 0, NOW
+    while now < NOW + 3000:
+        decided = decide(queue, Gathered(replicas, HISTORY), status, now, published)
+        status = {"plan": decided.plan}
+        if decided.replicas != replicas:  # new facts for the next pass: nothing to vouch for
+            replicas, now = decided.replicas, now + 5.0
+            continue
+        until = steady_until(queue, status, now, NOW)
+        assert until > now
+        for later in np.arange(now + 5.0, until, 5.0):
+            again = decide(queue, Gathered(replicas, HISTORY), status, float(later), published)
+            assert (again.replicas, again.plan) == (replicas, decided.plan), (now, later, until)
+        changes += decide(queue, Gathered(replicas, HISTORY), status, until, published) != decided
+        now = until
+    assert changes > 0  # the edges it names are where answers do change

@@ -1,9 +1,9 @@
-"""The simulator: HPA arithmetic, replay, SLO age, envelopes, the fair comparison and the CLI."""
+"""The simulator: HPA arithmetic, replay, SLO age, the operator's decision replayed, the fair
+comparison and the CLI."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -13,26 +13,26 @@ from foreshard.cli import main
 from foreshard.core.series import Series
 from foreshard.core.simulation.compare import (
     FAILED,
+    HPA_REFERENCE,
+    PREDICTIVE_DEFAULT,
     Point,
     make_policy,
-    report,
     shard_hours_for,
-    sweep,
     violation_ratio,
     violations_at,
 )
-from foreshard.core.simulation.engine import SimConfig, Trajectory, balanced_moves, oldest_age, simulate
-from foreshard.core.simulation.envelope import envelope, seasonal_forecasts
-from foreshard.core.simulation.hpa import Behavior, Hpa, Stabilizer, raw_desired, scale_up_limit
-from foreshard.core.simulation.policies import (
-    Envelope,
-    Observation,
-    Policy,
-    PredictivePolicy,
-    ReactiveHpa,
-    StaticPeak,
+from foreshard.core.simulation.engine import (
+    SimConfig,
+    SimResult,
+    Trajectory,
+    balanced_moves,
+    oldest_age,
+    simulate,
 )
-from foreshard.core.simulation.workload import Workload, workload_from_series
+from foreshard.core.simulation.hpa import Behavior, Hpa, Stabilizer, raw_desired, scale_up_limit
+from foreshard.core.simulation.planner import ForecastReplay, ReplaySettings
+from foreshard.core.simulation.policies import Observation, Policy, ReactiveHpa, StaticPeak
+from foreshard.core.simulation.workload import workload_from_series
 from foreshard.traces import write_series
 
 pytestmark = pytest.mark.unit
@@ -119,24 +119,6 @@ def test_a_ramp_above_capacity_violates_until_new_pods_are_ready() -> None:
     assert slow.trajectory.ready.max() >= 4
 
 
-def test_the_seasonal_forecaster_repeats_a_periodic_series_exactly() -> None:
-    series = daily_ramp(days=3)
-    table = seasonal_forecasts(series.values, series.step_s, horizon_steps=4, quantile=0.75)
-    per_day = 48
-    assert np.isnan(table[per_day - 1]).all()  # less than a day of history: no forecast
-    origin = 2 * per_day + 10
-    assert table[origin].tolist() == series.values[origin : origin + 4].tolist()
-
-
-def test_the_envelope_holds_the_peak_of_the_window_ahead_of_each_step() -> None:
-    workload = Workload("q", 15.0, np.zeros(8), 30.0, np.zeros(4), ("q",))
-    table = np.array([[30.0, 60.0], [60.0, 90.0], [90.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
-    peaks = envelope(workload, table, lead_s=30.0, horizon_s=45.0)
-    assert peaks.ahead[0] == 2.0  # from t=0: steps 1..1 of origin 0 -> 60 / 30
-    assert peaks.hold[0] == 2.0
-    assert math.isclose(peaks.ahead[2], 3.0)
-
-
 def test_monotone_interpolation_reads_a_curve_inside_and_clamps_outside() -> None:
     curve = [Point(1.0, 10.0, 100.0), Point(2.0, 20.0, 40.0), Point(3.0, 30.0, 50.0)]
     assert violations_at(curve, 15.0) == pytest.approx(70.0)
@@ -153,17 +135,28 @@ def test_a_zero_denominator_counts_as_zero_only_when_the_numerator_is_zero() -> 
     assert violation_ratio([Point(1.0, 10.0, 3.0)], hpa) == FAILED
 
 
-def test_predictive_planning_beats_the_hpa_on_a_predictable_ramp() -> None:
-    workload = workload_from_series("q", [daily_ramp(days=4)])
+def test_the_operators_decision_serves_a_learnt_ramp_on_time_with_fewer_scale_events() -> None:
+    workload = workload_from_series("q", [daily_ramp(days=6, step=3600.0)])
     config = SimConfig(10.0, lead_s=300.0)
-    table = seasonal_forecasts(workload.trace_counts, workload.trace_step_s, 8, 0.75)
-    plan = envelope(workload, table, config.lead_s, 3 * 3600.0)
-    runs = sweep(workload, config, plan, ("predictive", "reactive-hpa"))
-    body = report(runs)
-    assert body["violation_ratio_vs_reactive_hpa"] < 0.4
-    assert body["scale_events_ratio_vs_reactive_hpa"] <= 0.5
-    predictive = PredictivePolicy(10.0, 1.0, Envelope.none(len(workload.arrivals)), config.lead_s)
-    assert simulate(workload, predictive, config).slo_violation_minutes > 0  # the forecast is what helps
+    forecasts = ForecastReplay(workload, ReplaySettings(step_s=3600.0))
+    ours = simulate(
+        workload, make_policy("predictive", PREDICTIVE_DEFAULT, workload, config, forecasts), config
+    )
+    hpa = simulate(workload, ReactiveHpa(10.0, HPA_REFERENCE), config)
+    last_days = slice(-2 * round(DAY / workload.step_s), None)  # once the forecast has learnt the ramp
+
+    def late(run: SimResult) -> int:
+        return int((oldest_age(run.trajectory, workload.step_s)[last_days] > config.slo_s).sum())
+
+    def cost(run: SimResult) -> float:
+        return float(run.trajectory.replicas[last_days].sum())
+
+    def events(run: SimResult) -> int:
+        return int(np.count_nonzero(np.diff(run.trajectory.replicas[last_days])))
+
+    assert late(ours) == 0 < late(hpa)
+    assert events(ours) <= events(hpa) / 2
+    assert cost(ours) < 1.5 * cost(hpa)
 
 
 def test_simulate_compare_prints_one_json_object_last(
@@ -227,10 +220,10 @@ class NeverQuiet:
 def test_skipping_quiet_stretches_gives_the_same_replay_as_every_step(name: str) -> None:
     workload = workload_from_series("q", [daily_ramp(days=2, step=300.0)])
     config = SimConfig(10.0, lead_s=120.0)
-    table = seasonal_forecasts(workload.trace_counts, workload.trace_step_s, 40, 0.75)
-    plan = envelope(workload, table, config.lead_s, 3 * 3600.0)
-    fast = simulate(workload, make_policy(name, 0.8, workload, config, plan), config)
-    slow = simulate(workload, NeverQuiet(make_policy(name, 0.8, workload, config, plan)), config)
+    forecasts = ForecastReplay(workload, ReplaySettings(stabilization_s=600.0))
+    knob = PREDICTIVE_DEFAULT if name == "predictive" else 0.8
+    fast = simulate(workload, make_policy(name, knob, workload, config, forecasts), config)
+    slow = simulate(workload, NeverQuiet(make_policy(name, knob, workload, config, forecasts)), config)
     assert fast.summary() == slow.summary()
     assert np.array_equal(fast.trajectory.replicas, slow.trajectory.replicas)
     assert np.array_equal(fast.trajectory.served, slow.trajectory.served)

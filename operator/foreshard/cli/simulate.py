@@ -1,9 +1,11 @@
-"""`foreshard simulate`: replay a trace directory against scaling policies (issue 6).
+"""`foreshard simulate`: replay a trace directory against scaling policies (issues 6 and 13).
 
     foreshard simulate --traces DIR [--policy NAME | --compare] [--capacity MSGS_PER_S]
                        [--slo 30s] [--lead-time 120s] [--json] [--plot out.png]
 
-With `--json` the last line of stdout is one JSON object; progress goes to stderr.
+`predictive` is the operator's own decision function (`decision` in the JSON names it), fed by a
+replay of the forecast loop. With `--json` the last line of stdout is one JSON object; progress
+goes to stderr.
 """
 
 from __future__ import annotations
@@ -21,16 +23,13 @@ import numpy as np
 from foreshard import traces
 from foreshard.core.simulation.compare import (
     HPA_REFERENCE,
-    PLANNING_HORIZON_S,
-    PLANNING_QUANTILE,
     POLICIES,
     PREDICTIVE_DEFAULT,
     compare_queue,
     make_policy,
 )
 from foreshard.core.simulation.engine import SimConfig, SimResult, oldest_age, simulate
-from foreshard.core.simulation.envelope import Forecaster, planning_envelope
-from foreshard.core.simulation.policies import Envelope
+from foreshard.core.simulation.planner import DECIDE, dotted_path
 from foreshard.core.simulation.workload import Workload, workload_from_series
 
 DEFAULT_KNOB = {
@@ -62,12 +61,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--lead-time", type=duration, default=120.0, help="pod start to serving (default 120s)"
     )
-    parser.add_argument(
-        "--forecaster",
-        choices=("seasonal", "models"),
-        default="seasonal",
-        help="seasonal: the planner's vectorised profile; models: foreshard.core.forecasting every 6h",
-    )
     parser.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
     parser.add_argument("--plot", type=Path, help="write curves and load/capacity over time to this PNG")
     parser.set_defaults(func=run)
@@ -81,14 +74,6 @@ def _progress(name: str, knob: float, result: SimResult) -> None:
     )
 
 
-def _forecaster(choice: str) -> Forecaster | None:
-    if choice == "seasonal":
-        return None
-    from foreshard.core.forecasting import forecast
-
-    return forecast
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     workload = workload_from_series(args.traces.name, traces.read_directory(args.traces))
@@ -100,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.compare:
-        results, body = compare_queue(
-            workload, config, forecaster=_forecaster(args.forecaster), progress=_progress
-        )
+        results, body = compare_queue(workload, config, progress=_progress)
     else:
         results, body = _single(workload, config, args)
     body.update(queue=workload.name, capacity=capacity, lead_s=args.lead_time, slo_s=args.slo)
@@ -118,18 +101,12 @@ def _single(
     workload: Workload, config: SimConfig, args: argparse.Namespace
 ) -> tuple[dict[str, list[SimResult]], dict[str, Any]]:
     knob = args.knob if args.knob is not None else DEFAULT_KNOB[args.policy]
-    envelope = Envelope.none(len(workload.arrivals))
-    if args.policy == "predictive":
-        envelope = planning_envelope(
-            workload,
-            config.lead_s,
-            PLANNING_HORIZON_S,
-            PLANNING_QUANTILE,
-            forecaster=_forecaster(args.forecaster),
-        )
-    result = simulate(workload, make_policy(args.policy, knob, workload, config, envelope), config)
+    result = simulate(workload, make_policy(args.policy, knob, workload, config), config)
     _progress(args.policy, knob, result)
-    return {args.policy: [result]}, {"policies": {args.policy: [result.summary()]}}
+    body: dict[str, Any] = {"policies": {args.policy: [result.summary()]}}
+    if args.policy == "predictive":
+        body["decision"] = dotted_path(DECIDE)
+    return {args.policy: [result]}, body
 
 
 def _print(body: dict[str, Any], as_json: bool) -> None:

@@ -8,17 +8,18 @@
 
 The previous status is the only memory: a fresh process given the same facts, status and `now`
 reaches the same decision (plan ids are content hashes, decidedAt is carried over from status).
+`steady_until` says how long the same facts keep giving the same answer (the trace replay of
+`foreshard simulate` uses it to skip the passes that would change nothing).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-
-import numpy as np
 
 from foreshard.api import conditions
 from foreshard.api.conditions import Condition
@@ -106,6 +107,30 @@ def decide(
     return Decision(replicas, forecasting, plan, holding, line, _event(gathered.replicas, replicas, peak))
 
 
+def steady_until(spec: QueueSpec, previous: Mapping[str, Any], now_s: float, grid_s: float) -> float:
+    """The first time after `now_s` at which `decide`, given the same facts and the status it just
+    wrote, may answer differently.
+
+    Time enters a decision in two places only: the planning windows ([now, now + horizon] and
+    [now + lead, now + reach]) take in or drop a forecast interval when one of their edges crosses
+    the forecast grid (interval starts at `grid_s` plus multiples of the step), and a held scale-in
+    applies once its stabilization has elapsed since the plan's decidedAt.
+    """
+    step, scaling = spec.forecast.step_s, spec.scaling
+    reach = spec.forecast.long_horizon_s
+    if spec.forecast.short_horizon_s is not None:
+        reach = max(spec.forecast.short_horizon_s, scaling.lead_s)
+    edges = [
+        grid_s + (math.floor((now_s + offset - grid_s) / step) + 1) * step - offset
+        for offset in {0.0, scaling.lead_s, reach, spec.forecast.long_horizon_s}
+    ]
+    held_since = (previous.get("plan") or {}).get("decidedAt")
+    if held_since:
+        expiry = parse_timestamp(held_since) + scaling.stabilization_s
+        edges += [expiry] if expiry > now_s else []
+    return min(edges)
+
+
 def _policy(spec: QueueSpec) -> TargetPolicy:
     assert spec.messages_per_second is not None  # checked by the caller
     return TargetPolicy(
@@ -131,8 +156,9 @@ def _missing(gathered: Gathered) -> tuple[str, str] | None:
         return "PrometheusUnreachable", gathered.unreachable or "no history was read"
     if not gathered.history:
         return "HistoryMissing", "Prometheus has no arrival series for this queue"
-    newest = demand.total([s.values[-1:] for s in gathered.history.values() if len(s)])
-    if not len(newest) or bool(np.isnan(newest).all()):
+    # plain floats: this runs every pass, and every sync of a trace replay
+    newest = [float(s.values[-1]) for s in gathered.history.values() if len(s)]
+    if all(math.isnan(value) for value in newest):  # also when no series has any interval
         return "HistoryMissing", "no key reported arrivals in the newest interval (brokers not scraped?)"
     return None
 

@@ -1,6 +1,8 @@
 """A queue's demand ahead: per-key forecasts of its arrival history, summed. Pure.
 
     history per key --bound (heaviest MAX_KEYS + one tail)--> forecast each --sum--> one Forecast
+    between refits (the forecast loop, the simulator's replay): `refresh` refits a series when its
+    turn comes (REFIT_PERIOD) and otherwise rolls the last fit forward over the new intervals
 
 Summing a quantile over keys over-states the quantile of the sum (keys rarely peak together),
 which errs on the side of capacity; the planner's headroom is applied on top of it.
@@ -9,12 +11,21 @@ which errs on the side of capacity; the planner's headroom is applied on top of 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from foreshard.core.forecasting import Forecast, InsufficientHistory, forecast
+from foreshard.core.forecasting import (
+    Fitted,
+    Forecast,
+    InsufficientHistory,
+    ScheduledEvent,
+    fit,
+    forecast,
+    predict,
+    selection,
+)
 from foreshard.core.series import FloatArray, Series
 
 MAX_KEYS = 50  # keys forecast on their own; fit cost grows with keys, the tail is one more series
@@ -22,6 +33,10 @@ TAIL = "__tail__"
 # the summed forecast is trusted when trusted keys carry at least this share of the predicted volume:
 # a sparse key that no model can vouch for should not throw away the forecast of the heavy ones
 TRUSTED_SHARE = 0.8
+# forecast cycles between two refits of one series (the forecast loop refits a twelfth of its series
+# per cycle, fleet.due_for_refit); between refits the fit is rolled forward over new data
+REFIT_PERIOD = 12
+BASIS_STEPS = 3  # newest intervals a forecast's basis compares (Prometheus revises the newest ones)
 
 
 @dataclass(frozen=True)
@@ -100,3 +115,57 @@ def combine(fitted: Sequence[Forecast], quantile: float, rate: float, keys: int)
         share >= TRUSTED_SHARE,
     )
     return Demand(summed, rate, keys, share)
+
+
+@dataclass
+class FitState:
+    """One series' fit and its last forecast, carried between forecast cycles (a cache only)."""
+
+    fitted: Fitted
+    fitted_at_s: float
+    fit_seconds: float  # wall time of the fit (0 where no clock is read)
+    forecast: Forecast | None = None  # the last forecast, reused while its inputs are unchanged
+    basis: tuple[float, int, bytes] = (0.0, 0, b"")
+    allowed: tuple[str, ...] | None = None  # the model classes the fit was restricted to
+
+
+def basis_of(history: Series, steps: int, salt: str) -> tuple[float, int, bytes]:
+    """What a forecast depends on besides the fit: where the history ends, its newest values, the
+    horizon, and `salt` (events and quantiles asked for)."""
+    return history.end_s, steps, history.values[-BASIS_STEPS:].tobytes() + salt.encode()
+
+
+def refresh(
+    state: FitState | None,
+    history: Series,
+    steps: int,
+    refit: bool,
+    quantiles: Sequence[float],
+    events: Iterable[ScheduledEvent] = (),
+    now_s: float = 0.0,
+    stopwatch: Callable[[], float] = lambda: 0.0,
+    allowed: tuple[str, ...] | None = None,
+    statistical: bool = True,
+) -> FitState:
+    """The series' state after one cycle: refitted when `refit` (its turn), when it has no fit or
+    when the fit's horizon is too short; otherwise the last fit rolled forward (no refit), and the
+    last forecast reused while history, horizon, quantiles and events are unchanged.
+
+    Raises InsufficientHistory when the series cannot be fitted. `stopwatch` times the fit
+    (the forecast loop passes a wall clock; a replay passes none). `allowed`: the model classes
+    (spec.forecast.models, or an OPF's model); a change of them refits at once. `statistical`:
+    whether the statsmodels candidates may join (the simulator's replay leaves them out: a
+    second of CPU per refit over thousands of replayed cycles).
+    """
+    if state is None or refit or state.fitted.horizon < steps or state.allowed != allowed:
+        # the statsmodels candidates join at a series' second (staggered) fit, unless nothing
+        # else is allowed, so that a cold start, every series at once, stays fast
+        slow = (statistical and state is not None) or selection.only_statsmodels(allowed)
+        began = stopwatch()
+        fitted = fit(history, steps, allowed=allowed, statistical_models=slow)
+        state = FitState(fitted, now_s, stopwatch() - began, allowed=allowed)
+    events = tuple(events)
+    basis = basis_of(history, steps, repr((tuple(quantiles), events)))
+    if state.forecast is None or state.basis != basis:
+        state.forecast, state.basis = predict(state.fitted, history, steps, quantiles, events), basis
+    return state

@@ -12,6 +12,7 @@ from interleaving with it; those passes refresh everything else.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -24,6 +25,9 @@ from foreshard.api.names import GROUP, SHARD_ALLOCATIONS, VERSION
 from foreshard.reconcile.shardallocation import Ports, reconcile
 
 RESYNC_SECONDS = float(os.environ.get("FORESHARD_RESYNC_SECONDS", "10"))
+# Not kopf's per-object logger: kopf before 1.45 (pyproject allows 1.37) posts every INFO record of
+# that logger as an Event of its own (reason Logging), so each Scaled/Routing Event was posted twice.
+log = logging.getLogger(__name__)
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -34,7 +38,7 @@ def _lock(uid: str) -> threading.Lock:
         return _locks.setdefault(uid, threading.Lock())
 
 
-def _pass(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, migrate: bool = False) -> None:
+def _pass(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, migrate: bool = False) -> None:
     meta = body["metadata"]
     name = meta["name"]
     ports: Ports = memo["ports"]()
@@ -52,24 +56,24 @@ def _pass(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, migr
     for event in outcome.events:
         post = kopf.warn if event.warning else kopf.info
         post(body, reason=event.reason, message=event.message)
-        logger.info("%s: %s", event.reason, event.message)
+        log.info("%s/%s %s: %s", meta["namespace"], name, event.reason, event.message)
 
 
 @kopf.on.resume(GROUP, VERSION, SHARD_ALLOCATIONS)
-def on_resume(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    _pass(body, patch, memo, logger)
+def on_resume(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    _pass(body, patch, memo)
 
 
 @kopf.on.create(GROUP, VERSION, SHARD_ALLOCATIONS)
-def on_create(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    _pass(body, patch, memo, logger)
+def on_create(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    _pass(body, patch, memo)
 
 
 @kopf.on.update(GROUP, VERSION, SHARD_ALLOCATIONS, field="spec")
-def on_update(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    _pass(body, patch, memo, logger)
+def on_update(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    _pass(body, patch, memo)
 
 
 @kopf.timer(GROUP, VERSION, SHARD_ALLOCATIONS, interval=RESYNC_SECONDS, sharp=False)
-def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    _pass(body, patch, memo, logger, migrate=True)
+def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    _pass(body, patch, memo, migrate=True)

@@ -28,16 +28,12 @@ from foreshard.api.orderparamforecast import KEY, SLOTS, TAIL, TAIL_KIND, Foreca
 from foreshard.api.shardallocation import QueueSpec
 from foreshard.core import decision, demand
 from foreshard.core.forecasting import (
-    Fitted,
     Forecast,
     InsufficientHistory,
     ScheduledEvent,
     feedback,
-    fit,
     fleet,
-    predict,
     report,
-    selection,
     tracking,
 )
 from foreshard.core.planning.consumers import GroupDecision
@@ -46,7 +42,7 @@ from foreshard.reconcile import capacity, consumers
 from foreshard.reconcile import history as hist
 from foreshard.reconcile.history import HistoryCache, HistoryReader
 
-REFIT_PERIOD = 12  # cycles: each series is refitted once every 12 cycles, a twelfth of them per cycle
+REFIT_PERIOD = demand.REFIT_PERIOD  # each series is refitted once every 12 cycles, a twelfth per cycle
 FRESH_FOR_S = 120.0  # a published demand older than this is not used by the scaling pass
 RECENT_STEPS = 12  # intervals of the total handed to the scaling pass (for the observed rate)
 QUANTILES = (0.1, 0.5, 0.9, 0.99)
@@ -54,20 +50,7 @@ TRUSTED = "Trusted"
 DEFAULT_SHORT_S = 900.0  # the short horizon an OPF shows when the queue sets none
 
 
-@dataclass
-class FitState:
-    fitted: Fitted
-    fitted_at_s: float
-    fit_seconds: float  # wall time of the fit
-    forecast: Forecast | None = None  # the last forecast, reused while its inputs are unchanged
-    basis: tuple[float, int, bytes] = (0.0, 0, b"")
-    allowed: tuple[str, ...] | None = None  # the model classes the fit was restricted to
-
-
-def basis_of(history: Series, steps: int, salt: str) -> tuple[float, int, bytes]:
-    """What a forecast depends on besides the fit: where the history ends, its newest values, the
-    horizon, and `salt` (events and quantiles asked for)."""
-    return history.end_s, steps, history.values[-hist.OVERLAP_STEPS - 1 :].tobytes() + salt.encode()
+FitState = demand.FitState  # the forecast loop's per-series memory lives with demand (the replay's too)
 
 
 @dataclass
@@ -343,7 +326,6 @@ def _forecast_all(
     settings = spec.forecast
     quantiles = tuple(sorted({*QUANTILES, settings.planning_quantile}))
     events = events_of(body)
-    salt = repr((quantiles, events))
     due = {targets[i] for i in fleet.due_for_refit(len(targets), memo.cycle, REFIT_PERIOD).tolist()}
     out: dict[str, Forecast] = {}
     problems: dict[str, str] = {}
@@ -354,27 +336,28 @@ def _forecast_all(
         steps = demand.horizon_steps(
             history.end_s, now_s + FRESH_FOR_S, settings.long_horizon_s, settings.step_s
         )
-        state = memo.fits.get(sid)
+        before = memo.fits.get(sid)
         allowed = (forced or {}).get(sid, settings.models)
         try:
-            if state is None or sid in due or state.fitted.horizon < steps or state.allowed != allowed:
-                began = time.perf_counter()
-                # only tracked series, the tail and OPF targets come here, so the statsmodels
-                # candidates may join; not on a series' first fit (unless nothing else is allowed),
-                # so that a cold start, every series at once, stays fast: they join at its
-                # staggered refit
-                slow = state is not None or selection.only_statsmodels(allowed)
-                fitted = fit(history, steps, allowed=allowed, statistical_models=slow)
-                state = FitState(fitted, now_s, time.perf_counter() - began, allowed=allowed)
-                memo.fits[sid], fits = state, fits + 1
-            basis = basis_of(history, steps, salt)
-            if state.forecast is None or state.basis != basis:
-                # new data (or a new fit): roll the fitted model over the history, no refit
-                state.forecast, state.basis = predict(state.fitted, history, steps, quantiles, events), basis
-            out[sid] = state.forecast
+            state = demand.refresh(
+                before,
+                history,
+                steps,
+                sid in due,
+                quantiles,
+                events,
+                now_s,
+                time.perf_counter,
+                allowed=allowed,
+            )
         except InsufficientHistory as error:
             problems[sid] = str(error)
             memo.fits.pop(sid, None)
+            continue
+        fits += state is not before
+        memo.fits[sid] = state
+        assert state.forecast is not None  # refresh always leaves one
+        out[sid] = state.forecast
     for sid in [s for s in memo.fits if s not in targets]:
         del memo.fits[sid]
     return out, problems, fits

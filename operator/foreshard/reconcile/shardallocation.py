@@ -41,6 +41,10 @@ from foreshard.reconcile.events import Event
 from foreshard.reconcile.routing import Routed, route
 from foreshard_broker.routing import RoutingTable
 
+# The one decision function: this pass calls it, and `foreshard simulate` replays traces through the
+# very same object (core/simulation/planner.py), so the comparison measures what ships.
+DECIDE = decision.decide
+
 
 class HistoryReader(Protocol):
     def arrivals(self, queue: str, start_s: float, end_s: float, step_s: float) -> dict[str, Series]: ...
@@ -103,9 +107,9 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
     published = forecasts.plan_inputs(spec, before.replicas, now_s)
     if published is not None:
         spec, gathered, estimate = published
-        decided = decision.decide(spec, gathered, previous, now_s, estimate)
+        decided = DECIDE(spec, gathered, previous, now_s, estimate)
     else:
-        decided = decision.decide(spec, gather(spec, before.replicas, now_s, ports.connect), previous, now_s)
+        decided = DECIDE(spec, gather(spec, before.replicas, now_s, ports.connect), previous, now_s)
     try:
         recorded = routing_status.from_status(previous.get("routing"), spec.slots)
     except ValueError as error:  # written by someone else: report it, route and scale in nothing

@@ -352,10 +352,12 @@ def fit(
     families = _restricted(_candidates(y[: origins[0]], profiles), permitted)
     short = len(origins) < MIN_SELECTION_ORIGINS
     if short and SES_CLASS in permitted:
-        # too few origins to choose by backtest: SES (naive when alpha is 1) fitted by likelihood
-        # on the whole history, which uses every interval, not a dozen scored ones
+        # too few origins to choose among many: SES (naive when alpha is 1) fitted by likelihood
+        # on the whole history, which uses every interval, not a dozen scored ones; seasonal
+        # naive still competes, or a few days of a clean daily ramp would be forecast flat
         alpha = statistical.fit_ses(y)
-        families = [[Spec(LEVEL, False, 0, 1.0 if alpha is None else alpha)]]
+        seasonal = [[s for s in family if model_class(s) == SEASONAL_NAIVE_CLASS] for family in families]
+        families = [[Spec(LEVEL, False, 0, 1.0 if alpha is None else alpha)]] + [f for f in seasonal if f]
     elif short:
         baselines = [[s for s in family if is_baseline(s)] for family in families]
         families = [family for family in baselines if family] or families

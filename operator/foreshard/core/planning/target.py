@@ -1,8 +1,11 @@
 """Target shard count: the planning quantile over [now + lead, now + horizon], with headroom.
 
-Scale-out follows the forecast peak of that window at once (pods take a lead time to serve).
-Scale-in is allowed only after the stabilization window has seen nothing higher and when the
-forecast over [now, now + horizon] agrees, because removal is immediate and return is not.
+Scale-out happens once the forecast over [now + lead, now + reach] (reach: the short horizon, or
+the long one when unset) or the observed rate needs more shards, and then sizes for the peak over
+[now + lead, now + horizon] at once: one step per ramp, because every scale event moves slots.
+Scale-in is allowed only after the stabilization window has seen nothing higher, when the
+forecast over [now, now + horizon] agrees (removal is immediate and return is not), and when it
+frees at least SCALE_IN_BAND of the shards (no one-shard steps back and forth as forecasts move).
 An untrusted forecast falls back to reactive sizing on the observed rate.
 """
 
@@ -15,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from foreshard.core.forecasting.types import Forecast
+
+SCALE_IN_BAND = 0.2  # a scale-in must free at least this share of the running shards
 
 
 def shards_for_rate(rate: float, capacity: float, utilization: float, minimum: int = 1) -> int:
@@ -41,6 +46,7 @@ class TargetPolicy:
     headroom: float = 0.2  # plan for rate * (1 + headroom)
     min_shards: int = 1
     max_shards: int = 256
+    scale_in_band: float = SCALE_IN_BAND
 
     @property
     def utilization(self) -> float:
@@ -86,13 +92,15 @@ def plan_target(
             f"{why}: sized {reactive} shards on {observed_rate:.1f} msg/s",
         )
     reach = policy.horizon_s if policy.short_horizon_s is None else max(policy.short_horizon_s, policy.lead_s)
-    ahead = window_peak(forecast, now_s, policy.lead_s, reach, policy.quantile)
+    soon = window_peak(forecast, now_s, policy.lead_s, reach, policy.quantile)
+    if max(shards_for_rate(soon, policy.capacity, policy.utilization), reactive) > current:
+        ahead = max(window_peak(forecast, now_s, policy.lead_s, policy.horizon_s, policy.quantile), soon)
+        up = _clamp(max(shards_for_rate(ahead, policy.capacity, policy.utilization), reactive), policy)
+        if up > current:
+            return TargetDecision(up, "ScaleOut", ahead, _sentence("scale out", current, up, ahead, policy))
     hold = max(window_peak(forecast, now_s, 0.0, policy.horizon_s, policy.quantile), observed_rate)
-    up = _clamp(max(shards_for_rate(ahead, policy.capacity, policy.utilization), reactive), policy)
-    if up > current:
-        return TargetDecision(up, "ScaleOut", ahead, _sentence("scale out", current, up, ahead, policy))
     down = _clamp(max([shards_for_rate(hold, policy.capacity, policy.utilization), *recent_targets]), policy)
-    if down < current:
+    if down < current and current - down >= policy.scale_in_band * current:
         return TargetDecision(down, "ScaleIn", hold, _sentence("scale in", current, down, hold, policy))
     return TargetDecision(current, "Hold", hold, _sentence("hold", current, current, hold, policy))
 

@@ -16,26 +16,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from foreshard.core.simulation.engine import SimConfig, SimResult, simulate
-from foreshard.core.simulation.envelope import Forecaster, planning_envelope
-from foreshard.core.simulation.policies import (
-    Envelope,
-    KedaLag,
-    Policy,
-    PredictivePolicy,
-    ReactiveHpa,
-    StaticPeak,
+from foreshard.core.simulation.planner import (
+    DECIDE,
+    ForecastReplay,
+    OperatorPlanner,
+    ReplaySettings,
+    dotted_path,
 )
+from foreshard.core.simulation.policies import KedaLag, Policy, ReactiveHpa, StaticPeak
 from foreshard.core.simulation.workload import Workload
 
 HPA_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)  # target utilisation
 KEDA_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)  # lag threshold per replica, in units of capacity x one sync
-# planning load factor (1 / (1 + headroom)); above 1 ever more frugal
-PREDICTIVE_GRID = (0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0)
+# planning utilisation of the replayed queue, read like the HPA's target: up to 1 it is
+# 1 / (1 + spec.scaling.headroom) at planningQuantile 0.9; above 1 (more frugal than any headroom
+# the CRD allows) headroom is 0 and the planning quantile drops (planner.knob_settings)
+PREDICTIVE_GRID = (0.5, 0.6, 0.7, 0.8, 1 / 1.2, 0.9, 1.0, 1.25, 1.5)
 STATIC_GRID = (0.9, 0.99, 1.0)  # quantile of the trace's rate
-PLANNING_HORIZON_S = 10_800.0  # the forecast window a plan covers: one step per daily ramp
-PLANNING_QUANTILE = 0.75
 HPA_REFERENCE = 0.7
-PREDICTIVE_DEFAULT = 1.0
+PREDICTIVE_DEFAULT = 1 / 1.2  # the CRD's defaults: headroom 0.2, planningQuantile 0.9
 POLICIES = ("predictive", "reactive-hpa", "keda-lag", "static-peak")
 FAILED = math.inf  # a ratio whose denominator is 0 while its numerator is not
 
@@ -47,7 +46,10 @@ class Point:
     violation_minutes: float
 
 
-def make_policy(name: str, knob: float, workload: Workload, config: SimConfig, envelope: Envelope) -> Policy:
+def make_policy(
+    name: str, knob: float, workload: Workload, config: SimConfig, forecasts: ForecastReplay | None = None
+) -> Policy:
+    """A competitor, or (`predictive`) the operator's decision replayed on `forecasts`."""
     capacity = config.capacity
     if name == "reactive-hpa":
         return ReactiveHpa(capacity, knob)
@@ -56,7 +58,8 @@ def make_policy(name: str, knob: float, workload: Workload, config: SimConfig, e
     if name == "static-peak":
         return StaticPeak(capacity, knob, workload.trace_rates())
     if name == "predictive":
-        return PredictivePolicy(capacity, knob, envelope, config.lead_s)
+        forecasts = forecasts or ForecastReplay(workload, ReplaySettings())
+        return OperatorPlanner(forecasts, capacity, config.lead_s, knob, workload.step_s)
     raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
 
 
@@ -72,16 +75,17 @@ def grid_of(name: str) -> tuple[float, ...]:
 def sweep(
     workload: Workload,
     config: SimConfig,
-    envelope: Envelope | Callable[[float], Envelope],
     policies: Sequence[str] = POLICIES,
     progress: Callable[[str, float, SimResult], None] | None = None,
+    forecasts: ForecastReplay | None = None,
 ) -> dict[str, list[SimResult]]:
-    """Every policy over its grid; `envelope` may depend on the predictive knob."""
+    """Every policy over its grid; the operator's knobs share one replay of the forecast loop
+    (`forecasts`, which may be shared by sweeps of the same workload at other lead times)."""
+    forecasts = forecasts or ForecastReplay(workload, ReplaySettings())
     results: dict[str, list[SimResult]] = {}
     for name in policies:
         for knob in grid_of(name):
-            plan = envelope(knob) if callable(envelope) else envelope
-            result = simulate(workload, make_policy(name, knob, workload, config, plan), config)
+            result = simulate(workload, make_policy(name, knob, workload, config, forecasts), config)
             results.setdefault(name, []).append(result)
             if progress is not None:
                 progress(name, knob, result)
@@ -163,14 +167,12 @@ def compare_queue(
     workload: Workload,
     config: SimConfig,
     policies: Sequence[str] = POLICIES,
-    forecaster: Forecaster | None = None,
     progress: Callable[[str, float, SimResult], None] | None = None,
+    forecasts: ForecastReplay | None = None,
 ) -> tuple[dict[str, list[SimResult]], dict[str, object]]:
     """Sweep every policy on one queue; returns the runs and the comparison's JSON body."""
-    envelope = Envelope.none(len(workload.arrivals))
-    if "predictive" in policies:
-        envelope = planning_envelope(
-            workload, config.lead_s, PLANNING_HORIZON_S, PLANNING_QUANTILE, forecaster=forecaster
-        )
-    results = sweep(workload, config, envelope, policies, progress)
-    return results, report(results)
+    results = sweep(workload, config, policies, progress, forecasts)
+    body = report(results)
+    if "predictive" in results:
+        body["decision"] = dotted_path(DECIDE)  # the function every predictive answer came from
+    return results, body
