@@ -30,6 +30,14 @@ class ForecastSettings:
     long_horizon_s: float = 3600.0
     planning_quantile: float = 0.9
     short_horizon_s: float | None = None  # set: scale-out sizes on [leadTime, shortHorizon] only
+    # >1: the queue's traffic runs this many times faster than wall time (a compressed replay of
+    # a trace): its daily and weekly seasons last 1d/timeScale and 7d/timeScale of wall time
+    time_scale: int = 1
+
+    @property
+    def day_s(self) -> float:
+        """A day on the queue's clock, in wall-clock seconds."""
+        return 86400.0 / self.time_scale
 
     @classmethod
     def from_spec(cls, forecast: dict[str, Any]) -> ForecastSettings:
@@ -41,6 +49,7 @@ class ForecastSettings:
             long_horizon_s=seconds(forecast.get("longHorizon", "1h")),
             planning_quantile=float(forecast.get("planningQuantile", 0.9)),
             short_horizon_s=seconds(forecast["shortHorizon"]) if "shortHorizon" in forecast else None,
+            time_scale=int(forecast.get("timeScale", 1)),
         )
 
 

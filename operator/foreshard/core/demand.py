@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from foreshard.core.forecasting import Forecast, InsufficientHistory, forecast
+from foreshard.core.forecasting.selection import DAY_S
 from foreshard.core.series import FloatArray, Series
 
 MAX_KEYS = 50  # keys forecast on their own; fit cost grows with keys, the tail is one more series
@@ -63,9 +64,16 @@ def horizon_steps(history_end_s: float, now_s: float, horizon_s: float, step_s: 
 
 
 def estimate(
-    history: Mapping[str, Series], now_s: float, horizon_s: float, quantile: float, limit: int = MAX_KEYS
+    history: Mapping[str, Series],
+    now_s: float,
+    horizon_s: float,
+    quantile: float,
+    limit: int = MAX_KEYS,
+    day_s: float = DAY_S,
 ) -> Demand:
-    """Forecast every bounded key and sum; raises InsufficientHistory when no key can be forecast."""
+    """Forecast every bounded key and sum; raises InsufficientHistory when no key can be forecast.
+
+    `day_s`: a day on the queue's clock (spec.forecast.timeScale shortens it for replays)."""
     series = bound(history, limit)
     if not series:
         raise InsufficientHistory("Prometheus has no arrivals recorded for this queue yet")
@@ -74,7 +82,7 @@ def estimate(
     fitted: list[Forecast] = []
     for one in series:
         try:
-            fitted.append(forecast(one, steps, (quantile,)))
+            fitted.append(forecast(one, steps, (quantile,), day_s=day_s))
         except InsufficientHistory:
             continue  # a key seen a couple of times only; its volume is negligible by definition
     if not fitted:

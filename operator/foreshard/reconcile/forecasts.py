@@ -342,7 +342,7 @@ def _forecast_all(
         try:
             if state is None or sid in due or state.fitted.horizon < steps:
                 began = time.perf_counter()
-                state = FitState(fit(history, steps), now_s, time.perf_counter() - began)
+                state = FitState(fit(history, steps, settings.day_s), now_s, time.perf_counter() - began)
                 memo.fits[sid], fits = state, fits + 1
             basis = basis_of(history, steps, salt)
             if state.forecast is None or state.basis != basis:
@@ -433,9 +433,10 @@ def object_status(
         return {"observedGeneration": gen, "conditions": conditions.merge(previous, ready, stamp, gen)}
     accuracy = report.Accuracy.from_status(obj.status.get("accuracy") or {})
     if accuracy is None:
-        accuracy = report.replay_fit(history, state.fitted)
+        accuracy = report.replay_fit(history, state.fitted, day_s=spec.forecast.day_s)
     else:
-        accuracy, _ = report.score(accuracy, (obj.status.get("accuracy") or {}).get("pending"), history)
+        pending = (obj.status.get("accuracy") or {}).get("pending")
+        accuracy, _ = report.score(accuracy, pending, history, spec.forecast.day_s)
     sentence, candidates = report.why(state.fitted.name, state.fitted.scores, state.fitted.validation_origins)
     trusted, reasons = _verdict(accuracy)
     short_s = spec.forecast.short_horizon_s or DEFAULT_SHORT_S

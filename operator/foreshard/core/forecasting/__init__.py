@@ -42,8 +42,11 @@ def phase_base(series: Series) -> int:
     return round(series.start_s / series.step_s)
 
 
-def fit(history: Series, horizon_steps: int) -> Fitted:
-    """Choose and fit a model for `history`; raises InsufficientHistory when it is too short."""
+def fit(history: Series, horizon_steps: int, day_s: float = selection.DAY_S) -> Fitted:
+    """Choose and fit a model for `history`; raises InsufficientHistory when it is too short.
+
+    `day_s`: the length of a day on the queue's clock (shorter in a time-compressed replay).
+    """
     if horizon_steps < 1:
         raise ValueError(f"horizon_steps must be at least 1, got {horizon_steps}")
     observed = int(np.sum(np.isfinite(history.values) & (history.values >= 0)))
@@ -51,7 +54,9 @@ def fit(history: Series, horizon_steps: int) -> Fitted:
         raise InsufficientHistory(
             f"{history.key}: {observed} usable intervals of history, need at least {MIN_HISTORY}"
         )
-    return selection.fit(history.cleaned().values, phase_base(history), history.step_s, horizon_steps)
+    return selection.fit(
+        history.cleaned().values, phase_base(history), history.step_s, horizon_steps, day_s
+    )
 
 
 def predict(
@@ -94,6 +99,7 @@ def forecast(
     quantiles: Sequence[float] = (0.5, 0.9, 0.99),
     *,
     events: Iterable[ScheduledEvent] = (),
+    day_s: float = selection.DAY_S,
 ) -> Forecast:
     """Counts per step for the `horizon_steps` intervals after `history`, with quantiles.
 
@@ -101,4 +107,4 @@ def forecast(
     the history are cleaned first; fewer than MIN_HISTORY usable intervals raise
     InsufficientHistory.
     """
-    return predict(fit(history, horizon_steps), history, horizon_steps, quantiles, events)
+    return predict(fit(history, horizon_steps, day_s), history, horizon_steps, quantiles, events)

@@ -58,11 +58,15 @@ class Fitted:
         return int(self.residuals.shape[1])
 
 
-def seasons_for(step_s: float) -> list[int]:
-    """Season lengths in steps (daily, weekly) that divide evenly into this step."""
+def seasons_for(step_s: float, day_s: float = DAY_S) -> list[int]:
+    """Season lengths in steps (daily, weekly) that divide evenly into this step.
+
+    `day_s`: how long a day of the queue's clock is in seconds (a replay compressed 150x has a day
+    of 576 s; spec.forecast.timeScale sets it), so the seasons follow the traffic, not the wall.
+    """
     out = []
     for days in PROFILE_SEASONS:
-        steps = days * DAY_S / step_s
+        steps = days * day_s / step_s
         if steps >= 2 and abs(steps - round(steps)) < 1e-9:
             out.append(round(steps))
     return out
@@ -93,13 +97,13 @@ def combined_paths(
     return stack[0] if len(stack) == 1 else np.asarray(np.median(np.stack(stack), axis=0), dtype=np.float64)
 
 
-def _profiles(y: FloatArray, phase_base: int, step_s: float) -> dict[int, FloatArray]:
+def _profiles(y: FloatArray, phase_base: int, step_s: float, day_s: float) -> dict[int, FloatArray]:
     phases = (phase_base + np.arange(len(y))).astype(np.int64)
     out: dict[int, FloatArray] = {}
-    for season in seasons_for(step_s):
+    for season in seasons_for(step_s, day_s):
         for log in (False, True):
             profile = models.estimate_profile(
-                models.transform(y, log), phases, season, PROFILE_SEASONS[round(season * step_s / DAY_S)]
+                models.transform(y, log), phases, season, PROFILE_SEASONS[round(season * step_s / day_s)]
             )
             if profile is not None:
                 out[season * 2 + int(log)] = profile  # one key per (season, space)
@@ -171,11 +175,11 @@ def residual_table(forecasts: FloatArray, actual: FloatArray) -> tuple[FloatArra
     return np.nan_to_num(table), int(np.isfinite(errors).sum(axis=0).min())
 
 
-def fit(y: FloatArray, phase_base: int, step_s: float, horizon: int) -> Fitted:
+def fit(y: FloatArray, phase_base: int, step_s: float, horizon: int, day_s: float = DAY_S) -> Fitted:
     """Choose and fit the model for a cleaned history `y` (counts per step, no NaN)."""
     origins = _validation(len(y), horizon)
     actual = _actuals(y, origins, horizon)
-    ranked = _best_per_family(y, _profiles(y[: origins[0]], phase_base, step_s), phase_base, origins, actual)
+    ranked = _best_per_family(y, _profiles(y[: origins[0]], phase_base, step_s, day_s), phase_base, origins, actual)
     chosen_score, forecasts = ranked[0][0], ranked[0][2]
     chosen: tuple[Spec, ...] = (ranked[0][1],)
     for size in ENSEMBLE_SIZES:
@@ -187,4 +191,4 @@ def fit(y: FloatArray, phase_base: int, step_s: float, horizon: int) -> Fitted:
             chosen, forecasts = tuple(item[1] for item in ranked[:size]), members
     scores = {item[1].name: item[0] for item in ranked}
     table, samples = residual_table(forecasts, actual)
-    return Fitted(chosen, _profiles(y, phase_base, step_s), table, samples, scores, len(origins))
+    return Fitted(chosen, _profiles(y, phase_base, step_s, day_s), table, samples, scores, len(origins))
