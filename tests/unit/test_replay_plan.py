@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from foreshard.core.forecasting import selection
-from foreshard.core.simulation import replay
 from foreshard.core.series import Series
+from foreshard.core.simulation import replay
 
 DAY = 86_400.0
 
@@ -18,15 +18,15 @@ def daily(key: str, days: int, step: float = 300.0, base: float = 100.0) -> Seri
 
 
 def test_a_five_minute_trace_plays_a_day_in_about_ten_minutes_on_whole_second_steps() -> None:
-    clock = replay.clock_for(300.0, 600.0)
+    clock = replay.clock_for(300.0, 144.0)
     assert clock.wall_step_s == 2.0 and clock.scale == 150.0
-    assert replay.clock_for(1800.0, 600.0).wall_step_s == 12.0
-    assert replay.clock_for(60.0, 10.0).wall_step_s == 1.0  # never below one second
+    assert replay.clock_for(1800.0, 144.0).wall_step_s == 12.0
+    assert replay.clock_for(60.0, 8640.0).wall_step_s == 1.0  # never below one second
 
 
 def test_the_plan_scales_the_replay_peak_and_keeps_every_message_of_the_trace_share() -> None:
     series = [daily("a", 4), daily("b", 4, base=50.0)]
-    clock = replay.clock_for(300.0, 600.0)
+    clock = replay.clock_for(300.0, 144.0)
     plan = replay.plan(series, clock, 2 * DAY, 2 * DAY, DAY / 4, fanout=3, peak_rate=400.0)
     assert plan.keys[:3] == ("a/000", "a/001", "a/002") and len(plan.keys) == 6
     assert plan.steps == 72 and plan.counts.shape == (72, 6)
@@ -42,11 +42,11 @@ def test_the_plan_scales_the_replay_peak_and_keeps_every_message_of_the_trace_sh
 
 def test_a_replay_that_runs_past_the_trace_is_refused() -> None:
     with pytest.raises(ValueError, match="the replay needs"):
-        replay.plan([daily("a", 2)], replay.clock_for(300.0, 600.0), DAY, DAY, 2 * DAY, 1, 10.0)
+        replay.plan([daily("a", 2)], replay.clock_for(300.0, 144.0), DAY, DAY, 2 * DAY, 1, 10.0)
 
 
 def test_the_forecaster_finds_the_daily_season_on_the_compressed_clock() -> None:
-    clock = replay.clock_for(300.0, 600.0)
+    clock = replay.clock_for(300.0, 144.0)
     # on the wall clock a day is 43,200 two-second steps: two of them is two days of history
     assert selection.seasons_for(clock.wall_step_s) == [43_200, 302_400]
     assert selection.seasons_for(clock.wall_step_s, DAY / clock.scale) == [288, 2016]
@@ -59,7 +59,7 @@ def test_ramps_are_new_levels_of_need_not_jitter() -> None:
 
 def test_a_ramp_counts_as_met_ahead_only_with_the_shards_ready_at_its_start() -> None:
     series = [daily("a", 4)]
-    clock = replay.clock_for(300.0, 600.0)
+    clock = replay.clock_for(300.0, 144.0)
     plan = replay.plan(series, clock, 2 * DAY, DAY, DAY / 4, fanout=1, peak_rate=500.0)  # rising
     capacity, headroom = 100.0, 0.2
     need = replay.needed_shards(plan.rates, capacity, headroom)

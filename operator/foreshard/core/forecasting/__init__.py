@@ -54,9 +54,7 @@ def fit(history: Series, horizon_steps: int, day_s: float = selection.DAY_S) -> 
         raise InsufficientHistory(
             f"{history.key}: {observed} usable intervals of history, need at least {MIN_HISTORY}"
         )
-    return selection.fit(
-        history.cleaned().values, phase_base(history), history.step_s, horizon_steps, day_s
-    )
+    return selection.fit(history.cleaned().values, phase_base(history), history.step_s, horizon_steps, day_s)
 
 
 def predict(

@@ -179,7 +179,9 @@ def fit(y: FloatArray, phase_base: int, step_s: float, horizon: int, day_s: floa
     """Choose and fit the model for a cleaned history `y` (counts per step, no NaN)."""
     origins = _validation(len(y), horizon)
     actual = _actuals(y, origins, horizon)
-    ranked = _best_per_family(y, _profiles(y[: origins[0]], phase_base, step_s, day_s), phase_base, origins, actual)
+    ranked = _best_per_family(
+        y, _profiles(y[: origins[0]], phase_base, step_s, day_s), phase_base, origins, actual
+    )
     chosen_score, forecasts = ranked[0][0], ranked[0][2]
     chosen: tuple[Spec, ...] = (ranked[0][1],)
     for size in ENSEMBLE_SIZES:

@@ -1,7 +1,7 @@
 """A trace replayed live on a compressed clock, and how the run is judged. Pure: no clock, no I/O.
 
     trace (canonical: one Series per key, one step)
-      --clock_for(day in wall seconds)--> Clock: trace step -> a whole number of wall seconds
+      --clock_for(speed)--> Clock: trace step -> a whole number of wall seconds
       --plan(start, history, replay, fanout, peak)--> Plan:
             history  per sub-key, on the wall grid, ending at wall time 0 (backfilled into Prometheus)
             counts   per wall step and sub-key: what the producers publish during the replay
@@ -23,7 +23,7 @@ import numpy as np
 
 from foreshard.core.planning.target import shards_for_rate
 from foreshard.core.series import FloatArray, Series
-from foreshard.core.simulation.engine import SimConfig, simulate
+from foreshard.core.simulation.engine import SimConfig, SimResult, simulate
 from foreshard.core.simulation.policies import ReactiveHpa
 from foreshard.core.simulation.workload import workload_from_series
 
@@ -48,9 +48,10 @@ class Clock:
         return wall_s * self.scale
 
 
-def clock_for(trace_step_s: float, day_wall_s: float) -> Clock:
-    """The clock that plays a trace day in about `day_wall_s`, with a whole-second wall step."""
-    wall_step = max(1.0, float(round(trace_step_s * day_wall_s / DAY_S)))
+def clock_for(trace_step_s: float, speed: float) -> Clock:
+    """The clock that plays the trace about `speed` times faster than it was recorded (144: a day in
+    ten minutes), rounded so that a trace step lasts a whole number of wall seconds."""
+    wall_step = max(1.0, float(round(trace_step_s / speed)))
     return Clock(trace_step_s, wall_step)
 
 
@@ -162,6 +163,9 @@ class Judgement:
     shard_hours: float  # trace time
     hpa_shard_hours: float
     hpa_violation_minutes: float
+    ramp_times_s: list[float]  # wall seconds since the replay began
+    hpa_ready: FloatArray  # the HPA formula's ready shards per simulator step
+    hpa_step_s: float  # wall seconds per simulator step
 
     @property
     def ramps_scaled_ahead_fraction(self) -> float | None:
@@ -191,28 +195,38 @@ def judge(
     found = ramps(need, memory_steps)
     met = sum(ready_at(times_s, ready, i * wall) >= need[i] for i in found)
     shard_s = float(np.sum(np.diff(times_s) * ready[:-1])) if len(times_s) > 1 else 0.0
-    hpa_hours, hpa_violations = hpa_reference(replay, capacity, headroom, lead_s)
-    return Judgement(len(found), int(met), shard_s * replay.clock.scale / 3600.0, hpa_hours, hpa_violations)
+    hpa = hpa_reference(replay, capacity, headroom, lead_s)
+    return Judgement(
+        len(found),
+        int(met),
+        shard_s * replay.clock.scale / 3600.0,
+        hpa.shard_hours,
+        hpa.slo_violation_minutes,
+        [i * wall for i in found],
+        hpa.trajectory.ready,
+        replay.clock.wall_step_s / hpa_substeps(replay),
+    )
 
 
-def hpa_reference(replay: Plan, capacity: float, headroom: float, lead_s: float) -> tuple[float, float]:
-    """The HPA formula on the same arrivals, in trace time: (shard-hours, SLO violation minutes).
+def hpa_reference(replay: Plan, capacity: float, headroom: float, lead_s: float) -> SimResult:
+    """The HPA formula on the same arrivals, in trace time (shard-hours, SLO violation minutes, and
+    its replicas per simulator step for the plot).
 
     Capacity is per wall second; on the trace clock a shard carries capacity / scale per second.
     """
     scale = replay.clock.scale
     total = Series("replay", replay.trace_start_s, replay.clock.trace_step_s, replay.trace_totals)
-    sync = 15.0
-    workload = workload_from_series("replay", [total], step_s=_divisor(replay.clock.trace_step_s, sync))
+    workload = workload_from_series(
+        "replay", [total], step_s=replay.clock.trace_step_s / hpa_substeps(replay)
+    )
     trace_capacity = capacity / scale
-    result = simulate(
+    return simulate(
         workload,
         ReactiveHpa(trace_capacity, 1.0 / (1.0 + headroom)),
         SimConfig(capacity=trace_capacity, lead_s=lead_s * scale),
     )
-    return result.shard_hours, result.slo_violation_minutes
 
 
-def _divisor(step_s: float, wanted_s: float) -> float:
-    """The largest step <= wanted that divides `step_s` (the simulator needs whole substeps)."""
-    return step_s / math.ceil(step_s / wanted_s)
+def hpa_substeps(replay: Plan, sync_s: float = 15.0) -> int:
+    """Simulator steps per trace step: the HPA's 15 s sync or the nearest shorter divisor."""
+    return math.ceil(replay.clock.trace_step_s / sync_s)
