@@ -179,16 +179,19 @@ def forecast_spec(settings: Settings, clock: replay.Clock, prometheus_url: str) 
     """spec.forecast and spec.scaling on the compressed clock (every duration divided by the scale)."""
     scale = clock.scale
     step = int(clock.wall_step_s)
+    forecast: dict[str, Any] = {
+        "prometheusURL": prometheus_url,
+        "timeScale": round(scale),
+        "step": f"{step}s",
+        "lookback": f"{int(settings.history_days * replay.DAY_S / scale)}s",
+        "longHorizon": f"{max(step, math.ceil(7200 / scale))}s",
+        "planningQuantile": 0.9,
+    }
+    short = math.floor(900 / scale)  # 15 trace minutes, the CRD's upper bound
+    if short >= step:  # a 30-minute trace has no 15-minute horizon: scale-out then plans on the long one
+        forecast["shortHorizon"] = f"{short}s"
     return {
-        "forecast": {
-            "prometheusURL": prometheus_url,
-            "timeScale": round(scale),
-            "step": f"{step}s",
-            "lookback": f"{int(settings.history_days * replay.DAY_S / scale)}s",
-            "shortHorizon": f"{max(step, math.ceil(900 / scale))}s",
-            "longHorizon": f"{max(step, math.ceil(7200 / scale))}s",
-            "planningQuantile": 0.9,
-        },
+        "forecast": forecast,
         "scaling": {
             "mode": "Auto",
             "leadTime": f"{settings.lead_s:g}s",
