@@ -45,7 +45,7 @@ def outcome() -> replayrun.Outcome:
                 64.0,
                 0,
                 0.0,
-            )  # fmt: skip
+            )
         )
     result.moves = {f"m{i}": {"phase": "Done", "pauseMs": 20.0 + i, "firstSeen": 3.0 * i} for i in range(30)}
     result.verdict = {
