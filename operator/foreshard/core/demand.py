@@ -108,3 +108,23 @@ def combine(fitted: Sequence[Forecast], quantile: float, rate: float, keys: int)
         share >= TRUSTED_SHARE,
     )
     return Demand(summed, rate, keys, share)
+
+
+def band_at(
+    parts: Sequence[Forecast], now_s: float, lower_q: float, upper_q: float
+) -> tuple[float, float, float] | None:
+    """(lower, point, upper) messages/s of the summed forecasts over the step that holds `now_s`.
+
+    The bounds are per-key quantiles summed (wider than the sum's own quantiles: keys rarely peak
+    together); None when there are no parts, the step is beyond the path, or a quantile is missing.
+    """
+    if not parts or any(lower_q not in p.quantiles or upper_q not in p.quantiles for p in parts):
+        return None
+    first = parts[0]
+    index = max(0, int((now_s - first.start_s) // first.step_s))
+    if index >= len(first.mean):
+        return None
+    total = [sum(float(path[index]) for path in paths) / first.step_s for paths in (
+        [p.quantile(lower_q) for p in parts], [p.mean for p in parts], [p.quantile(upper_q) for p in parts]
+    )]  # fmt: skip
+    return total[0], total[1], total[2]

@@ -21,6 +21,7 @@ from typing import Any
 
 from foreshard.adapters import prometheus
 from foreshard.adapters.kube import ForecastPort
+from foreshard.adapters.metrics import FORECAST_RATE
 from foreshard.api import conditions
 from foreshard.api.conditions import Condition
 from foreshard.api.consumers import groups_of
@@ -373,6 +374,10 @@ def _publish(
         return Published(now_s, None, recent, problem=why)
     rate = demand.latest_rate([total])
     found = demand.combine(parts, spec.forecast.planning_quantile, rate, len(parts))
+    band = demand.band_at(parts, now_s, min(QUANTILES), spec.forecast.planning_quantile)
+    if band is not None:  # what the dashboard and the demo's view draw against the arrivals
+        for bound, value in zip(("lower", "point", "upper"), band, strict=True):
+            FORECAST_RATE.labels(spec.name, bound).set(round(value, 3))
     return Published(now_s, found, recent)
 
 
