@@ -28,6 +28,7 @@ from foreshard_broker.client.producer import Producer
 TICK_S = 0.25
 MAX_IN_FLIGHT = 20_000  # sends not yet answered; beyond it the producer waits (and falls behind)
 DRAIN_S = 120.0
+PROCESSING_S = 0.01  # per message; one message per key at a time, so a key takes at most 100 msg/s
 
 
 @dataclass
@@ -117,6 +118,7 @@ class LiveReplay:
         )
 
         async def handle(message: Message) -> None:
+            await asyncio.sleep(PROCESSING_S)  # an application's work: the prefetch buffer has a job
             self.checker.record(message.payload)
             self.consumed += 1
             # the running verdict: a delivery at or below its key's last sequence is out of order

@@ -242,7 +242,7 @@ def _consumer(outcome: Outcome, path: Path) -> None:
     ax.set_xlabel("trace hours since the replay began")
     ax.set_ylabel("messages")
     ax.set_title("Consumer group: backlog and prefetch buffer")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper right")
     _save(fig, path)
 
 
