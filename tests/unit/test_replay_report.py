@@ -116,3 +116,19 @@ def test_the_compressed_spec_keeps_every_horizon_within_the_crd_bounds_on_the_qu
         scaling = ScalingPolicy.from_spec(spec["scaling"])
         assert scaling.lead_s == settings.lead_s and scaling.stabilization_s == 12.0
         assert seconds(spec["scaling"]["leadTime"]) == settings.lead_s
+
+
+def test_the_live_view_shows_shards_epoch_forecast_moves_backlog_and_the_checker() -> None:
+    from rich.console import Console
+
+    from foreshard.cli import replayview
+
+    result = outcome()
+    sample = result.samples[100]
+    console = Console(record=True, width=140)
+    console.print(replayview.panel(result, sample))
+    text = console.export_text()
+    for shown in ("Ready", "routing epoch", "forecast", "band", "moves", "backlog", "prefetch", "clean so far"):
+        assert shown in text, text
+    line = replayview.line(result, sample)
+    assert line.startswith("-- 100/") and "epoch 5" in line and "30 done" in line
