@@ -128,7 +128,16 @@ def test_the_live_view_shows_shards_epoch_forecast_moves_backlog_and_the_checker
     console = Console(record=True, width=140)
     console.print(replayview.panel(result, sample))
     text = console.export_text()
-    for shown in ("Ready", "routing epoch", "forecast", "band", "moves", "backlog", "prefetch", "clean so far"):
+    for shown in (
+        "Ready",
+        "routing epoch",
+        "forecast",
+        "band",
+        "moves",
+        "backlog",
+        "prefetch",
+        "clean so far",
+    ):
         assert shown in text, text
     line = replayview.line(result, sample)
     assert line.startswith("-- 100/") and "epoch 5" in line and "30 done" in line
