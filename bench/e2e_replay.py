@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from foreshard import traces
+from foreshard.cli.replayview import ReplayView
 from foreshard.localcluster import replayreport, replayrun
 from foreshard.localcluster.devenv import DevEnv
 
@@ -59,14 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         env = DevEnv(Path(tmp) / "cluster", "bench", operator_env=replayrun.OPERATOR_ENV)
         try:
             env.up(progress)
-            outcome = replayrun.run(env, settings, progress=progress)
+            view = ReplayView(live=False)  # a progress line every 10 s on stderr
+            outcome = replayrun.run(env, settings, view.update, progress)
         finally:
             env.down()
     replayreport.write(outcome, report_dir)
     summary = {**outcome.summary(), "clean": outcome.clean}
     summary["trace"] = args.traces.resolve().name  # no machine paths in results
-    print(replayreport.table(summary))
+    text = replayreport.table(summary)
+    print(text)
     print(f"report: {report_dir / 'report.html'}", file=sys.stderr)
+    if args.report is None:  # the standard results, beside the other benchmarks'
+        name = f"e2e_replay-{summary['trace']}"
+        (RESULTS / f"{name}.txt").write_text(text + "\n")
+        (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return 0 if outcome.clean else 1
 
