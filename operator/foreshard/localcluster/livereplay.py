@@ -27,8 +27,8 @@ from foreshard_broker.client.producer import Producer
 
 TICK_S = 0.25
 MAX_IN_FLIGHT = 20_000  # sends not yet answered; beyond it the producer waits (and falls behind)
-DRAIN_S = 120.0
-PROCESSING_S = 0.01  # per message; one message per key at a time, so a key takes at most 100 msg/s
+DRAIN_S = 300.0
+PROCESSING_S = 0.002  # per message; one message per key at a time, so a key takes at most 500 msg/s
 
 
 @dataclass

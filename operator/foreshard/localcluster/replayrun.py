@@ -170,7 +170,9 @@ def queue_body(settings: Settings) -> dict[str, Any]:
             "slots": settings.slots,
             "capacity": {"messagesPerSecond": settings.capacity},
             "template": {"storage": {"size": "1Gi"}},
-            "migration": {"maxConcurrentMoves": 16, "pauseBudget": "1s"},
+            # the CRD's default pause budget: a fence waits at most half of it for the deliveries
+            # the group's prefetch holds (the rest is redelivered in order by the new owner)
+            "migration": {"maxConcurrentMoves": 16, "pauseBudget": "500ms"},
         },
     }
 
