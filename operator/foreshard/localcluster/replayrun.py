@@ -248,6 +248,8 @@ def run(
         "delete", "shardallocation", settings.queue, "-n", settings.namespace, "--wait=true", check=False
     )
     _wait(lambda: not _pods(env, settings), 120, "the previous run's shard pods to go")
+    # and their data: a new queue starts empty (its routing epochs start again at 1)
+    cluster.kubectl("delete", "pvc", "--all", "-n", settings.namespace, "--wait=true", check=False)
     progress(
         f"creating queue {settings.namespace}/{settings.queue}: "
         f"{settings.min_shards} shard(s), forecasting off"
