@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import urllib3
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from foreshard import traces
 from foreshard.api.names import GROUP, SHARD_ALLOCATIONS, VERSION
@@ -210,13 +212,20 @@ class QueueWatch:
         self.env, self.settings = env, settings
         api_client = config.new_client_from_config(str(env.kube.kubeconfig))  # type: ignore[no-untyped-call]
         self.api = client.CustomObjectsApi(api_client)
+        self.last: dict[str, Any] = {}
 
     def body(self) -> dict[str, Any]:
+        """The queue's body; the last one read when the API server does not answer this once (a
+        loaded machine), so one slow read never records a queue with no shards."""
         s = self.settings
-        found: Any = self.api.get_namespaced_custom_object(
-            GROUP, VERSION, s.namespace, SHARD_ALLOCATIONS, s.queue
-        )
-        return dict(found)
+        try:
+            found: Any = self.api.get_namespaced_custom_object(
+                GROUP, VERSION, s.namespace, SHARD_ALLOCATIONS, s.queue, _request_timeout=5
+            )
+        except (ApiException, OSError, urllib3.exceptions.HTTPError):
+            return self.last
+        self.last = dict(found)
+        return self.last
 
     def forecast(self) -> dict[str, float]:
         try:
