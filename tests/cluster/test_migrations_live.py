@@ -5,8 +5,12 @@ while keyed traffic flows through one bootstrap broker and a consumer group read
 operator moves slots onto the new shards (each ends up owning some, every broker serves the final
 epoch), then off shards 2 and 3 before the StatefulSet drops them. Then the operator is SIGKILLed
 while a move is in Fence or Switch (a watch on the object sees the phase the moment it is
-recorded) and a new operator resumes or rolls the move back. The per-key checker proves every
-acknowledged message arrived once and in order.
+recorded) and a new operator resumes or rolls the move back. Last, back to 2 shards one move at a
+time while the move's source or target broker is SIGKILLed the moment a watch sees the move
+recorded in a phase (the pod runner restarts it on the same port); each move rolls back and is
+retried, or rolls forward. The per-key checker proves every acknowledged message arrived once and
+in order (a broker kill may lose a consumer's ack: that key's head is then delivered again right
+after itself, counted as `redelivered`, never as a duplicate or a reordering).
 """
 
 from __future__ import annotations
@@ -191,6 +195,7 @@ def test_scale_out_moves_slots_onto_new_shards_and_scale_in_empties_them_under_l
     assert verdict["acked"] > 1000, "traffic flowed through the scale cycle"
     assert verdict["finished"] and verdict["pending"] == 0, f"a publish never resolved: {report}"
     assert verdict["lost"] == verdict["duplicated"] == verdict["reordered"] == 0, report
+    assert verdict["redelivered"] == 0, "no broker was killed: no ack was lost"
     assert len({m["target"] for m in moves(after_out) if m["phase"] == "Done"}) >= 2, "onto shards 2 and 3"
     drained = [m for m in moves(final) if m["source"] in (2, 3)]
     assert drained and all(m["phase"] == "Done" for m in drained), drained
@@ -248,6 +253,59 @@ def test_an_operator_killed_while_a_move_is_fenced_or_switching_is_resumed_by_a_
     killed = {m["id"]: m for m in final}[kills[-1]["id"]]
     assert killed["phase"] in ("Done", "RolledBack"), killed
     assert all(m["phase"] in ("Done", "RolledBack") for m in final), final
+    assert verdict["acked"] > 500
+    assert verdict["finished"] and verdict["pending"] == 0, f"a publish never resolved: {verdict}"
+    assert verdict["lost"] == verdict["duplicated"] == verdict["reordered"] == 0, verdict
+    assert verdict["redelivered"] == 0, "no broker was killed: no ack was lost"
+
+
+BROKER_KILLS = [("source", "Prepare"), ("target", "Fence"), ("source", "Switch"), ("target", "Drain")]
+
+
+def test_source_and_target_brokers_killed_at_move_phases_lose_nothing_and_every_move_ends(
+    moving: dict[str, Any],
+) -> None:
+    cluster = moving["cluster"]
+    if not settled(cluster, 4):  # run on its own (the previous test leaves 4 shards)
+        scale(cluster, 4)
+        wait_for(lambda: settled(cluster, 4), 300, "4 shards settled")
+    bootstrap = endpoints(status(cluster))[0]
+    one_at_a_time = {"spec": {"migration": {"maxConcurrentMoves": 1}}}  # more waves: a phase per kill
+    cluster.kubectl(
+        "patch", "shardallocation", QUEUE, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(one_at_a_time)
+    )
+    kills: list[dict[str, Any]] = []
+    began = time.monotonic()
+    with traffic.Continuous(bootstrap, "broker-kill", KEYS) as live:
+        time.sleep(2)
+        scale(cluster, 2)
+        for victim, phase in BROKER_KILLS:
+            hit = {k["id"] for k in kills}  # one kill a move: a retried move is not hit again
+            seen = devenv.watch_migration(cluster, NAMESPACE, QUEUE, {phase}, 90, hit)
+            if seen is None:
+                break
+            pod = f"{QUEUE}-shard-{seen[victim]}"
+            pid = devenv.kill_broker(cluster, NAMESPACE, pod)
+            assert pid is not None, f"no broker recorded for {pod}"
+            kills.append({"victim": victim, "phase": phase, "id": seen["id"], "pod": pod})
+            assert devenv.wait_broker_restarted(cluster, NAMESPACE, pod, pid, 90), f"{pod} not restarted"
+        wait_for(
+            lambda: settled(cluster, 2),
+            300,
+            "back to 2 shards after the broker kills",
+            lambda: json.dumps(status(cluster), indent=1)[-4000:],
+        )
+    assert live.error is None, repr(live.error)
+    verdict = live.verdict()
+    final = {m["id"]: m for m in moves(status(cluster))}
+    ends = [final.get(k["id"], {}).get("phase") for k in kills]
+    print(
+        "migrations-broker-kill:",
+        json.dumps({**verdict, "kills": kills, "ends": ends, "seconds": round(time.monotonic() - began)}),
+    )
+    assert [(k["victim"], k["phase"]) for k in kills] == BROKER_KILLS, f"every kill case was aimed: {kills}"
+    assert all(end in ("Done", "RolledBack") for end in ends), ends
+    assert all(m["phase"] in ("Done", "RolledBack") for m in final.values()), final
     assert verdict["acked"] > 500
     assert verdict["finished"] and verdict["pending"] == 0, f"a publish never resolved: {verdict}"
     assert verdict["lost"] == verdict["duplicated"] == verdict["reordered"] == 0, verdict

@@ -53,7 +53,18 @@ def test_the_last_line_is_one_json_object_with_the_issue_keys(
     traces: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(
-        ["forecast-eval", "--traces", str(traces), "--horizon", "1h", "--json", "--max-origins", "40"]
+        [
+            "forecast-eval",
+            "--traces",
+            str(traces),
+            "--horizon",
+            "1h",
+            "--json",
+            "--max-origins",
+            "40",
+            "--refits",
+            "4",
+        ]
     )
     out = capsys.readouterr()
     assert code == 0
@@ -67,14 +78,37 @@ def test_the_last_line_is_one_json_object_with_the_issue_keys(
 
 
 def test_the_seasonal_series_beats_the_baselines(traces: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["forecast-eval", "--traces", str(traces), "--horizon", "1h", "--json", "--max-origins", "40"])
+    main(
+        [
+            "forecast-eval",
+            "--traces",
+            str(traces),
+            "--horizon",
+            "1h",
+            "--json",
+            "--max-origins",
+            "40",
+            "--refits",
+            "4",
+        ]
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["per_series"]["seasonal"]["ratio_vs_best_baseline"] < 0.9
 
 
 def test_a_plot_is_written_for_the_chosen_keys(traces: Path, tmp_path: Path) -> None:
     out = tmp_path / "plot.png"
-    args = ["forecast-eval", "--traces", str(traces), "--horizon", "30m", "--max-origins", "10"]
+    args = [
+        "forecast-eval",
+        "--traces",
+        str(traces),
+        "--horizon",
+        "30m",
+        "--max-origins",
+        "10",
+        "--refits",
+        "2",
+    ]
     assert main([*args, "--plot", str(out), "--keys", "flat"]) == 0
     assert out.stat().st_size > 1000
 
@@ -109,7 +143,10 @@ def test_a_series_too_short_to_evaluate_is_skipped_and_said_so(
     traces: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_trace(traces / "q", "tiny", np.array([1.0, 2.0, 3.0]))
-    assert main(["forecast-eval", "--traces", str(traces), "--json", "--max-origins", "10"]) == 0
+    assert (
+        main(["forecast-eval", "--traces", str(traces), "--json", "--max-origins", "10", "--refits", "2"])
+        == 0
+    )
     out = capsys.readouterr()
     assert "skipped: tiny" in out.err
     assert json.loads(out.out.strip().splitlines()[-1])["series"] == 2
@@ -118,3 +155,20 @@ def test_a_series_too_short_to_evaluate_is_skipped_and_said_so(
 def test_a_directory_of_only_tiny_series_is_an_error(tmp_path: Path) -> None:
     write_trace(tmp_path, "tiny", np.array([1.0, 2.0, 3.0]))
     assert main(["forecast-eval", "--traces", str(tmp_path)]) == 2
+
+
+def test_the_tuning_split_scores_the_window_before_the_test_window() -> None:
+    y = np.arange(100, dtype=float)
+    dev = evaluation.development_split(Series("k", 0.0, 60.0, y), 0.2)
+    assert len(dev) == 80 and dev.values[-1] == 79.0 and dev.start_s == 0.0
+    test_origins = evaluation.origins_for(100, 0.2, 200)
+    dev_origins = evaluation.origins_for(len(dev), 0.2, 200)
+    assert dev_origins.max() + 1 <= test_origins.min()  # no tuning origin scores a test interval
+
+
+def test_only_and_dev_pick_and_shorten_the_series(traces: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["forecast-eval", "--traces", str(traces), "--json", "--max-origins", "10", "--refits", "2"]
+    assert main([*args, "--only", "flat", "--dev"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(summary["per_series"]) == ["flat"]
+    assert summary["per_series"]["flat"]["origins"] == 10

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from foreshard.core.forecasting import intervals, selection
-from foreshard.core.forecasting.models import TSB
+from foreshard.core.forecasting import intervals, selection, statistical
+from foreshard.core.forecasting.models import LEVEL, SNAIVE, TSB, Spec
+from foreshard.core.forecasting.statistical import StatSpec
 
 pytestmark = pytest.mark.unit
 
@@ -77,3 +78,151 @@ def test_few_residuals_widen_the_conformal_level() -> None:
 def test_a_quantile_level_outside_zero_one_is_refused() -> None:
     with pytest.raises(ValueError, match="quantile levels"):
         intervals.residual_quantile(np.zeros((201, 2)), 1.5)
+
+
+# ---- model classes: spec.forecast.models, statsmodels candidates, the baseline guard -------------
+
+
+def _classes_of(fitted: selection.Fitted) -> set[str]:
+    return {selection.model_class(spec) for spec in fitted.specs}
+
+
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        {selection.SEASONAL_NAIVE_CLASS},
+        {selection.NAIVE_CLASS, selection.SES_CLASS},
+        {selection.ETS_CLASS},
+        {selection.ARIMA_CLASS},
+        {selection.SARIMAX_CLASS, selection.SES_CLASS},
+        {selection.ETS_CLASS, selection.ARIMA_CLASS, selection.ENSEMBLE_CLASS},
+    ],
+    ids=lambda a: "+".join(sorted(a)),
+)
+def test_a_restricted_fit_only_backtests_and_chooses_the_allowed_classes(allowed: set[str]) -> None:
+    fitted = selection.fit(seasonal_counts(12), 0, STEP, 3, allowed=allowed, statistical_models=True)
+    assert _classes_of(fitted) <= allowed, fitted.name
+    prefixes = {
+        selection.SEASONAL_NAIVE_CLASS: ("snaive",),
+        selection.NAIVE_CLASS: ("level(raw,a=1)", "level(log,a=1)"),
+        selection.SES_CLASS: ("level(raw", "level(log"),
+        selection.ETS_CLASS: ("level(raw", "level(log", "ets("),
+        selection.ARIMA_CLASS: ("arima(",),
+        selection.SARIMAX_CLASS: ("sarimax(",),
+        selection.ENSEMBLE_CLASS: (),
+    }
+    allowed_prefixes = tuple(p for a in allowed for p in prefixes[a])
+    assert all(name.startswith(allowed_prefixes) for name in fitted.scores), sorted(fitted.scores)
+    if selection.ENSEMBLE_CLASS not in allowed:
+        assert len(fitted.specs) == 1
+
+
+def test_a_fit_without_statsmodels_never_offers_them_and_a_tracked_fit_offers_all_three() -> None:
+    y = seasonal_counts(12)
+    fast = selection.fit(y, 0, STEP, 3)
+    assert not any(isinstance(s, StatSpec) for s in fast.specs)
+    assert not any(name.startswith(("ets(", "arima(", "sarimax(")) for name in fast.scores)
+    tracked = selection.fit(y, 0, STEP, 3, statistical_models=True)
+    for prefix in ("ets(", "arima(", "sarimax("):
+        assert any(name.startswith(prefix) for name in tracked.scores), (prefix, sorted(tracked.scores))
+
+
+def test_when_no_allowed_class_can_be_fitted_the_last_value_is_used() -> None:
+    y = np.array([5.0, 7.0, 6.0, 9.0, 8.0, 7.0, 10.0, 9.0])  # far too short for ARIMA
+    fitted = selection.fit(y, 0, 300.0, 2, allowed={selection.ARIMA_CLASS}, statistical_models=True)
+    assert fitted.specs == (selection.NAIVE,)
+
+
+def test_fits_with_statsmodels_candidates_are_deterministic() -> None:
+    y = seasonal_counts(12, seed=21)
+    first = selection.fit(y, 0, STEP, 3, statistical_models=True)
+    second = selection.fit(y, 0, STEP, 3, statistical_models=True)
+    assert first.name == second.name and first.scores == second.scores
+    np.testing.assert_array_equal(first.residuals, second.residuals)
+
+
+def test_a_baseline_that_backtests_better_than_the_combination_wins() -> None:
+    actual = np.zeros((1, 4))
+    best = (1.0, Spec(LEVEL, True, 0, 0.3), np.array([[0.0, 0.0, 0.0, 4.0]]))
+    naive = (1.01, selection.NAIVE, np.full((1, 4), 1.01))
+    third = (1.02, Spec(LEVEL, True, 0, 0.07), np.full((1, 4), 1.02))
+    # the median of the three scores 1.0125: within 5 % of the best single, so it would be chosen,
+    # but the naive baseline scores 1.01
+    chosen, forecasts = selection._choose([best, naive, third], actual, ensembles=True)
+    assert chosen == (selection.NAIVE,)
+    np.testing.assert_array_equal(forecasts, naive[2])
+
+
+def test_a_combination_better_than_every_baseline_is_kept() -> None:
+    actual = np.zeros((1, 4))
+    best = (1.0, Spec(LEVEL, True, 0, 0.3), np.array([[0.0, 0.0, 0.0, 4.0]]))
+    other = (1.02, Spec(LEVEL, True, 0, 0.07), np.array([[1.02, 1.02, 1.02, 1.02]]))
+    naive = (1.03, selection.NAIVE, np.full((1, 4), 1.03))
+    # the median scores 1.0225: within 5 % of the best single and better than naive
+    chosen, _ = selection._choose([best, other, naive], actual, ensembles=True)
+    assert len(chosen) == 3
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (Spec(LEVEL, False, 0, 1.0), selection.NAIVE_CLASS),
+        (Spec(LEVEL, True, 0, 1.0), selection.NAIVE_CLASS),
+        (Spec(LEVEL, False, 0, 0.3), selection.SES_CLASS),
+        (Spec(LEVEL, True, 0, 0.3, reset=2.0), selection.SES_CLASS),
+        (Spec(LEVEL, True, 288, 0.3), selection.ETS_CLASS),
+        (Spec(SNAIVE, False, 288), selection.SEASONAL_NAIVE_CLASS),
+        (Spec(TSB, alpha=0.1, beta=0.05), selection.CROSTON_CLASS),
+        (StatSpec(statistical.ETS, 288), selection.ETS_CLASS),
+        (StatSpec(statistical.ARIMA, order=(1, 0, 1)), selection.ARIMA_CLASS),
+        (StatSpec(statistical.SARIMAX, order=(1, 0, 1), seasons=(288,)), selection.SARIMAX_CLASS),
+    ],
+    ids=lambda v: v if isinstance(v, str) else v.name,
+)
+def test_every_candidate_belongs_to_one_model_class(spec: selection.Candidate, expected: str) -> None:
+    assert selection.model_class(spec) == expected
+
+
+def bursty_counts(n: int, seed: int = 13) -> np.ndarray:
+    """Noisy counts around 30 (smoothing pays) with bursts of about 150 that last four
+    intervals, every 500 or so (the last value pays while they last)."""
+    rng = np.random.default_rng(seed)
+    y = rng.poisson(30, n).astype(np.float64)
+    for start in range(100, n - 10, 500):
+        start += int(rng.integers(0, 100))
+        y[start : start + 4] = rng.poisson(150, 4)
+    return y
+
+
+def test_a_short_history_uses_ses_fitted_on_all_of_it() -> None:
+    y = np.random.default_rng(3).poisson(150, 48).astype(np.float64)
+    fitted = selection.fit(y, 0, 60.0, 15, statistical_models=True)
+    alpha = statistical.fit_ses(y)
+    assert alpha is not None
+    assert fitted.specs == (Spec(LEVEL, False, 0, alpha),) and fitted.follow is None
+
+
+def test_bursts_that_last_make_the_fit_follow_surprises_and_forecast_the_newest_value() -> None:
+    allowed = {selection.ARIMA_CLASS, selection.NAIVE_CLASS}  # ARIMA smooths; nothing else jumps
+    fitted = selection.fit(bursty_counts(6000), 0, 300.0, 3, allowed=allowed, statistical_models=True)
+    assert fitted.follow is not None, fitted.name
+    assert fitted.name.endswith("+follow")
+    quiet = np.random.default_rng(1).poisson(30, 600).astype(np.float64)
+    burst = np.concatenate([quiet, [150.0, 160.0]])
+    forecast = selection.combined_paths(burst, fitted, 0, np.array([len(burst)]), 3)[0]
+    assert forecast == pytest.approx([160.0] * 3)
+    assert np.all(selection.combined_paths(quiet, fitted, 0, np.array([len(quiet)]), 3)[0] < 50)
+
+
+def test_following_replaces_only_the_origins_whose_newest_value_surprised() -> None:
+    y = np.array([5.0, 5.0, 5.0, 100.0, 5.0, 5.0])
+    origins = np.array([3, 4, 5], dtype=np.int64)
+    plain = np.full((3, 2), 5.0)
+    prior = np.array([5.0, 5.0, 5.0])  # one-step forecasts of y[2], y[3], y[4]
+    out = selection._followed(y, origins, plain, prior, (-1.0, 1.0))
+    np.testing.assert_array_equal(out, [[5.0, 5.0], [100.0, 100.0], [5.0, 5.0]])
+
+
+def test_without_naive_among_the_allowed_classes_the_fit_never_follows() -> None:
+    allowed = {selection.SES_CLASS, selection.ETS_CLASS, selection.ENSEMBLE_CLASS}
+    assert selection.fit(bursty_counts(6000), 0, 300.0, 3, allowed=allowed).follow is None

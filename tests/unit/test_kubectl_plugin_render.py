@@ -130,6 +130,9 @@ def test_plan_shows_target_moves_and_the_evidence_and_how_to_approve(
     assert shown["approved"] is False
     _, text, _ = run(cluster, capsys, "plan", "orders")
     assert "2 -> 4 shards" in text and "kubectl foreshard approve orders --plan 3f2a9c1e7b44" in text
+    assert [m["slot"] for m in shown["moves"]] == [3, 9] and shown["evidence"]["expectedPauseMs"] == 38.5
+    row = next(line for line in text.splitlines() if line.split()[:3] == ["3", "0", "2"])
+    assert row.split()[-1] == "4096", "each move with its wave and size"
 
 
 def test_a_queue_without_a_plan_says_so(cluster: RecordedCluster, capsys: pytest.CaptureFixture[str]) -> None:

@@ -107,3 +107,17 @@ def test_finished_moves_make_room_oldest_first_and_moves_in_flight_always_stay()
     active = Migration("a", Item(slot=999), 0, 1, Phase.PREPARE, phase_since_s=NOW)
     left = kept([*done, active])
     assert len(left) == MAX_MIGRATIONS and active in left and done[0] not in left and done[-1] in left
+
+
+def test_a_recent_item_still_moves_on_to_a_shard_that_owns_nothing_yet() -> None:
+    # Scale-out 3 -> 4, one move a wave on measured load: shard 3 is still empty, but the only
+    # surplus is on shard 2, which just received slots 0 and 1. Holding them back would leave
+    # shard 3 empty for SETTLE_S (seen in the fault bench: Migrating Idle with a shard owning nothing).
+    owners = [0] * 8 + [1] * 8
+    owners[0] = owners[1] = 2
+    four = table(tuple(owners), 4)
+    recent = [Migration(f"m{s}", Item(slot=s), 0, 2, Phase.DONE, phase_since_s=NOW - 5) for s in (0, 1)]
+    hot = Loads({0: 30.0, 1: 30.0, **{s: 1.0 for s in range(2, 16)}})
+    placement = rebalance.propose(four, 4, hot, None, recent, NOW)
+    assert any(m.target == 3 and m.item in ("slot/0", "slot/1") for m in placement.moves), placement.moves
+    assert rebalance.trigger(four, 4) is not None

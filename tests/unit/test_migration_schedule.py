@@ -28,9 +28,12 @@ MOVES = [Move(f"slot/{n}", n % 3, 2, float(n)) for n in range(6)] + [Move("key/v
 
 
 def test_a_migration_round_trips_through_its_status_item() -> None:
-    m = Migration("m-1", Item(key="vip"), 0, 2, Phase.SWITCH, 7, 1234, 2, NOW, NOW - 5, 12.5, "fenced", 1)
+    m = Migration(
+        "m-1", Item(key="vip"), 0, 2, Phase.SWITCH, 7, 1234, 2, NOW, NOW - 5, 12.5, "fenced", 1, 4096, 3.5
+    )
     body = m.to_status()
     assert body["key"] == "vip" and "slot" not in body and body["phaseSince"].endswith("Z")
+    assert (body["copiedBytes"], body["copyMs"]) == (4096, 3.5)
     assert Migration.from_status(body) == m
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 
 import pytest
@@ -205,3 +206,52 @@ async def test_a_sequence_error_fails_the_batch_and_the_lane_recovers_under_a_ne
         await producer.publish("k", b"3")  # a new epoch: stored, not taken for a resend
         assert broker.producers[lane].epoch > first_epoch
     assert stored_by_key(network)["k"] == [b"1", b"3"]
+
+
+async def test_a_key_that_finds_the_batch_full_of_bytes_is_sent_in_the_next_one() -> None:
+    network = TwinNetwork(shards=1, num_slots=16)
+    options = ProducerOptions(max_batch_bytes=4096, linger_s=0.0)
+    async with Producer(TwinTransport(network), network.endpoints, options=options) as producer:
+        sends = [producer.send(f"k{i % 8}", bytes(1024)) for i in range(64)]
+        await asyncio.wait_for(asyncio.gather(*sends), 10)
+    assert sum(len(p) for p in stored_by_key(network).values()) == 64
+
+
+class FailingTransport(TwinTransport):
+    """Raises an unexpected error (not a TransportError) on its first publish."""
+
+    failures = 1
+
+    async def publish(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("unexpected")
+        return await super().publish(*args, **kwargs)
+
+
+async def test_an_unexpected_error_fails_the_batch_and_the_key_keeps_flowing() -> None:
+    network = TwinNetwork(shards=1, num_slots=16)
+    async with Producer(FailingTransport(network), network.endpoints) as producer:
+        first = producer.send("key", b"0")
+        with pytest.raises(PublishError, match="unexpected"):
+            await asyncio.wait_for(first, 10)
+        await asyncio.wait_for(producer.send("key", b"1"), 10)
+    assert stored_by_key(network)["key"] == [b"1"]
+
+
+async def test_a_key_whose_back_off_ran_out_during_a_slow_launch_is_still_sent() -> None:
+    # The stuck publish of the migration bench: a key refused PAUSED is backed off for a few ms;
+    # the launch that skips it is slow (a loaded machine) and its back-off runs out before the
+    # dispatch loop picks its next wake-up. Nothing else is in flight to wake it up.
+    network = TwinNetwork(shards=1, num_slots=16)
+    async with Producer(TwinTransport(network), network.endpoints) as producer:
+        launch = producer._launch_batches
+
+        def slow_launch() -> None:
+            launch()
+            time.sleep(0.06)  # the event loop held up: the back-off below runs out meanwhile
+
+        producer._launch_batches = slow_launch  # type: ignore[method-assign]
+        producer._backoff_until["key"] = asyncio.get_running_loop().time() + 0.03
+        await asyncio.wait_for(producer.send("key", b"x"), 5)
+    assert stored_by_key(network)["key"] == [b"x"]

@@ -35,3 +35,14 @@ def test_a_message_never_acknowledged_is_not_counted_lost() -> None:
 def test_messages_of_another_run_are_set_apart_not_judged() -> None:
     checker = feed(Checker({"a": [0]}, run="r2"), "r1|a:0", "r1|a:0", "r2|a:0")
     assert checker.complete() and checker.verdict() == (0, 0, 0) and checker.foreign == 2
+
+
+def test_a_message_delivered_again_right_after_itself_is_a_redelivery_not_a_duplicate() -> None:
+    # a broker killed before it persisted the ack of a:1 hands a:1 out again, then a:2
+    checker = feed(Checker({"a": [0, 1, 2]}), "|a:0", "|a:1", "|a:1", "|a:2")
+    assert checker.verdict() == (0, 0, 0) and checker.redelivered() == 1
+
+
+def test_a_repeat_after_later_messages_is_a_duplicate_and_out_of_order() -> None:
+    checker = feed(Checker({"a": [0, 1, 2]}), "|a:0", "|a:1", "|a:2", "|a:1")
+    assert checker.verdict() == (0, 1, 1) and checker.redelivered() == 0

@@ -94,44 +94,61 @@ class BrokerClient(_Channel):
         return PublishStream(self.stub.Publish())
 
     async def publish(
-        self, producer_id: str, sequence: int, messages: Iterable[OutMessage], epoch: int = 0
+        self,
+        producer_id: str,
+        sequence: int,
+        messages: Iterable[OutMessage],
+        epoch: int = 0,
+        timeout: float | None = None,
     ) -> Any:
-        return await self.publish_request(publish_request(producer_id, sequence, messages, epoch))
+        request = publish_request(producer_id, sequence, messages, epoch)
+        return await self.publish_request(request, timeout)
 
     async def publish_request(self, request: Any, timeout: float | None = None) -> Any:
         return await _call(self.stub.PublishBatch(request, timeout=timeout))
 
     async def fetch(
-        self, group: str, consumer: str, max_messages: int = 100, max_bytes: int = 0, wait_ms: int = 0
+        self,
+        group: str,
+        consumer: str,
+        max_messages: int = 100,
+        max_bytes: int = 0,
+        wait_ms: int = 0,
+        timeout: float | None = None,
     ) -> list[Any]:
+        """`timeout` bounds the call beyond the broker's own `wait_ms` long poll."""
         request = pb.FetchRequest(
             group=group, consumer=consumer, max_messages=max_messages, max_bytes=max_bytes, wait_ms=wait_ms
         )
-        response = await _call(self.stub.Fetch(request))
+        deadline = None if timeout is None else timeout + wait_ms / 1000
+        response = await _call(self.stub.Fetch(request, timeout=deadline))
         return list(response.messages)
 
-    async def ack(self, group: str, offsets: Iterable[int]) -> Any:
-        return await _call(self.stub.Ack(pb.AckRequest(group=group, offsets=list(offsets))))
+    async def ack(self, group: str, offsets: Iterable[int], timeout: float | None = None) -> Any:
+        request = pb.AckRequest(group=group, offsets=list(offsets))
+        return await _call(self.stub.Ack(request, timeout=timeout))
 
-    async def nack(self, group: str, offsets: Iterable[int]) -> Any:
-        return await _call(self.stub.Nack(pb.NackRequest(group=group, offsets=list(offsets))))
+    async def nack(self, group: str, offsets: Iterable[int], timeout: float | None = None) -> Any:
+        request = pb.NackRequest(group=group, offsets=list(offsets))
+        return await _call(self.stub.Nack(request, timeout=timeout))
 
-    async def get_routing(self) -> RoutingTable:
+    async def get_routing(self, timeout: float | None = None) -> RoutingTable:
         """The routing table the broker serves; needs no admin token."""
-        return routing_from_pb(await _call(self.stub.GetRouting(pb.GetRoutingRequest())))
+        return routing_from_pb(await _call(self.stub.GetRouting(pb.GetRoutingRequest(), timeout=timeout)))
 
-    async def backlog(self) -> Any:
+    async def backlog(self, timeout: float | None = None) -> Any:
         """GetBacklogResponse: retained messages and bytes of this shard."""
-        return await _call(self.stub.GetBacklog(pb.GetBacklogRequest()))
+        return await _call(self.stub.GetBacklog(pb.GetBacklogRequest(), timeout=timeout))
 
-    async def create_group(self, group: str, latest: bool = False) -> bool:
+    async def create_group(self, group: str, latest: bool = False, timeout: float | None = None) -> bool:
         """Join (create if absent) a consumer group; needs no admin token."""
-        return await _create_group(self.stub, group, latest)
+        return await _create_group(self.stub, group, latest, timeout)
 
 
-async def _create_group(stub: Any, group: str, latest: bool) -> bool:
+async def _create_group(stub: Any, group: str, latest: bool, timeout: float | None = None) -> bool:
     start = pb.START_POSITION_LATEST if latest else pb.START_POSITION_EARLIEST
-    return bool((await _call(stub.CreateGroup(pb.CreateGroupRequest(group=group, start=start)))).created)
+    request = pb.CreateGroupRequest(group=group, start=start)
+    return bool((await _call(stub.CreateGroup(request, timeout=timeout))).created)
 
 
 class _Authorized:
@@ -267,6 +284,11 @@ class AdminClient(_Channel):
 
     async def health(self) -> Any:
         return await _call(self.stub.Health(pb.HealthRequest()))
+
+
+def chunk_bytes(chunk: Any) -> int:
+    """Keys and payloads a backlog chunk carries (what a move's copy throughput counts)."""
+    return sum(len(m.payload) + len(m.key) for m in chunk.messages)
 
 
 async def copy_backlog(

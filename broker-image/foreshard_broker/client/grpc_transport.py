@@ -9,12 +9,12 @@ latest message: see `fetch`) and comes back empty.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
-from foreshard_broker.client.broker_client import AdminClient, BrokerClient, copy_backlog
+from foreshard_broker.client.broker_client import AdminClient, BrokerClient, chunk_bytes
 from foreshard_broker.client.broker_errors import BrokerCallError
 from foreshard_broker.client.transport import (
     Copied,
@@ -45,11 +45,27 @@ _REFUSALS = {
     grpc.StatusCode.UNAUTHENTICATED,
 }
 _PAUSE_RETRY_AFTER_MS = 5
+# A data call that has not answered in this long is abandoned and, for a publish, resent with the
+# same sequence (stored once whatever became of the first): an answer that never comes (a stream
+# lost between the broker and the client, a broker that stopped answering) must not hang a producer.
+CALL_TIMEOUT_S = 10.0
+# An outcome the client cannot know: the broker may have stored the batch. Resend, never fail.
+_UNKNOWN_OUTCOME = {*_RETRYABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
 
 async def _guard(call: Awaitable[T], endpoint: str) -> T:
     try:
         return await call
+    except BrokerCallError as error:
+        raise TransportError(f"{endpoint}: {error}", error.code in _REFUSALS) from error
+    except grpc.aio.AioRpcError as error:
+        raise TransportError(f"{endpoint}: {error.code().name}: {error.details()}") from error
+
+
+async def _guard_stream(stream: AsyncIterator[T], endpoint: str) -> AsyncIterator[T]:
+    try:
+        async for item in stream:
+            yield item
     except BrokerCallError as error:
         raise TransportError(f"{endpoint}: {error}", error.code in _REFUSALS) from error
     except grpc.aio.AioRpcError as error:
@@ -109,12 +125,15 @@ def delivery_of(message: Any) -> Delivery:
 class GrpcTransport:
     """:class:`AdminTransport` over real brokers, addressed by ``host:port``."""
 
-    def __init__(self, admin_token: str | None = None) -> None:
+    def __init__(self, admin_token: str | None = None, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
         """`admin_token` is needed only for the admin calls of a slot move (`mover.py`); producers
-        and consumers use the data API alone (routing, backlog and group joins included)."""
+        and consumers use the data API alone (routing, backlog and group joins included).
+        `call_timeout_s` bounds every data call (a fetch: beyond its long poll); admin calls are
+        bounded by their caller (a copy may rightly take long)."""
         self._data: dict[str, BrokerClient] = {}
         self._admin: dict[str, AdminClient] = {}
         self._admin_token = admin_token
+        self.call_timeout_s = call_timeout_s
 
     def data(self, endpoint: str) -> BrokerClient:
         client = self._data.get(endpoint)
@@ -136,7 +155,7 @@ class GrpcTransport:
 
     # --- data --------------------------------------------------------------------------------
     async def routing(self, endpoint: str) -> RoutingTable:
-        return await _guard(self.data(endpoint).get_routing(), endpoint)
+        return await _guard(self.data(endpoint).get_routing(self.call_timeout_s), endpoint)
 
     async def publish(
         self,
@@ -148,11 +167,13 @@ class GrpcTransport:
     ) -> list[PublishOutcome]:
         items = [(m.key or "", m.payload, m.headers) for m in messages]
         try:
-            response = await self.data(endpoint).publish(producer_id, sequence, items, epoch)
+            response = await self.data(endpoint).publish(
+                producer_id, sequence, items, epoch, self.call_timeout_s
+            )
         except BrokerCallError as error:
-            if error.code in _RETRYABLE:
-                # Unreachable, overloaded or draining: the outcome may be unknown, so the producer
-                # resends the same sequence (stored once, whatever happened).
+            if error.code in _UNKNOWN_OUTCOME:
+                # Unreachable, overloaded, draining, or no answer in time: the outcome may be
+                # unknown, so the producer resends the same sequence (stored once, whatever happened).
                 raise TransportError(f"{endpoint}: {error}") from error
             return [_failure(error.code, error.message)] * len(messages)
         except grpc.aio.AioRpcError as error:
@@ -162,7 +183,14 @@ class GrpcTransport:
     async def fetch(self, endpoint: str, request: FetchRequest) -> list[Delivery]:
         client = self.data(endpoint)
         wait_ms = int(request.wait_s * 1000)
-        call = client.fetch(request.group, request.consumer, request.max_messages, request.max_bytes, wait_ms)
+        call = client.fetch(
+            request.group,
+            request.consumer,
+            request.max_messages,
+            request.max_bytes,
+            wait_ms,
+            self.call_timeout_s,
+        )
         try:
             messages = await call
         except BrokerCallError as error:
@@ -178,16 +206,20 @@ class GrpcTransport:
         return [delivery_of(message) for message in messages]
 
     async def ack(self, endpoint: str, group: str, consumer: str, receipts: Sequence[str]) -> None:
-        await _guard(self.data(endpoint).ack(group, [int(r) for r in receipts]), endpoint)
+        await _guard(
+            self.data(endpoint).ack(group, [int(r) for r in receipts], self.call_timeout_s), endpoint
+        )
 
     async def nack(self, endpoint: str, group: str, consumer: str, receipts: Sequence[str]) -> None:
-        await _guard(self.data(endpoint).nack(group, [int(r) for r in receipts]), endpoint)
+        await _guard(
+            self.data(endpoint).nack(group, [int(r) for r in receipts], self.call_timeout_s), endpoint
+        )
 
     async def create_group(self, endpoint: str, group: str) -> None:
-        await _guard(self.data(endpoint).create_group(group), endpoint)
+        await _guard(self.data(endpoint).create_group(group, timeout=self.call_timeout_s), endpoint)
 
     async def backlog(self, endpoint: str) -> int:
-        answer = await _guard(self.data(endpoint).backlog(), endpoint)
+        answer = await _guard(self.data(endpoint).backlog(self.call_timeout_s), endpoint)
         return int(answer.retained_messages)
 
     # --- admin -------------------------------------------------------------------------------
@@ -199,18 +231,19 @@ class GrpcTransport:
     async def copy(
         self, source: str, target: str, selection: Selection, from_offset: int, max_bytes: int = 0
     ) -> Copied:
-        result, next_offset = await _guard(
-            copy_backlog(
-                self.admin(source),
-                self.admin(target),
-                selection.slots,
-                selection.keys,
-                from_offset,
-                max_bytes,
-            ),
-            source,
+        chunks: list[Any] = []
+        next_offset = from_offset
+        exported = self.admin(source).export_backlog(
+            list(selection.slots), list(selection.keys), from_offset, max_bytes=max_bytes
         )
-        return Copied(next_offset, int(result.imported) + int(result.skipped))
+        async for chunk in _guard_stream(exported, source):
+            chunks.append(chunk)
+            next_offset = chunk.next_offset
+        if not chunks:
+            return Copied(next_offset, 0)
+        result = await _guard(self.admin(target).import_backlog(chunks), target)
+        size = sum(map(chunk_bytes, chunks))
+        return Copied(next_offset, int(result.imported) + int(result.skipped), size)
 
     async def fence(
         self,
@@ -236,7 +269,13 @@ class GrpcTransport:
         )
         imported = await _guard(self.admin(target).import_fenced(fenced), target)
         return Fenced(
-            fenced.inflight, fenced.high_offset, imported.imported, fenced.renewed, fenced.expires_at_ms
+            fenced.inflight,
+            fenced.high_offset,
+            imported.imported,
+            fenced.renewed,
+            fenced.expires_at_ms,
+            chunk_bytes(fenced.delta),
+            int(fenced.settled_ms),
         )
 
     async def unfence(self, source: str, lease_id: str) -> bool:

@@ -247,8 +247,11 @@ class Producer:
             # While closing, re-check now and then: the last batch task may end after our wake-up.
             return 0.01 if self._closing else None
         now = asyncio.get_running_loop().time()
-        # Only keys waiting to be sent matter; a stale entry would make this loop spin.
-        waits = [until for key, until in self._backoff_until.items() if key in self._ready and until > now]
+        # Only keys waiting to be sent matter; a stale entry would make this loop spin. A ready
+        # key whose back-off ran out since the last launch counts too (wait 0): skipped by that
+        # launch while still backed off, it would otherwise wait for a wake-up that may never come
+        # (nothing else in flight), and its messages would stay queued for good.
+        waits = [until for key, until in self._backoff_until.items() if key in self._ready]
         if not waits:
             self._backoff_until = {k: u for k, u in self._backoff_until.items() if u > now}
             return 0.01 if self._closing else None
@@ -297,6 +300,10 @@ class Producer:
         size = sum(p.message.size for p in batch)
         if batch and len(batch) + len(queue) > options.max_batch_messages and key != _KEYLESS:
             return False  # never split a key across two concurrent batches
+        if batch and size >= options.max_batch_bytes:
+            # Full: the key waits for the next batch. (Marking it in flight with none of its
+            # messages in this batch would leave it in flight for good: its answer never names it.)
+            return False
         while queue and len(batch) < options.max_batch_messages and size < options.max_batch_bytes:
             pending = queue.popleft()
             batch.append(pending)
@@ -306,17 +313,32 @@ class Producer:
         return key != _KEYLESS or key not in self._queues
 
     async def _send(self, lane: _Lane, endpoint: str, batch: list[_Pending]) -> None:
-        sequence = lane.sequences.get(endpoint, 0) + 1
-        outcomes, answered = await self._publish_until_answered(lane, endpoint, sequence, batch)
-        if any(outcome.status is PublishStatus.OK for outcome in outcomes):
-            lane.sequences[endpoint] = sequence  # something was stored: the sequence is used
-        elif not answered or any(o.sequence_error == OUT_OF_ORDER for o in outcomes):
-            lane.renew()  # unknown outcome, or the broker lost track: start a new epoch
+        released = False
+        try:
+            sequence = lane.sequences.get(endpoint, 0) + 1
+            outcomes, answered = await self._publish_until_answered(lane, endpoint, sequence, batch)
+            if any(outcome.status is PublishStatus.OK for outcome in outcomes):
+                lane.sequences[endpoint] = sequence  # something was stored: the sequence is used
+            elif not answered or any(o.sequence_error == OUT_OF_ORDER for o in outcomes):
+                lane.renew()  # unknown outcome, or the broker lost track: start a new epoch
+            self._release(lane, endpoint)
+            released = True
+            self.stats.batches += 1
+            await self._settle(batch, outcomes)
+        except Exception as error:
+            # An unexpected error fails the batch: never its futures pending and its keys and
+            # lane taken for good (the producer would silently stop sending those keys).
+            if not released:
+                lane.renew()  # the outcome is unknown
+                self._release(lane, endpoint)
+            for pending in batch:
+                _resolve(pending.future, PublishError(f"publish to {endpoint} failed: {error!r}"))
+            self._requeue(batch, retry=[])
+        self._wake.set()
+
+    def _release(self, lane: _Lane, endpoint: str) -> None:
         self._inflight[endpoint] -= 1
         lane.busy = False
-        self.stats.batches += 1
-        await self._settle(batch, outcomes)
-        self._wake.set()
 
     async def _publish_until_answered(
         self, lane: _Lane, endpoint: str, sequence: int, batch: list[_Pending]

@@ -163,6 +163,7 @@ class Selection:
 class Copied:
     next_offset: int  # the next copy of the selection starts here
     messages: int  # messages the export carried (imported now or skipped as imported before)
+    bytes: int = 0  # their keys and payloads
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,8 @@ class Fenced:
     imported: int
     renewed: bool
     expires_at_ms: int  # source wall clock
+    bytes: int = 0  # keys and payloads of the delta
+    settled_ms: int = 0  # how long the source waited for in-flight deliveries to be acked
 
 
 class AdminTransport(Transport, Protocol):

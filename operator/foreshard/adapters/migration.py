@@ -73,10 +73,18 @@ class MigrationPerformer:
         t = self.transport
         if isinstance(action, CopyAhead):
             source, target = self.endpoint(action.source), self.endpoint(action.target)
+            started = self.clock()
             copied = await t.copy(
                 source, target, selection(action.item), action.from_offset, action.max_bytes
             )
-            return Result(True, copied=copied.messages, through=copied.next_offset)
+            elapsed_ms = (self.clock() - started) * 1000
+            return Result(
+                True,
+                copied=copied.messages,
+                through=copied.next_offset,
+                bytes=copied.bytes,
+                elapsed_ms=elapsed_ms,
+            )
         if isinstance(action, Fence):
             return await self._fence(action)
         if isinstance(action, Switch):
@@ -110,6 +118,8 @@ class MigrationPerformer:
             through=fenced.high_offset,
             inflight=fenced.inflight,
             pause_ms=pause_ms,
+            bytes=fenced.bytes,
+            settled_ms=fenced.settled_ms,
         )
 
     async def _switch(self, action: Switch) -> Result:

@@ -82,6 +82,10 @@ class Migration:
     pause_ms: float | None = None  # the pause the item's keys saw, measured at the switch
     reason: str = ""  # why the last transition or failure happened, for people
     failures: int = 0  # consecutive failed actions in this phase
+    copied_bytes: int = 0  # keys and payloads copied to the target (copy-ahead and fence delta)
+    copy_ms: float = 0.0  # time spent copying them (copy-ahead rounds and the fence)
+    fence_ms: float | None = None  # the pause's first part: fence, delta and group-state import
+    settle_ms: float | None = None  # of which the source waited for in-flight deliveries' acks
 
     @property
     def lease_id(self) -> str:
@@ -114,6 +118,13 @@ class Migration:
             body["key"] = self.item.key
         if self.pause_ms is not None:
             body["pauseMs"] = round(self.pause_ms, 3)
+        if self.fence_ms is not None:
+            body["fenceMs"] = round(self.fence_ms, 3)
+        if self.settle_ms is not None:
+            body["settleMs"] = round(self.settle_ms, 3)
+        if self.copied_bytes or self.copy_ms:
+            body["copiedBytes"] = self.copied_bytes
+            body["copyMs"] = round(self.copy_ms, 3)
         if self.reason:
             body["reason"] = self.reason[:1024]
         return body
@@ -135,4 +146,8 @@ class Migration:
             pause_ms=body.get("pauseMs"),
             reason=body.get("reason", ""),
             failures=int(body.get("failures", 0)),
+            copied_bytes=int(body.get("copiedBytes", 0)),
+            copy_ms=float(body.get("copyMs", 0.0)),
+            fence_ms=body.get("fenceMs"),
+            settle_ms=body.get("settleMs"),
         )

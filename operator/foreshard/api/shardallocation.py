@@ -30,6 +30,7 @@ class ForecastSettings:
     long_horizon_s: float = 3600.0
     planning_quantile: float = 0.9
     short_horizon_s: float | None = None  # set: scale-out sizes on [leadTime, shortHorizon] only
+    models: tuple[str, ...] | None = None  # model classes the choice is restricted to; None: all
     # >1: the queue's traffic runs this many times faster than wall time (a compressed replay of
     # a trace): its daily and weekly seasons last 1d/timeScale and 7d/timeScale of wall time
     time_scale: int = 1
@@ -49,6 +50,8 @@ class ForecastSettings:
             long_horizon_s=seconds(forecast.get("longHorizon", "1h")),
             planning_quantile=float(forecast.get("planningQuantile", 0.9)),
             short_horizon_s=seconds(forecast["shortHorizon"]) if "shortHorizon" in forecast else None,
+            # an empty list means what an absent one does: the CRD cannot tell them apart for a person
+            models=tuple(sorted(forecast["models"])) if forecast.get("models") else None,
             time_scale=int(forecast.get("timeScale", 1)),
         )
 

@@ -45,6 +45,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-origins", type=int, default=200, help="forecast origins per series")
     parser.add_argument("--refits", type=int, default=20, help="staggered refits per series")
     parser.add_argument("--test-share", type=float, default=0.2, help="share of each series held out")
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="tuning split: drop each series' test region first, so the scored window is the one before it",
+    )
+    parser.add_argument("--only", default="", help="comma-separated keys to evaluate (default: all)")
     parser.set_defaults(func=run)
 
 
@@ -58,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     except traces.TraceFormatError as error:
         print(f"forecast-eval: {error}", file=sys.stderr)
         return 2
+    if args.only:
+        series = [s for s in series if s.key in set(args.only.split(","))]
+    if args.dev:
+        series = [evaluation.development_split(s, args.test_share) for s in series]
     results = []
     for number, item in enumerate(series, start=1):
         started = time.process_time()

@@ -126,8 +126,9 @@ def plan(body: Body) -> dict[str, Any]:
     found = (body.get("status") or {}).get("plan")
     if not found:
         raise Refused(f"{body['metadata']['name']} has no plan yet (the operator writes one each pass).")
-    moves = found.get("moves")
-    evidence = {k: v for k, v in found.items() if k not in {"id", "moves", "targetShards"}}
+    moves = found.get("moveList")
+    hidden = {"id", "moves", "moveList", "targetShards", "approved"}
+    evidence = {k: v for k, v in found.items() if k not in hidden}
     approved = (body["metadata"].get("annotations") or {}).get(ANNOTATION_APPROVE_PLAN)
     return {
         "queue": body["metadata"]["name"],
@@ -136,7 +137,7 @@ def plan(body: Body) -> dict[str, Any]:
         "targetShards": found.get("targetShards"),
         "currentShards": ((body.get("status") or {}).get("shards") or {}).get("desired"),
         "moves": moves if isinstance(moves, list) else [],
-        "moveCount": len(moves) if isinstance(moves, list) else int(moves or 0),
+        "moveCount": int(found.get("moves") or 0),
         "evidence": evidence,
         "approved": approved == found.get("id"),
     }
@@ -151,10 +152,12 @@ def plan_text(shown: Mapping[str, Any]) -> str:
     lines += [f"  {key}: {value}" for key, value in shown["evidence"].items()]
     if shown["moves"]:
         rows = [
-            [m.get("slot", m.get("key")), m.get("source"), m.get("target"), m.get("bytes")]
+            [m.get("slot", m.get("key")), m.get("source"), m.get("target"), m.get("wave"), m.get("bytes")]
             for m in shown["moves"]
         ]
-        lines.append(table(["SLOT/KEY", "FROM", "TO", "BYTES"], rows))
+        lines.append(table(["SLOT/KEY", "FROM", "TO", "WAVE", "BYTES"], rows))
+        if shown["moveCount"] > len(shown["moves"]):
+            lines.append(f"  ... and {shown['moveCount'] - len(shown['moves'])} more moves")
     if not shown["approved"]:
         lines.append(f"Approve it: kubectl foreshard approve {shown['queue']} --plan {shown['id']}")
     return "\n".join(lines)

@@ -212,7 +212,7 @@ def _plan(
         "targetShards": wanted,
         "forecastPeak": round(target.forecast_peak, 3),
         "expectedUtilisation": round(target.forecast_peak / capacity, 3),
-        "moves": 0,  # slot moves arrive with migration orchestration
+        "moves": 0,  # the timer's migration step lists the moves (reconcile/shardallocation.with_moves)
         "why": target.message,
         "decidedAt": previous_plan["decidedAt"] if same else timestamp(now_s),
     }

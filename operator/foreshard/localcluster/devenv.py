@@ -6,6 +6,7 @@ install(cluster, namespace)    CRDs, the operator's manifests (its Deployment sc
                                it runs as a process), the namespace and its admin token Secret
 start_operator(cluster, ...)   `foreshard run` as the foreshard-operator ServiceAccount, finding
                                brokers by the runner's pod annotations, with the cluster's token
+kill_broker(cluster, ns, pod)  SIGKILL a shard pod's broker (the runner restarts it, same port)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -96,9 +98,15 @@ def routed(cluster: LocalCluster, namespace: str, name: str) -> RoutingTable | N
 
 
 def watch_migration(
-    cluster: LocalCluster, namespace: str, name: str, phases: Collection[str], timeout_s: float
+    cluster: LocalCluster,
+    namespace: str,
+    name: str,
+    phases: Collection[str],
+    timeout_s: float,
+    skip: Collection[str] = (),
 ) -> dict[str, Any] | None:
-    """The first move a watch sees recorded in one of `phases` (within milliseconds of its write)."""
+    """The first move a watch sees recorded in one of `phases` (within milliseconds of its write),
+    other than the moves named in `skip` (a fault test aims each kill at a move not hit before)."""
     api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))  # type: ignore[no-untyped-call]
     stream = watch.Watch()  # type: ignore[no-untyped-call]
     deadline = time.monotonic() + timeout_s
@@ -113,13 +121,51 @@ def watch_migration(
             timeout_seconds=int(timeout_s),
         ):
             for move in (event["object"].get("status") or {}).get("migrations") or []:
-                if move["phase"] in phases:
+                if move["phase"] in phases and move["id"] not in skip:
                     return dict(move)
             if time.monotonic() > deadline:
                 break
     finally:
         stream.stop()  # type: ignore[no-untyped-call]
     return None
+
+
+def broker_pids(cluster: LocalCluster, namespace: str) -> dict[str, int]:
+    """Pod name -> pid of its broker, as the pod runner last recorded them (absent: not running)."""
+    recorded = cluster.podrunner_dir / "brokers.json"
+    pids: dict[str, int] = json.loads(recorded.read_text() or "{}") if recorded.exists() else {}
+    prefix = f"{namespace}/"
+    return {key[len(prefix) :]: int(pid) for key, pid in pids.items() if key.startswith(prefix)}
+
+
+def kill_broker(cluster: LocalCluster, namespace: str, pod: str) -> int | None:
+    """SIGKILL the broker of `pod` (a container killed by the kernel: no drain, no goodbye); its
+    pid, or None when the runner records none or the pid is no longer a broker."""
+    pid = broker_pids(cluster, namespace).get(pod)
+    if pid is None or b"foreshard_broker" not in _cmdline(pid):
+        return None  # a recorded pid may since belong to something else: never signal it
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def wait_broker_restarted(
+    cluster: LocalCluster, namespace: str, pod: str, old_pid: int, timeout_s: float
+) -> bool:
+    """True once the pod runner runs a new broker for `pod` (its crash-loop back-off first)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid = broker_pids(cluster, namespace).get(pod)
+        if pid is not None and pid != old_pid:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 @dataclass

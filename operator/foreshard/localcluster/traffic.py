@@ -88,13 +88,25 @@ class Checker:
         return all(sequences <= set(self.seen.get(k, ())) for k, sequences in self.acked.items())
 
     def verdict(self) -> tuple[int, int, int]:
+        """(lost, duplicated, reordered). A message delivered again right after itself is a
+        redelivery (see `redelivered`), not a duplicate: a broker killed before it persisted the
+        consumer's ack hands the key's head out again, as at-least-once delivery must."""
         lost = duplicated = reordered = 0
         for key, sequences in self.acked.items():
-            got = self.seen.get(key, [])
+            got = _collapsed(self.seen.get(key, []))
             lost += len(sequences - set(got))
             duplicated += len(got) - len(set(got))
             reordered += any(b <= a for a, b in itertools.pairwise(got))
         return lost, duplicated, reordered
+
+    def redelivered(self) -> int:
+        """Messages delivered again immediately after themselves (an acknowledgement lost with a
+        killed broker, or one that missed the ack deadline): the key's order is intact."""
+        return sum(len(got) - len(_collapsed(got)) for got in self.seen.values())
+
+
+def _collapsed(got: list[int]) -> list[int]:
+    return [n for i, n in enumerate(got) if i == 0 or n != got[i - 1]]
 
 
 def keys(count: int) -> list[str]:
@@ -234,7 +246,10 @@ class Continuous:
         self.key_count, self.batch, self.pause_s = key_count, batch, pause_s
         self.stop = threading.Event()
         self.drain_s = 180.0
-        self.checker = Checker({k: [] for k in keys(key_count)})
+        # Payloads carry a run id: a new group also reads what earlier traffic left retained (say
+        # an idle group of an earlier run still holds it), which the checker sets apart.
+        self.run = uuid.uuid4().hex[:12]
+        self.checker = Checker({k: [] for k in keys(key_count)}, self.run)
         self.failed = 0
         self.drained_s = 0.0
         self.pending = 0
@@ -279,7 +294,7 @@ class Continuous:
                     ]
                     sequence += len(sent)
                     self.pending = len(sent)
-                    futures = [producer.send(key, f"{key}:{seq}".encode()) for key, seq in sent]
+                    futures = [producer.send(key, f"{self.run}|{key}:{seq}".encode()) for key, seq in sent]
                     answers = await self._answers(producer, sent, futures)
                     self.pending = 0
                     for (key, seq), answer in zip(sent, answers, strict=True):
@@ -337,7 +352,9 @@ class Continuous:
             "pending": self.pending,  # sends neither acknowledged nor failed when judged
             "stuck": self.stuck,
             "failed": self.failed,
+            "earlier_runs": self.checker.foreign,  # read, not judged: other runs' messages
             "lost": lost,
             "duplicated": duplicated,
             "reordered": reordered,
+            "redelivered": self.checker.redelivered(),
         }

@@ -38,6 +38,7 @@ from foreshard.core.forecasting import (
     fleet,
     predict,
     report,
+    selection,
     tracking,
 )
 from foreshard.core.planning.consumers import GroupDecision
@@ -61,6 +62,7 @@ class FitState:
     fit_seconds: float  # wall time of the fit
     forecast: Forecast | None = None  # the last forecast, reused while its inputs are unchanged
     basis: tuple[float, int, bytes] = (0.0, 0, b"")
+    allowed: tuple[str, ...] | None = None  # the model classes the fit was restricted to
 
 
 def basis_of(history: Series, steps: int, salt: str) -> tuple[float, int, bytes]:
@@ -247,7 +249,7 @@ def run(
     groups = groups_of(dict(body))
     targets = [*_targets(spec.name, tracked, mine, diff), *[consumers.series_id(g.name) for g in groups]]
     cpu = time.thread_time()
-    forecasts, problems, fits = _forecast_all(spec, body, series, targets, memo, now_s)
+    forecasts, problems, fits = _forecast_all(spec, body, series, targets, memo, now_s, forced_models(mine))
     forecast_cpu_s = time.thread_time() - cpu
     group_forecasts = tuple(
         consumers.GroupForecast(
@@ -316,6 +318,16 @@ def _targets(
     return list(dict.fromkeys(ids))
 
 
+def forced_models(mine: Sequence[ForecastObject]) -> dict[str, tuple[str, ...]]:
+    """OPF spec.model by series id: that series is fitted with this model class only (the first
+    OPF by name decides when several name one series)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for obj in sorted(mine, key=lambda o: o.name):
+        if obj.model:
+            out.setdefault(obj.target.series_id, (obj.model,))
+    return out
+
+
 def _forecast_all(
     spec: QueueSpec,
     body: Mapping[str, Any],
@@ -323,8 +335,12 @@ def _forecast_all(
     targets: Sequence[str],
     memo: QueueMemo,
     now_s: float,
+    forced: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[dict[str, Forecast], dict[str, str], int]:
-    """Forecasts by series id, problems by series id, and how many fits this cycle made."""
+    """Forecasts by series id, problems by series id, and how many fits this cycle made.
+
+    Each series is fitted with the model classes of spec.forecast.models, or of its OPF's
+    spec.model (`forced`); a change of either refits at once."""
     settings = spec.forecast
     quantiles = tuple(sorted({*QUANTILES, settings.planning_quantile}))
     events = events_of(body)
@@ -340,10 +356,17 @@ def _forecast_all(
             history.end_s, now_s + FRESH_FOR_S, settings.long_horizon_s, settings.step_s
         )
         state = memo.fits.get(sid)
+        allowed = (forced or {}).get(sid, settings.models)
         try:
-            if state is None or sid in due or state.fitted.horizon < steps:
+            if state is None or sid in due or state.fitted.horizon < steps or state.allowed != allowed:
                 began = time.perf_counter()
-                state = FitState(fit(history, steps, settings.day_s), now_s, time.perf_counter() - began)
+                # only tracked series, the tail and OPF targets come here, so the statsmodels
+                # candidates may join; not on a series' first fit (unless nothing else is allowed),
+                # so that a cold start, every series at once, stays fast: they join at its
+                # staggered refit
+                slow = state is not None or selection.only_statsmodels(allowed)
+                fitted = fit(history, steps, allowed=allowed, statistical_models=slow, day_s=settings.day_s)
+                state = FitState(fitted, now_s, time.perf_counter() - began, allowed=allowed)
                 memo.fits[sid], fits = state, fits + 1
             basis = basis_of(history, steps, salt)
             if state.forecast is None or state.basis != basis:

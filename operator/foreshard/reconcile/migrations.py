@@ -20,18 +20,19 @@ import asyncio
 import time
 from collections.abc import Mapping, MutableMapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from foreshard.adapters.kube import KubePort, StatusConflict, StatusRecorder
 from foreshard.adapters.metrics import MIGRATION_PHASE_AGE, MIGRATIONS_IN_FLIGHT, MOVE_PAUSE, MOVES
 from foreshard.api import conditions
 from foreshard.api.conditions import Condition
-from foreshard.api.migration import Migration, Phase
+from foreshard.api.migration import Item, Migration, Phase
 from foreshard.api.shardallocation import QueueSpec
 from foreshard.core.migration import rebalance, schedule
-from foreshard.core.migration.machine import Policy, Result
+from foreshard.core.migration.machine import Policy, Result, owner
 from foreshard.core.migration.rebalance import Loads
+from foreshard.core.planning.placement import Move
 from foreshard.reconcile.events import Event
 from foreshard.reconcile.migration import Advanced, Brokers, advance
 from foreshard_broker.routing import RoutingTable
@@ -55,6 +56,7 @@ class Migrated:
     condition: Condition | None  # None: leave Migrating as it was (the step did not run)
     events: list[Event] = field(default_factory=list)
     migrations: list[Migration] = field(default_factory=list)
+    preview: dict[str, Any] | None = None  # status.plan's moves (schedule.preview); None: not computed
 
 
 def recorded(status: Mapping[str, Any]) -> list[Migration]:
@@ -99,6 +101,7 @@ class Inputs:
     table: RoutingTable
     aimed: int  # the shard count the plan aims at (the decision's, below a held scale-in)
     settled: bool  # Routed=True this pass: every broker serves the recorded epoch
+    planned: int | None = None  # status.plan.targetShards: the moves it needs go into status.plan
 
 
 def migrate(
@@ -135,6 +138,8 @@ async def _migrate(
                 planned = await _plan(inputs, recorder, brokers, known, out)
                 for m in in_flight(list(recorder.migrations.values())):
                     table = await _advance(m, table, recorder, brokers, rules, results, out, spec.name)
+            if inputs.planned is not None:
+                out.preview = await _preview(inputs, inputs.planned, brokers, known)
     except StatusConflict as conflict:
         out.events.append(Event("MoveDeferred", f"{conflict}; the next pass reads it again."))
     out.migrations = list(recorder.migrations.values())
@@ -189,6 +194,11 @@ async def _plan(
         return Planned(waiting=True)
     loads = await brokers.loads()
     placement = rebalance.propose(table, aimed, loads, inputs.spec.messages_per_second, known, time.time())
+    approved = approved_moves(inputs.spec, status, table, aimed)
+    if approved is not None:
+        if not approved.moves:  # carried out: no other move (a structural need left says so)
+            return Planned(impossible=approved.why) if approved.why else Planned()
+        placement = replace(placement, moves=approved.moves)
     impossible = schedule.impossible(placement)
     if impossible is not None:
         return Planned(impossible=impossible)
@@ -212,6 +222,57 @@ async def _plan(
             )
         )
     return Planned(note=f"{reason}; {len(moves.moves)} moves planned")
+
+
+async def _preview(inputs: Inputs, shards: int, brokers: Session, known: list[Migration]) -> dict[str, Any]:
+    """The moves the plan's shard count needs from the recorded table, for status.plan (every
+    mode: DryRun and Approve show what they would do, Auto what it is doing)."""
+    table = inputs.table
+    loads = await brokers.loads()
+    now = time.time()
+    placement = rebalance.propose(table, shards, loads, inputs.spec.messages_per_second, known, now)
+    weights = "measured load" if loads.known else "uniform load (no broker reported any)"
+    trigger = rebalance.trigger(table, shards)
+    why = f"{trigger}; sticky placement on {weights}" if trigger else f"balance on {weights}"
+    measured = [m.pause_ms for m in known if m.phase is Phase.DONE and m.pause_ms is not None]
+    backlog = rebalance.backlog_bytes(loads, placement)
+    return schedule.preview(placement, backlog, limits_of(inputs.spec), measured, why)
+
+
+@dataclass(frozen=True)
+class Approved:
+    moves: tuple[Move, ...]  # the approved list's moves still to make (their source owns them)
+    why: str = ""  # when none is left but the table still needs moves
+
+
+def approved_moves(
+    spec: QueueSpec, status: Mapping[str, Any], table: RoutingTable, shards: int
+) -> Approved | None:
+    """Approve mode carries out exactly the approved list (status.plan.approved, see
+    reconcile/shardallocation.with_moves), not a placement recomputed at apply time. None: no
+    approved list applies (other modes, nothing approved, or a list cut at 128 moves and used up,
+    after which the placement moves the rest). Once the list is carried out nothing else moves;
+    if the table still needs moves (its shards changed since), `why` says a new plan is needed."""
+    plan = status.get("plan") or {}
+    approved = plan.get("approved") or {}
+    if spec.scaling.mode != "Approve" or not approved or approved.get("id") != spec.approved_plan:
+        return None
+    listed = approved.get("moveList") or []
+    left = []
+    for entry in listed:
+        item = Item(entry.get("slot"), entry.get("key"))
+        if owner(table, item) == entry["source"] and entry["target"] < shards:
+            left.append(Move(str(item), int(entry["source"]), int(entry["target"]), 0.0))
+    if left or int(approved.get("moves", 0)) > len(listed):
+        return Approved(tuple(left)) if left else None
+    trigger = rebalance.trigger(table, shards)
+    why = (
+        f"the approved plan {approved['id']} is carried out, yet {trigger}: "
+        "approve the plan that lists the remaining moves"
+        if trigger
+        else ""
+    )
+    return Approved((), why)
 
 
 def _events(queue: str, advanced: Advanced) -> list[Event]:

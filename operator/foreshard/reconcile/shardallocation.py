@@ -119,15 +119,19 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
     migrated = migrations.Migrated(None)
     table = routed.decision.table
     if drive_migrations and ports.movers is not None and table is not None and not routed.decision.record:
-        inputs = migrations.Inputs(spec, body, table, decided.replicas, routed.condition.status == "True")
+        planned = decided.plan["targetShards"] if decided.plan is not None else None
+        settled = routed.condition.status == "True"
+        inputs = migrations.Inputs(spec, body, table, decided.replicas, settled, planned)
         migrated = migrations.migrate(inputs, kube, ports.movers, ports.results, ports.pass_interval_s)
     generation = int(body["metadata"].get("generation", 0))
-    holding = decided.holding
+    awaiting = decided.holding is not None and decided.holding.reason == "AwaitingApproval"
+    plan = with_moves(decided.plan, migrated.preview, previous.get("plan") or {}, spec, awaiting)
+    holding = listing_moves(decided.holding, plan)
     if held is not None:  # the plan's scale-in is not applied: Scaling says why, not AtTarget
         holding = Condition(conditions.SCALING, "False", "DrainBeforeScaleIn", held)
     extra = (migrated.condition,) if migrated.condition is not None else ()
     report = queue_status.Report(
-        (decided.forecasting, routed.condition, *extra), holding, decided.plan, decided.last_decision
+        (decided.forecasting, routed.condition, *extra), holding, plan, decided.last_decision
     )
     status = queue_status.next_status(
         dict(previous), generation, desired, after, decision.timestamp(now_s), report
@@ -141,6 +145,60 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
     scaled_from = before.replicas if before.replicas != desired else None
     events = _events(previous, routed, held, scaled_from, desired, decided.event)
     return Outcome(status, scaled_from, [*events, *migrated.events])
+
+
+MOVE_FIELDS = ("moves", "moveList", "movedBytes", "waves", "expectedPauseMs", "movesWhy")
+
+
+def with_moves(
+    plan: dict[str, Any] | None,
+    preview: Mapping[str, Any] | None,
+    previous: Mapping[str, Any],
+    spec: QueueSpec,
+    awaiting: bool = False,
+) -> dict[str, Any] | None:
+    """status.plan with the moves it needs: this pass's preview (the timer's pass computes it from
+    the brokers' loads), else the previous pass's when it was of the same plan. While a plan awaits
+    approval its first list stands (what is approved is what was shown),
+    and the approved list is carried in `approved` while the annotation names it, for the
+    migration step to carry out (reconcile/migrations.py)."""
+    if plan is None:
+        return None
+    same = previous.get("id") == plan.get("id")
+    frozen = awaiting and "moveList" in previous
+    if same and (preview is None or frozen):
+        out = {**plan, **{k: previous[k] for k in MOVE_FIELDS if k in previous}}
+    else:
+        out = {**plan, **(preview or {})}
+    approved = _approved(spec, previous)
+    if approved is not None:
+        out["approved"] = approved
+    return out
+
+
+def _approved(spec: QueueSpec, previous: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The move list of the plan the annotation approved: taken from the plan when it is approved
+    (its id is still the plan's), then carried while the annotation names it."""
+    if spec.scaling.mode != "Approve" or not spec.approved_plan:
+        return None
+    if previous.get("id") == spec.approved_plan and "moveList" in previous:
+        return {"id": previous["id"], "moves": previous.get("moves", 0), "moveList": previous["moveList"]}
+    carried = previous.get("approved")
+    return dict(carried) if carried and carried.get("id") == spec.approved_plan else None
+
+
+def listing_moves(holding: Condition | None, plan: Mapping[str, Any] | None) -> Condition | None:
+    """A DryRun or AwaitingApproval condition names the moves the plan would make."""
+    if holding is None or plan is None or holding.reason not in ("DryRun", "AwaitingApproval"):
+        return holding
+    if "movesWhy" not in plan:
+        return holding
+    size = f"{int(plan.get('movedBytes', 0)) / 1e6:.1f} MB"
+    pause = plan.get("expectedPauseMs")
+    moves = f" It moves {plan.get('moves', 0)} slots or keys ({size}"
+    moves += f", about {pause:.0f} ms pause each)" if pause is not None else ")"
+    moves += f": {plan['movesWhy']}. kubectl foreshard plan lists them."
+    return Condition(holding.type, holding.status, holding.reason, holding.message + moves)
 
 
 def _unreadable_routing(

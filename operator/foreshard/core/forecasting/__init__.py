@@ -4,13 +4,14 @@
             --predict--> point path + conformal quantiles --events--> Forecast
 
 Candidates: smoothed level (raw or log1p, with or without a daily/weekly profile, with or
-without burst resets), seasonal naive, TSB for intermittent keys, and the median of the best
-three. See docs/forecasting.md for the measured accuracy against baselines.
+without burst resets; naive and SES among them), seasonal naive, TSB for intermittent keys,
+for tracked series the statsmodels models (Holt-Winters, ARIMA, SARIMAX), and the median of the
+best 3, 5 or 8. See docs/forecasting.md for the measured accuracy against baselines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -42,9 +43,19 @@ def phase_base(series: Series) -> int:
     return round(series.start_s / series.step_s)
 
 
-def fit(history: Series, horizon_steps: int, day_s: float = selection.DAY_S) -> Fitted:
+def fit(
+    history: Series,
+    horizon_steps: int,
+    *,
+    allowed: Collection[str] | None = None,
+    statistical_models: bool = False,
+    day_s: float = selection.DAY_S,
+) -> Fitted:
     """Choose and fit a model for `history`; raises InsufficientHistory when it is too short.
 
+    `allowed` restricts the candidates to these model classes (`selection.MODEL_CLASSES`, the
+    names of spec.forecast.models); `statistical_models` adds the statsmodels candidates (for
+    tracked series: a fit then costs tenths of a second instead of tens of milliseconds);
     `day_s`: the length of a day on the queue's clock (shorter in a time-compressed replay).
     """
     if horizon_steps < 1:
@@ -54,7 +65,15 @@ def fit(history: Series, horizon_steps: int, day_s: float = selection.DAY_S) -> 
         raise InsufficientHistory(
             f"{history.key}: {observed} usable intervals of history, need at least {MIN_HISTORY}"
         )
-    return selection.fit(history.cleaned().values, phase_base(history), history.step_s, horizon_steps, day_s)
+    return selection.fit(
+        history.cleaned().values,
+        phase_base(history),
+        history.step_s,
+        horizon_steps,
+        allowed=allowed,
+        statistical_models=statistical_models,
+        day_s=day_s,
+    )
 
 
 def predict(
@@ -105,4 +124,4 @@ def forecast(
     the history are cleaned first; fewer than MIN_HISTORY usable intervals raise
     InsufficientHistory.
     """
-    return predict(fit(history, horizon_steps, day_s), history, horizon_steps, quantiles, events)
+    return predict(fit(history, horizon_steps, day_s=day_s), history, horizon_steps, quantiles, events)

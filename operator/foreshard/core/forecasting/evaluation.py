@@ -14,12 +14,11 @@ exponential smoothing with its parameter fitted in-sample (statsmodels) on the t
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from foreshard.core.forecasting import models, selection
+from foreshard.core.forecasting import models, selection, statistical
 from foreshard.core.forecasting.intervals import quantile_paths
 from foreshard.core.forecasting.models import IntArray
 from foreshard.core.forecasting.types import InsufficientHistory
@@ -68,17 +67,17 @@ def origins_for(n: int, test_share: float, max_origins: int) -> IntArray:
     return np.unique(np.linspace(start, n - 1, count).round().astype(np.int64))
 
 
+def development_split(series: Series, test_share: float) -> Series:
+    """The series without its test region: evaluating this scores the window before the test
+    window, which is where choices are tuned, so that the reported test numbers stay unseen."""
+    keep = len(series) - max(1, int(np.ceil(test_share * len(series))))
+    return Series(series.key, series.start_s, series.step_s, series.values[:keep])
+
+
 def ses_alpha(train: FloatArray) -> float:
     """SES smoothing level fitted in-sample by statsmodels (the published baseline)."""
-    from statsmodels.tsa.holtwinters import SimpleExpSmoothing
-
-    if len(train) < 3 or float(np.ptp(train)) == 0.0:
-        return 1.0
-    with warnings.catch_warnings():
-        # deliberate: a poor fit still yields a usable level; the baseline is what it is
-        warnings.simplefilter("ignore")
-        result = SimpleExpSmoothing(train, initialization_method="estimated").fit()
-    return float(np.clip(result.params["smoothing_level"], 1e-4, 1.0))
+    alpha = statistical.fit_ses(train)
+    return 1.0 if alpha is None else alpha
 
 
 def baseline_paths(
@@ -105,7 +104,7 @@ def foreshard_paths(
         if len(block) == 0:
             continue
         at = origins[block]
-        fitted = selection.fit(y[: at[0]], phase_base, step_s, horizon)
+        fitted = selection.fit(y[: at[0]], phase_base, step_s, horizon, statistical_models=True)
         points[block] = selection.combined_paths(y, fitted, phase_base, at, horizon)
         upper[block] = quantile_paths(points[block], fitted.residuals, 0.9, fitted.samples)
         names.append(fitted.name)

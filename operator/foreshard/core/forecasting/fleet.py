@@ -7,8 +7,9 @@ of the keys per cycle (`due_for_refit`), so every key is refitted once per perio
 cycle over 10k keys stays well under a second of CPU.
 
 The fleet runs the smoothed-level family (raw or log1p, optional daily/weekly profile, burst
-resets). A key whose chosen model is an ensemble uses its best level member; a key whose
-choice is seasonal naive or TSB uses a log-space level (alpha 0.15), the closest level model,
+resets); it never runs the statsmodels candidates, which are for tracked series only. A key
+whose chosen model is an ensemble uses its best level member; a key whose choice is seasonal
+naive, TSB or a statsmodels model uses a log-space level (alpha 0.15), the closest level model,
 and can always be forecast exactly, one key at a time, with `forecasting.forecast`.
 """
 
@@ -55,7 +56,7 @@ class KeyModel:
 
 
 def level_spec(fitted: Fitted) -> Spec:
-    return next((s for s in fitted.specs if s.kind == LEVEL), FALLBACK)
+    return next((s for s in fitted.specs if isinstance(s, Spec) and s.kind == LEVEL), FALLBACK)
 
 
 def key_model(fitted: Fitted, y: FloatArray, next_index: int, quantiles: Sequence[float]) -> KeyModel:

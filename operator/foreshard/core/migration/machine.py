@@ -60,6 +60,9 @@ class Result:
     inflight: int = 0  # fence: deliveries still unacked when the group state was taken
     pause_ms: float = 0.0  # fence: fence + delta import; switch: the whole pause, fence to B serving
     lease_lapsing: bool = False  # rollback: A was unreachable, its lease lapses by itself
+    bytes: int = 0  # copies and fences: keys and payloads carried to the target
+    elapsed_ms: float = 0.0  # copies: how long the copy took
+    settled_ms: float = 0.0  # fence: the part of pause_ms spent waiting for in-flight acks
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,13 @@ def _prepare(m: Migration, seen: Observation, policy: Policy) -> Step:
         return m, _copy(m, policy)
     if not result.ok:
         return _failed_before_switch(m, seen, policy, result)
-    m = replace(m, copied_through=max(m.copied_through, result.through), failures=0)
+    m = replace(
+        m,
+        copied_through=max(m.copied_through, result.through),
+        failures=0,
+        copied_bytes=m.copied_bytes + result.bytes,
+        copy_ms=m.copy_ms + result.elapsed_ms,
+    )
     if result.copied >= policy.catch_up_messages:
         return m, _copy(m, policy)  # still far behind: another round while A serves
     m = m.entering(Phase.FENCE, seen.now_s, f"copied ahead through offset {m.copied_through}")
@@ -140,6 +149,10 @@ def _fence_phase(m: Migration, seen: Observation, policy: Policy) -> Step:
         epoch=table.epoch,
         copied_through=max(m.copied_through, result.through),
         pause_ms=result.pause_ms,
+        fence_ms=result.pause_ms,
+        settle_ms=result.settled_ms,
+        copied_bytes=m.copied_bytes + result.bytes,
+        copy_ms=m.copy_ms + result.pause_ms,
     )
     return m, Switch(m.id, m.item, m.source, m.target, table, m.copied_through)
 

@@ -4,7 +4,8 @@
         -> trigger: a shard that will stay owns nothing (scale-out), or a shard that will go owns
            something (scale-in), or a rebalance already in progress (Migrating=True, Moving)
         -> placement.place (sticky, capacity-respecting) on the aimed shard count
-        -> minus moves that would carry an item straight back (moved within SETTLE_S, its owner stays)
+        -> minus moves that would carry an item straight on (moved within SETTLE_S, its owner stays),
+           except onto a shard that owns nothing yet
 
 Hysteresis: a balanced-enough table never starts a plan (only the structural triggers do), and a
 plan in progress ends as soon as the placement, with its slack, has no move left. A move wave is
@@ -89,7 +90,13 @@ def propose(
         for m in recent
         if m.phase is Phase.DONE and now_s - m.phase_since_s < SETTLE_S and m.target < shards
     }
-    kept = tuple(m for m in placement.moves if m.item not in settled or m.source >= shards)
+    # A recent item still moves when its shard goes, or onto a shard that owns nothing yet: the
+    # sticky placement may fill an empty shard only from shards that just received items, and
+    # holding those back would leave that shard empty (the scale-out undone) for SETTLE_S.
+    owners = {*table.slot_owners, *table.pinned.values()}
+    kept = tuple(
+        m for m in placement.moves if m.item not in settled or m.source >= shards or m.target not in owners
+    )
     return replace(placement, moves=kept)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from foreshard.api.migration import Item, Migration, Phase
 from foreshard.core.planning.moves import MovePolicy, Schedule, schedule_moves
@@ -99,3 +100,44 @@ def admit(
 def copy_bytes_per_pass(limits: MigrationLimits, pass_interval_s: float) -> int:
     """One copy-ahead round's share of the bytes/s throttle (moves share it equally)."""
     return max(1, int(limits.bytes_per_s / limits.max_concurrent * pass_interval_s))
+
+
+MAX_LISTED = 128  # moves listed in status.plan.moveList (the CRD's bound); `moves` counts them all
+
+
+def preview(
+    placement: Placement,
+    backlog_bytes: Mapping[str, float],
+    limits: MigrationLimits,
+    measured_pause_ms: Sequence[float],
+    why: str,
+) -> dict[str, Any]:
+    """status.plan's move part for DryRun, Approve and Auto alike: the moves the placement needs,
+    in schedule order with their wave and size, the expected pause per move and why.
+
+    The expected pause is the median pause of recent moves of this queue when there are some,
+    else the pause budget (a move over it is rolled back, so it bounds what a key sees)."""
+    reason = impossible(placement)
+    if reason is not None:
+        return {"moves": 0, "moveList": [], "movedBytes": 0, "movesWhy": f"impossible: {reason}"}
+    schedule = plan(placement, backlog_bytes, limits)
+    assert schedule is not None  # possible, checked above
+    listed = []
+    for scheduled in schedule.moves[:MAX_LISTED]:
+        move = scheduled.move
+        item = Item.parse(move.item)
+        entry: dict[str, Any] = {"source": move.source, "target": move.target, "wave": scheduled.wave}
+        entry.update({"slot": item.slot} if item.slot is not None else {"key": item.key})
+        entry["bytes"] = int(backlog_bytes.get(move.item, 0.0))
+        listed.append(entry)
+    pauses = sorted(measured_pause_ms)
+    expected = pauses[len(pauses) // 2] if pauses else limits.pause_budget_s * 1000
+    basis = f"median of {len(pauses)} recent moves" if pauses else "the pause budget (no move measured yet)"
+    return {
+        "moves": len(schedule.moves),
+        "moveList": listed,
+        "movedBytes": int(sum(backlog_bytes.get(m.move.item, 0.0) for m in schedule.moves)),
+        "waves": max((m.wave for m in schedule.moves), default=-1) + 1,
+        "expectedPauseMs": round(expected, 1),
+        "movesWhy": f"{why}; expected pause per move {expected:.0f} ms ({basis})",
+    }
