@@ -1,4 +1,4 @@
-# Foreshard: `make demo` runs the operator on the local control plane, `make test` runs every test.
+# Foreshard: `make demo` replays a real trace through live shards (report in build/demo-report/), `make test` runs every test.
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
@@ -7,7 +7,8 @@ PYTEST_ARGS ?=
 bootstrap:
 	@scripts/bootstrap.sh
 
-## The main job on the embedded default: local control plane + Prometheus + CRDs + operator.
+## The main job on the embedded default: control plane, Prometheus with a trace's history, the operator,
+## a day of the trace replayed live (about ten minutes), a live view and a report.
 demo: bootstrap
 	@$(PY) -m foreshard.cli demo
 

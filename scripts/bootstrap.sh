@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Foreshard's demo and tests need on a fresh machine, and nothing twice:
-#   OS packages (Prometheus, Redis, NATS, openssl; podman, runc and mmdebstrap for `make images`),
+#   OS packages (Prometheus, Redis, NATS, openssl, headless Chromium for the report test; podman,
+#   runc and mmdebstrap for `make images`),
 #   a Python virtualenv with the project and its
 #   dev tools, and the Go-built control plane (etcd, kube-apiserver, kube-controller-manager,
 #   kube-scheduler, kubectl, kwok, helm) cached outside the repository by version.
@@ -14,7 +15,8 @@ need() { command -v "$1" >/dev/null 2>&1; }
 # fuse-overlayfs and slirp4netns are for a developer who runs podman as a non-root user.
 image_packages=(podman runc mmdebstrap debian-archive-keyring uidmap fuse-overlayfs slirp4netns
   containernetworking-plugins)
-os_packages=(prometheus redis-server redis-tools nats-server openssl "${image_packages[@]}")
+# chromium-headless-shell: the end-to-end test opens the demo's report.html and screenshots it
+os_packages=(prometheus redis-server redis-tools nats-server openssl chromium-headless-shell "${image_packages[@]}")
 missing=()
 need prometheus || missing+=(prometheus)
 need promtool || missing+=(prometheus)
@@ -22,6 +24,7 @@ need redis-server || missing+=(redis-server)
 need redis-benchmark || missing+=(redis-tools)
 need nats-server || missing+=(nats-server)
 need openssl || missing+=(openssl)
+need chromium-headless-shell || need chromium || missing+=(chromium-headless-shell)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 for package in "${image_packages[@]}"; do
   installed "$package" || missing+=("$package")

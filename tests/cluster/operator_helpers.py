@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -13,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from foreshard.localcluster.cluster import LocalCluster, service_account_kubeconfig
-from foreshard.localcluster.process import free_port
+from foreshard.localcluster import devenv
+from foreshard.localcluster.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "queues"
@@ -73,7 +70,8 @@ def running_operator(
     account: tuple[str, str] = ("foreshard-system", "foreshard-operator"),
     installed: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """`foreshard run` as a ServiceAccount (the manifests' foreshard-operator), resyncing every 2 s.
+    """`foreshard run` as a ServiceAccount (the manifests' foreshard-operator), resyncing every 2 s:
+    the dev harness's own `devenv.start_operator`, stopped when the block ends.
 
     `env` adds to or overrides the operator's environment; `args` go to `foreshard run` (e.g.
     --peering, --namespace); `installed` skips the manifests when the caller set up the account.
@@ -81,37 +79,13 @@ def running_operator(
     if not installed:
         install(cluster)
     workdir.mkdir(parents=True, exist_ok=True)
-    config = service_account_kubeconfig(cluster, account[0], account[1], workdir / "kc")
-    metrics_port = free_port()
-    log = workdir / "operator.log"
-    with log.open("w") as handle:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "foreshard.cli",
-                "run",
-                "--metrics-port",
-                str(metrics_port),
-                "--liveness-port",
-                str(free_port(None, {metrics_port})),
-                *args,
-            ],
-            env={
-                **os.environ,
-                "KUBECONFIG": str(config),
-                "FORESHARD_RESYNC_SECONDS": "2",
-                # the local cluster has no pod DNS: its pod runner annotates each broker's address
-                "FORESHARD_BROKER_ENDPOINTS": "annotation",
-                "FORESHARD_ADMIN_TOKEN_FILE": str(cluster.admin_token_file),
-                **(env or {}),
-            },
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+    managed, metrics_port = devenv.start_operator(
+        cluster, workdir, env={"FORESHARD_RESYNC_SECONDS": "2", **(env or {})}, args=args, account=account
+    )
+    process = managed.process
     try:
         yield {
-            "log": log,
+            "log": managed.log,
             "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
             "metrics_address": f"127.0.0.1:{metrics_port}",
             "process": process,

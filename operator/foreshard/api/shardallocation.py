@@ -31,6 +31,14 @@ class ForecastSettings:
     planning_quantile: float = 0.9
     short_horizon_s: float | None = None  # set: scale-out sizes on [leadTime, shortHorizon] only
     models: tuple[str, ...] | None = None  # model classes the choice is restricted to; None: all
+    # >1: the queue's traffic runs this many times faster than wall time (a compressed replay of
+    # a trace): its daily and weekly seasons last 1d/timeScale and 7d/timeScale of wall time
+    time_scale: int = 1
+
+    @property
+    def day_s(self) -> float:
+        """A day on the queue's clock, in wall-clock seconds."""
+        return 86400.0 / self.time_scale
 
     @classmethod
     def from_spec(cls, forecast: dict[str, Any]) -> ForecastSettings:
@@ -44,6 +52,7 @@ class ForecastSettings:
             short_horizon_s=seconds(forecast["shortHorizon"]) if "shortHorizon" in forecast else None,
             # an empty list means what an absent one does: the CRD cannot tell them apart for a person
             models=tuple(sorted(forecast["models"])) if forecast.get("models") else None,
+            time_scale=int(forecast.get("timeScale", 1)),
         )
 
 

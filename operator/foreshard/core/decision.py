@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from foreshard.api import conditions
@@ -70,7 +71,7 @@ def decide(
     gathered: Gathered,
     previous: Mapping[str, Any],
     now_s: float,
-    estimate: Estimator = demand.estimate,
+    estimate: Estimator | None = None,
 ) -> Decision:
     """The replicas to run, the plan and the conditions that explain them."""
     if not spec.forecast.prometheus_url:
@@ -90,6 +91,8 @@ def decide(
     missing = _missing(gathered)
     if missing is not None:
         return _hold_on_missing_data(gathered, current, *missing)
+    # by default: fit here, with seasons on the queue's clock (spec.forecast.timeScale)
+    estimate = estimate or partial(demand.estimate, day_s=spec.forecast.day_s)
     forecast, rate, forecasting = _forecast(spec, gathered, now_s, estimate)
     if spec.messages_per_second is None:
         why = (

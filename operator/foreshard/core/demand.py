@@ -26,6 +26,7 @@ from foreshard.core.forecasting import (
     predict,
     selection,
 )
+from foreshard.core.forecasting.selection import DAY_S
 from foreshard.core.series import FloatArray, Series
 
 MAX_KEYS = 50  # keys forecast on their own; fit cost grows with keys, the tail is one more series
@@ -78,9 +79,16 @@ def horizon_steps(history_end_s: float, now_s: float, horizon_s: float, step_s: 
 
 
 def estimate(
-    history: Mapping[str, Series], now_s: float, horizon_s: float, quantile: float, limit: int = MAX_KEYS
+    history: Mapping[str, Series],
+    now_s: float,
+    horizon_s: float,
+    quantile: float,
+    limit: int = MAX_KEYS,
+    day_s: float = DAY_S,
 ) -> Demand:
-    """Forecast every bounded key and sum; raises InsufficientHistory when no key can be forecast."""
+    """Forecast every bounded key and sum; raises InsufficientHistory when no key can be forecast.
+
+    `day_s`: a day on the queue's clock (spec.forecast.timeScale shortens it for replays)."""
     series = bound(history, limit)
     if not series:
         raise InsufficientHistory("Prometheus has no arrivals recorded for this queue yet")
@@ -89,7 +97,7 @@ def estimate(
     fitted: list[Forecast] = []
     for one in series:
         try:
-            fitted.append(forecast(one, steps, (quantile,)))
+            fitted.append(forecast(one, steps, (quantile,), day_s=day_s))
         except InsufficientHistory:
             continue  # a key seen a couple of times only; its volume is negligible by definition
     if not fitted:
@@ -146,6 +154,7 @@ def refresh(
     stopwatch: Callable[[], float] = lambda: 0.0,
     allowed: tuple[str, ...] | None = None,
     statistical: bool = True,
+    day_s: float = DAY_S,
 ) -> FitState:
     """The series' state after one cycle: refitted when `refit` (its turn), when it has no fit or
     when the fit's horizon is too short; otherwise the last fit rolled forward (no refit), and the
@@ -155,17 +164,38 @@ def refresh(
     (the forecast loop passes a wall clock; a replay passes none). `allowed`: the model classes
     (spec.forecast.models, or an OPF's model); a change of them refits at once. `statistical`:
     whether the statsmodels candidates may join (the simulator's replay leaves them out: a
-    second of CPU per refit over thousands of replayed cycles).
+    second of CPU per refit over thousands of replayed cycles). `day_s`: how long a day lasts on
+    the queue's clock (spec.forecast.timeScale compresses it).
     """
     if state is None or refit or state.fitted.horizon < steps or state.allowed != allowed:
         # the statsmodels candidates join at a series' second (staggered) fit, unless nothing
         # else is allowed, so that a cold start, every series at once, stays fast
         slow = (statistical and state is not None) or selection.only_statsmodels(allowed)
         began = stopwatch()
-        fitted = fit(history, steps, allowed=allowed, statistical_models=slow)
+        fitted = fit(history, steps, allowed=allowed, statistical_models=slow, day_s=day_s)
         state = FitState(fitted, now_s, stopwatch() - began, allowed=allowed)
     events = tuple(events)
     basis = basis_of(history, steps, repr((tuple(quantiles), events)))
     if state.forecast is None or state.basis != basis:
         state.forecast, state.basis = predict(state.fitted, history, steps, quantiles, events), basis
     return state
+
+
+def band_at(
+    parts: Sequence[Forecast], now_s: float, lower_q: float, upper_q: float
+) -> tuple[float, float, float] | None:
+    """(lower, point, upper) messages/s of the summed forecasts over the step that holds `now_s`.
+
+    The bounds are per-key quantiles summed (wider than the sum's own quantiles: keys rarely peak
+    together); None when there are no parts, the step is beyond the path, or a quantile is missing.
+    """
+    if not parts or any(lower_q not in p.quantiles or upper_q not in p.quantiles for p in parts):
+        return None
+    first = parts[0]
+    index = max(0, int((now_s - first.start_s) // first.step_s))
+    if index >= len(first.mean):
+        return None
+    total = [sum(float(path[index]) for path in paths) / first.step_s for paths in (
+        [p.quantile(lower_q) for p in parts], [p.mean for p in parts], [p.quantile(upper_q) for p in parts]
+    )]  # fmt: skip
+    return total[0], total[1], total[2]

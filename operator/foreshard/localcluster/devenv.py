@@ -1,5 +1,7 @@
 """What the demo and the benchmarks set up on a local cluster, in one place.
 
+DevEnv(workdir, namespace)     the one harness: control plane (started or reused), install, the
+                               operator process, Prometheus with backfilled history
 install(cluster, namespace)    CRDs, the operator's manifests (its Deployment scaled to 0: here
                                it runs as a process), the namespace and its admin token Secret
 start_operator(cluster, ...)   `foreshard run` as the foreshard-operator ServiceAccount, finding
@@ -11,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,10 @@ from kubernetes import client, config, watch
 from foreshard.api import routing as routing_status
 from foreshard.api.names import GROUP, SHARD_ALLOCATIONS, VERSION
 from foreshard.api.shardallocation import QueueSpec
-from foreshard.localcluster.cluster import LocalCluster, service_account_kubeconfig
-from foreshard.localcluster.process import Managed, free_port, spawn
+from foreshard.core.series import Series
+from foreshard.localcluster.cluster import LocalCluster, Ports, service_account_kubeconfig, stop_recorded
+from foreshard.localcluster.process import Managed, free_port, spawn, stop, stop_pid
+from foreshard.localcluster.prometheus import PrometheusServer, backfill
 from foreshard_broker.routing import RoutingTable
 
 REPO = Path(__file__).resolve().parents[3]
@@ -48,11 +54,15 @@ def start_operator(
     name: str = "operator",
     metrics_port: int | None = None,
     env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    account: tuple[str, str] = ("foreshard-system", "foreshard-operator"),
 ) -> tuple[Managed, int]:
-    """The operator process and its metrics port; its log is `<workdir>/logs/<name>.log`."""
-    config = service_account_kubeconfig(
-        cluster, "foreshard-system", "foreshard-operator", workdir / f"{name}.kubeconfig"
-    )
+    """The operator process and its metrics port; its log is `<workdir>/logs/<name>.log`.
+
+    `env` adds to or overrides its environment, `args` go to `foreshard run` (--peering,
+    --namespace), `account` is the ServiceAccount (namespace, name) it authenticates as.
+    """
+    config = service_account_kubeconfig(cluster, account[0], account[1], workdir / f"{name}.kubeconfig")
     metrics = free_port(metrics_port)
     argv = [
         sys.executable, "-m", "foreshard.cli", "run",
@@ -61,6 +71,7 @@ def start_operator(
         # no cluster DNS here: the pod runner writes each broker's address on its pod
         "--broker-endpoints", "annotation",
         "--admin-token-file", str(cluster.admin_token_file),
+        *args,
     ]  # fmt: skip
     environment = {"KUBECONFIG": str(config), "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
     return spawn(name, argv, workdir / "logs", env=environment), metrics
@@ -155,3 +166,130 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+@dataclass
+class DevEnv:
+    """The development environment the demo, the end-to-end tests and the benchmarks start: the
+    local control plane, the operator's manifests and a queue namespace, the operator process as
+    its ServiceAccount, and a Prometheus holding backfilled history and scraping every broker.
+
+    `up()` reuses a control plane recorded in `<workdir>/state.json` whose processes all live (a
+    second `make demo`), else starts a fresh one; the operator and Prometheus are always started
+    afresh (their settings and history belong to this run). Every pid goes into state.json, so
+    `foreshard cluster down` (`make down`) stops what a killed run left behind.
+    """
+
+    workdir: Path
+    namespace: str
+    preferred_ports: bool = False
+    operator_env: Mapping[str, str] = field(default_factory=dict)
+    cluster: LocalCluster | None = None  # given: an already running cluster (a test session's)
+    prometheus: PrometheusServer | None = None
+    operator: Managed | None = None
+    operator_metrics: str = ""
+    reused: bool = False
+
+    @property
+    def kube(self) -> LocalCluster:
+        assert self.cluster is not None, "DevEnv.up() first"
+        return self.cluster
+
+    def up(self, progress: Callable[[str], None] = lambda _: None) -> None:
+        if self.cluster is None:
+            self.cluster = self._cluster(progress)
+        progress("installing the CRDs, the operator's RBAC and the brokers' admin token Secret")
+        install(self.cluster, self.namespace)
+        self._stop_recorded("operator")
+        progress("running the operator as ServiceAccount foreshard-system/foreshard-operator")
+        self.operator, port = start_operator(
+            self.cluster,
+            self.workdir,
+            metrics_port=28080 if self.preferred_ports else None,
+            env=self.operator_env,
+        )
+        self.operator_metrics = f"http://127.0.0.1:{port}/metrics"
+        self._record("operator", self.operator.pid, {"operator_metrics": self.operator_metrics})
+
+    def _cluster(self, progress: Callable[[str], None]) -> LocalCluster:
+        cluster = LocalCluster(self.workdir, preferred_ports=self.preferred_ports)
+        state_file = self.workdir / "state.json"
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+            core = {k: v for k, v in state.get("pids", {}).items() if k not in ("operator", "prometheus")}
+            if core and all(_alive(pid) for pid in core.values()):
+                progress(f"reusing the local control plane recorded in {state_file}")
+                cluster.ports = Ports(**state["ports"])
+                self.reused = True
+                return cluster
+            progress("the recorded control plane is not all running: stopping what is left")
+            stop_recorded(self.workdir)
+        progress(
+            "starting etcd, kube-apiserver, controller-manager, scheduler and kwok (first run builds them)"
+        )
+        cluster.start()
+        return cluster
+
+    def history(
+        self,
+        queues: Mapping[str, Sequence[Series]],
+        end_at_s: float,
+        scrape_interval_s: int = 1,
+        progress: Callable[[str], None] = lambda _: None,
+    ) -> str:
+        """A fresh Prometheus holding `queues` as history ending at `end_at_s`, scraping the brokers."""
+        self._stop_recorded("prometheus")
+        if self.prometheus is not None:
+            self.prometheus.stop()
+        root = self.workdir / "prometheus"
+        shutil.rmtree(root, ignore_errors=True)
+        server = PrometheusServer(
+            root,
+            port=free_port(29090 if self.preferred_ports else None),
+            scrape_interval_s=scrape_interval_s,
+            watch_dirs=[self.kube.scrape_targets_dir],
+        )
+        progress(f"backfilling {sum(map(len, queues.values()))} series into Prometheus as history")
+        backfill(queues, server.data_dir, end_at_s=end_at_s)
+        server.start()
+        assert server.managed is not None
+        self.prometheus = server
+        self._record("prometheus", server.managed.pid, {"prometheus": server.url})
+        return server.url
+
+    def down(self) -> None:
+        """Stop the operator and Prometheus, and the control plane unless it was handed in."""
+        for managed in (self.operator,):
+            if managed is not None and managed.alive():
+                stop(managed)
+        if self.prometheus is not None:
+            self.prometheus.stop()
+        if self.cluster is not None and (self.workdir / "state.json").exists():
+            stop_recorded(self.workdir)
+
+    def _record(self, name: str, pid: int, extra: Mapping[str, Any]) -> None:
+        state_file = self.workdir / "state.json"
+        if not state_file.exists():
+            return  # a cluster handed in by a test session: it stops its own processes
+        state = json.loads(state_file.read_text())
+        state["pids"].pop(name, None)
+        state["pids"][name] = pid  # last, so `cluster down` stops it first
+        state.update(extra)
+        state_file.write_text(json.dumps(state, indent=2))
+
+    def _stop_recorded(self, name: str) -> None:
+        state_file = self.workdir / "state.json"
+        if state_file.exists():
+            pid = json.loads(state_file.read_text()).get("pids", {}).get(name)
+            if pid is not None:
+                stop_pid(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -21,6 +21,7 @@ from typing import Any
 
 from foreshard.adapters import prometheus
 from foreshard.adapters.kube import ForecastPort
+from foreshard.adapters.metrics import FORECAST_RATE
 from foreshard.api import conditions
 from foreshard.api.conditions import Condition
 from foreshard.api.consumers import groups_of
@@ -349,6 +350,7 @@ def _forecast_all(
                 now_s,
                 time.perf_counter,
                 allowed=allowed,
+                day_s=settings.day_s,
             )
         except InsufficientHistory as error:
             problems[sid] = str(error)
@@ -379,6 +381,10 @@ def _publish(
         return Published(now_s, None, recent, problem=why)
     rate = demand.latest_rate([total])
     found = demand.combine(parts, spec.forecast.planning_quantile, rate, len(parts))
+    band = demand.band_at(parts, now_s, min(QUANTILES), spec.forecast.planning_quantile)
+    if band is not None:  # what the dashboard and the demo's view draw against the arrivals
+        for bound, value in zip(("lower", "point", "upper"), band, strict=True):
+            FORECAST_RATE.labels(spec.name, bound).set(round(value, 3))
     return Published(now_s, found, recent)
 
 
@@ -439,9 +445,10 @@ def object_status(
         return {"observedGeneration": gen, "conditions": conditions.merge(previous, ready, stamp, gen)}
     accuracy = report.Accuracy.from_status(obj.status.get("accuracy") or {})
     if accuracy is None:
-        accuracy = report.replay_fit(history, state.fitted)
+        accuracy = report.replay_fit(history, state.fitted, day_s=spec.forecast.day_s)
     else:
-        accuracy, _ = report.score(accuracy, (obj.status.get("accuracy") or {}).get("pending"), history)
+        pending = (obj.status.get("accuracy") or {}).get("pending")
+        accuracy, _ = report.score(accuracy, pending, history, spec.forecast.day_s)
     sentence, candidates = report.why(state.fitted.name, state.fitted.scores, state.fitted.validation_origins)
     trusted, reasons = _verdict(accuracy)
     short_s = spec.forecast.short_horizon_s or DEFAULT_SHORT_S

@@ -49,12 +49,14 @@ def fit(
     *,
     allowed: Collection[str] | None = None,
     statistical_models: bool = False,
+    day_s: float = selection.DAY_S,
 ) -> Fitted:
     """Choose and fit a model for `history`; raises InsufficientHistory when it is too short.
 
     `allowed` restricts the candidates to these model classes (`selection.MODEL_CLASSES`, the
     names of spec.forecast.models); `statistical_models` adds the statsmodels candidates (for
-    tracked series: a fit then costs tenths of a second instead of tens of milliseconds).
+    tracked series: a fit then costs tenths of a second instead of tens of milliseconds);
+    `day_s`: the length of a day on the queue's clock (shorter in a time-compressed replay).
     """
     if horizon_steps < 1:
         raise ValueError(f"horizon_steps must be at least 1, got {horizon_steps}")
@@ -70,6 +72,7 @@ def fit(
         horizon_steps,
         allowed=allowed,
         statistical_models=statistical_models,
+        day_s=day_s,
     )
 
 
@@ -113,6 +116,7 @@ def forecast(
     quantiles: Sequence[float] = (0.5, 0.9, 0.99),
     *,
     events: Iterable[ScheduledEvent] = (),
+    day_s: float = selection.DAY_S,
 ) -> Forecast:
     """Counts per step for the `horizon_steps` intervals after `history`, with quantiles.
 
@@ -120,4 +124,4 @@ def forecast(
     the history are cleaned first; fewer than MIN_HISTORY usable intervals raise
     InsufficientHistory.
     """
-    return predict(fit(history, horizon_steps), history, horizon_steps, quantiles, events)
+    return predict(fit(history, horizon_steps, day_s=day_s), history, horizon_steps, quantiles, events)

@@ -160,13 +160,15 @@ def value_at(series: Series, time_s: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def season_of(step_s: float, length: int) -> int | None:
+def season_of(step_s: float, length: int, day_s: float = selection.DAY_S) -> int | None:
     """The daily season in steps when the history holds more than one day of it, else None."""
-    seasons = selection.seasons_for(step_s)
+    seasons = selection.seasons_for(step_s, day_s)
     return seasons[0] if seasons and length > seasons[0] + 1 else None
 
 
-def replay_fit(history: Series, fitted: Fitted, upper_q: float = 0.9) -> Accuracy:
+def replay_fit(
+    history: Series, fitted: Fitted, upper_q: float = 0.9, day_s: float = selection.DAY_S
+) -> Accuracy:
     """Seed accuracy: the fitted model's one-step forecasts over the last REPLAY intervals.
 
     The level models are causal (the forecast at t uses y[:t] only), so this is the error the
@@ -180,10 +182,12 @@ def replay_fit(history: Series, fitted: Fitted, upper_q: float = 0.9) -> Accurac
     base = round(history.start_s / history.step_s)
     point = selection.combined_paths(y, fitted, base, origins, 1)
     upper = quantile_paths(point, fitted.residuals, upper_q, fitted.samples)
-    return replay(y, point[:, 0], upper[:, 0], season_of(history.step_s, len(y)), first)
+    return replay(y, point[:, 0], upper[:, 0], season_of(history.step_s, len(y), day_s), first)
 
 
-def score(state: Accuracy, pending: Mapping[str, Any] | None, history: Series) -> tuple[Accuracy, bool]:
+def score(
+    state: Accuracy, pending: Mapping[str, Any] | None, history: Series, day_s: float = selection.DAY_S
+) -> tuple[Accuracy, bool]:
     """Fold the pending one-step forecast in once its interval is realised; (state, scored)."""
     if not pending:
         return state, False
@@ -192,7 +196,7 @@ def score(state: Accuracy, pending: Mapping[str, Any] | None, history: Series) -
         return state, False
     y = history.cleaned().values
     index = round((_parse(str(pending["time"])) - history.start_s) / history.step_s)
-    seasonal, naive = references(y, index, season_of(history.step_s, len(y)))
+    seasonal, naive = references(y, index, season_of(history.step_s, len(y), day_s))
     return observe(state, actual, float(pending["mean"]), float(pending["p90"]), seasonal, naive), True
 
 

@@ -101,11 +101,15 @@ class Fitted:
         return int(self.residuals.shape[1])
 
 
-def seasons_for(step_s: float) -> list[int]:
-    """Season lengths in steps (daily, weekly) that divide evenly into this step."""
+def seasons_for(step_s: float, day_s: float = DAY_S) -> list[int]:
+    """Season lengths in steps (daily, weekly) that divide evenly into this step.
+
+    `day_s`: how long a day of the queue's clock is in seconds (a replay compressed 150x has a day
+    of 576 s; spec.forecast.timeScale sets it), so the seasons follow the traffic, not the wall.
+    """
     out = []
     for days in PROFILE_SEASONS:
-        steps = days * DAY_S / step_s
+        steps = days * day_s / step_s
         if steps >= 2 and abs(steps - round(steps)) < 1e-9:
             out.append(round(steps))
     return out
@@ -213,13 +217,13 @@ def _followed(
     return out
 
 
-def _profiles(y: FloatArray, phase_base: int, step_s: float) -> dict[int, FloatArray]:
+def _profiles(y: FloatArray, phase_base: int, step_s: float, day_s: float) -> dict[int, FloatArray]:
     phases = (phase_base + np.arange(len(y))).astype(np.int64)
     out: dict[int, FloatArray] = {}
-    for season in seasons_for(step_s):
+    for season in seasons_for(step_s, day_s):
         for log in (False, True):
             profile = models.estimate_profile(
-                models.transform(y, log), phases, season, PROFILE_SEASONS[round(season * step_s / DAY_S)]
+                models.transform(y, log), phases, season, PROFILE_SEASONS[round(season * step_s / day_s)]
             )
             if profile is not None:
                 out[season * 2 + int(log)] = profile  # one key per (season, space)
@@ -336,8 +340,11 @@ def fit(
     *,
     allowed: Collection[str] | None = None,
     statistical_models: bool = False,
+    day_s: float = DAY_S,
 ) -> Fitted:
     """Choose and fit the model for a cleaned history `y` (counts per step, no NaN).
+
+    `day_s`: a day on the queue's clock (spec.forecast.timeScale shortens it for replays).
 
     `allowed`: model classes (MODEL_CLASSES) the choice is restricted to; None allows all.
     `statistical_models`: add the statsmodels candidates (tracked series only: they cost tens of
@@ -348,7 +355,7 @@ def fit(
     permitted = set(MODEL_CLASSES if allowed is None else allowed)
     origins = _validation(len(y), horizon)
     actual = _actuals(y, origins, horizon)
-    profiles = _profiles(y[: origins[0]], phase_base, step_s)
+    profiles = _profiles(y[: origins[0]], phase_base, step_s, day_s)
     families = _restricted(_candidates(y[: origins[0]], profiles), permitted)
     short = len(origins) < MIN_SELECTION_ORIGINS
     if short and SES_CLASS in permitted:
@@ -357,7 +364,8 @@ def fit(
         # naive still competes, or a few days of a clean daily ramp would be forecast flat
         alpha = statistical.fit_ses(y)
         seasonal = [[s for s in family if model_class(s) == SEASONAL_NAIVE_CLASS] for family in families]
-        families = [[Spec(LEVEL, False, 0, 1.0 if alpha is None else alpha)]] + [f for f in seasonal if f]
+        ses: list[Candidate] = [Spec(LEVEL, False, 0, 1.0 if alpha is None else alpha)]
+        families = [ses] + [f for f in seasonal if f]
     elif short:
         baselines = [[s for s in family if is_baseline(s)] for family in families]
         families = [family for family in baselines if family] or families
@@ -373,7 +381,9 @@ def fit(
         follow, forecasts = _follow_choice(y, chosen, profiles, phase_base, origins, forecasts, actual)
     scores = {item[1].name: item[0] for item in ranked}
     table, samples = residual_table(forecasts, actual)
-    return Fitted(chosen, _profiles(y, phase_base, step_s), table, samples, scores, len(origins), follow)
+    return Fitted(
+        chosen, _profiles(y, phase_base, step_s, day_s), table, samples, scores, len(origins), follow
+    )
 
 
 def _follow_choice(
