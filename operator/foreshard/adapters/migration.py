@@ -167,6 +167,7 @@ class Session:
         self.endpoints = dict(endpoints)
         self.performer = MigrationPerformer(transport, endpoints_of(self.endpoints))
         self.deadline_s = deadline_s
+        self._loads: Loads | None = None
 
     async def epochs(self, shards: Iterable[int]) -> dict[int, int | None]:
         wanted = list(shards)
@@ -183,7 +184,13 @@ class Session:
 
     async def loads(self) -> Loads:
         """Per-slot rates and retained bytes from every broker (GetLoadMetrics); the brokers that
-        do not answer in time count as idle, which makes the placement fall back to uniform."""
+        do not answer in time count as idle, which makes the placement fall back to uniform.
+        Read once per pass: the wave's planning and status.plan's preview share the answer."""
+        if self._loads is None:
+            self._loads = await self._read_loads()
+        return self._loads
+
+    async def _read_loads(self) -> Loads:
         answers = await asyncio.gather(
             *(
                 asyncio.wait_for(self.transport.admin(e).load_metrics(top_keys=64), self.deadline_s)
