@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from foreshard.adapters.kube import MAX_MIGRATIONS, StatusConflict, StatusRecorder, kept
+from foreshard.adapters.kube import KEPT_FINISHED, MAX_MIGRATIONS, StatusConflict, StatusRecorder, kept
 from foreshard.api.migration import Item, Migration, Phase
 from foreshard.core import routing
 from foreshard.core.migration import rebalance, schedule
@@ -106,7 +106,19 @@ def test_finished_moves_make_room_oldest_first_and_moves_in_flight_always_stay()
     ]
     active = Migration("a", Item(slot=999), 0, 1, Phase.PREPARE, phase_since_s=NOW)
     left = kept([*done, active])
-    assert len(left) == MAX_MIGRATIONS and active in left and done[0] not in left and done[-1] in left
+    assert len(left) == KEPT_FINISHED + 1 and active in left
+    assert left[:-1] == done[-KEPT_FINISHED:], "the newest finished moves stay, in their order"
+
+
+def test_moves_in_flight_fill_the_list_before_any_finished_move() -> None:
+    done = [Migration(f"d{n}", Item(slot=n), 0, 1, Phase.DONE, phase_since_s=NOW + n) for n in range(8)]
+    active = [
+        Migration(f"a{n}", Item(slot=100 + n), 0, 1, Phase.PREPARE, phase_since_s=NOW)
+        for n in range(MAX_MIGRATIONS - 4)
+    ]
+    left = kept([*done, *active])
+    assert len(left) == MAX_MIGRATIONS and set(active) <= set(left)
+    assert [m for m in left if m.terminal] == done[-4:]
 
 
 def test_a_recent_item_still_moves_on_to_a_shard_that_owns_nothing_yet() -> None:

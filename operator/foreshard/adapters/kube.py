@@ -30,6 +30,11 @@ from foreshard_broker.routing import RoutingTable
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 MAX_MIGRATIONS = 64  # the CRD's maxItems of status.migrations
+# Finished moves kept in status.migrations beside those in flight. Every migration write carries
+# the whole list, and the API server's time for it grows with the object (measured on the local
+# cluster: 10 ms with none, 14 ms with 16, 27 ms with 64 at the median): the Switch write lies
+# inside the keys' pause. Events and the moves metrics keep the full record.
+KEPT_FINISHED = 16
 
 
 class StatusConflict(Exception):
@@ -191,10 +196,11 @@ class StatusRecorder:
 
 
 def kept(migrations: list[Migration]) -> list[Migration]:
-    """Every move in flight, then the newest finished ones, within the CRD's 64 items."""
+    """Every move in flight, then the newest finished ones (KEPT_FINISHED), within the CRD's 64
+    items."""
     active = [m for m in migrations if not m.terminal]
     finished = sorted((m for m in migrations if m.terminal), key=lambda m: m.phase_since_s, reverse=True)
-    room = max(0, MAX_MIGRATIONS - len(active))
+    room = max(0, min(KEPT_FINISHED, MAX_MIGRATIONS - len(active)))
     keep = {m.id for m in [*active, *finished[:room]]}
     return [m for m in migrations if m.id in keep]
 
