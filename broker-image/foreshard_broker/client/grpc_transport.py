@@ -9,7 +9,9 @@ latest message: see `fetch`) and comes back empty.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -277,6 +279,11 @@ class GrpcTransport:
             chunk_bytes(fenced.delta),
             int(fenced.settled_ms),
         )
+
+    async def connect(self, endpoints: Iterable[str], timeout_s: float) -> None:
+        ready = [self.admin(endpoint).channel.channel_ready() for endpoint in endpoints]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*ready), timeout_s)
 
     async def unfence(self, source: str, lease_id: str) -> bool:
         return await _guard(self.admin(source).unfence(lease_id), source)

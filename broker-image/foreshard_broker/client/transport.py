@@ -11,7 +11,7 @@ per slot), so a producer re-routes or backs off exactly the refused keys; the ot
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -181,6 +181,12 @@ class Fenced:
 
 class AdminTransport(Transport, Protocol):
     """The admin calls a move needs (see ``mover.py``); each is idempotent."""
+
+    async def connect(self, endpoints: Iterable[str], timeout_s: float) -> None:
+        """Open the admin connections to ``endpoints`` before calls that must be quick (a move's
+        fence and switch: connecting is not part of the keys' pause). A broker that does not
+        answer within ``timeout_s`` is left for the calls themselves to report."""
+        ...
 
     async def copy_backlog(
         self, source: str, target: str, selection: Selection, from_offset: int, max_bytes: int = 0

@@ -510,6 +510,9 @@ class TwinTransport:
         destination.import_producers(origin.producers)
         return Fenced(inflight, high, len(destination.log) - before, renewed, 0)
 
+    async def connect(self, endpoints: Iterable[str], timeout_s: float) -> None:
+        """The twin has no connections to open."""
+
     async def unfence(self, source: str, lease_id: str) -> bool:
         await self._hop("unfence")
         broker = self.network.broker(source)

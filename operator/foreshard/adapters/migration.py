@@ -100,6 +100,9 @@ class MigrationPerformer:
         return await self._roll_back(action)
 
     async def _fence(self, action: Fence) -> Result:
+        # the pause starts when the source grants the lease: connecting to the source and the
+        # target first keeps a new pass's connection setup out of the measured pause
+        await self.transport.connect((self.endpoint(action.source), self.endpoint(action.target)), 2.0)
         started = self.clock()
         self._fenced_at.setdefault(action.migration_id, started)
         fenced = await self.transport.fence(

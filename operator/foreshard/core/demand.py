@@ -181,6 +181,56 @@ def refresh(
     return state
 
 
+@dataclass(frozen=True)
+class Turn:
+    """One series' part of a forecast cycle: what `refresh` needs besides the cycle's `Common`."""
+
+    state: FitState | None
+    history: Series
+    steps: int
+    refit: bool
+    allowed: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Common:
+    """What every series of one forecast cycle shares."""
+
+    quantiles: tuple[float, ...]
+    events: tuple[ScheduledEvent, ...] = ()
+    now_s: float = 0.0
+    day_s: float = DAY_S
+
+
+RefreshAll = Callable[[Mapping[str, Turn], Common, Callable[[], float]], dict[str, "FitState | str"]]
+
+
+def refresh_all(
+    turns: Mapping[str, Turn], common: Common, stopwatch: Callable[[], float] = lambda: 0.0
+) -> dict[str, FitState | str]:
+    """`refresh` for each series id: its new state, or why it cannot be fitted (the message of
+    InsufficientHistory). One call for a whole cycle, so a child process can run it in one trip
+    (adapters/fitprocess.py)."""
+    out: dict[str, FitState | str] = {}
+    for sid, turn in turns.items():
+        try:
+            out[sid] = refresh(
+                turn.state,
+                turn.history,
+                turn.steps,
+                turn.refit,
+                common.quantiles,
+                common.events,
+                common.now_s,
+                stopwatch,
+                allowed=turn.allowed,
+                day_s=common.day_s,
+            )
+        except InsufficientHistory as error:
+            out[sid] = str(error)
+    return out
+
+
 def band_at(
     parts: Sequence[Forecast], now_s: float, lower_q: float, upper_q: float
 ) -> tuple[float, float, float] | None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import kopf
 
+from foreshard.adapters.fitprocess import FitProcess
 from foreshard.adapters.kube import ForecastAdapter
 from foreshard.api.names import GROUP, ORDER_PARAM_FORECASTS, SHARD_ALLOCATIONS, VERSION
 from foreshard.core.forecasting import tracking
@@ -16,12 +17,13 @@ from foreshard.reconcile import forecasts
 
 FORECAST_SECONDS = float(os.environ.get("FORESHARD_FORECAST_SECONDS", "30"))
 TRACKED_KEYS = int(os.environ.get("FORESHARD_TRACKED_KEYS", str(tracking.MAX_TRACKED)))
+FITS = FitProcess()  # every queue's fits, in one child process (started at the first cycle)
 
 
 @kopf.timer(GROUP, VERSION, SHARD_ALLOCATIONS, interval=FORECAST_SECONDS, sharp=False, id="forecast-cycle")
 async def forecast_cycle(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: Any, **_: Any) -> None:
     queue_memo = memo.setdefault("forecasts", forecasts.QueueMemo())
-    # fits are CPU work of tens of milliseconds per series: off the event loop
+    # reads and writes off the event loop; the fits themselves in the child process (not the GIL)
     result = await asyncio.to_thread(
         forecasts.cycle,
         dict(body),
@@ -30,6 +32,7 @@ async def forecast_cycle(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, lo
         time.time(),
         forecasts.connect_briefly,
         TRACKED_KEYS,
+        FITS,
     )
     if result.decisions:
         patch.status["consumerGroups"] = [d.to_status() for d in result.decisions]
@@ -57,3 +60,8 @@ def intake(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     status = forecasts.intake_status(dict(body), ForecastAdapter().queue_exists, time.time())
     if status is not None:
         patch.status.update(status)
+
+
+@kopf.on.cleanup(id="forecast-fits-stop")
+def stop_fits(**_: Any) -> None:
+    FITS.close()

@@ -5,8 +5,10 @@
     --> OPF statuses (report.py), OPFs created/deleted (tracking.diff), and one `Published` demand
         that the scaling pass reads instead of fitting (reconcile/shardallocation.py)
 
-Runs in a worker thread (`asyncio.to_thread` in handlers/orderparamforecast.py): fits take tens of
-milliseconds per series and must not hold kopf's event loop. Memory between cycles (`QueueMemo`) is
+Runs in a worker thread (`asyncio.to_thread` in handlers/orderparamforecast.py), and the operator
+hands the fits themselves to a child process (adapters/fitprocess.py): a fit takes tens of
+milliseconds to seconds of CPU per series and must hold neither kopf's event loop nor the GIL that
+the migration pass needs inside a move's pause. Memory between cycles (`QueueMemo`) is
 a cache only: OPF statuses are the record, and a restarted operator refits and reaches the same
 answers.
 """
@@ -138,12 +140,13 @@ def cycle(
     now_s: float,
     connect: Connect = connect_briefly,
     limit: int = tracking.MAX_TRACKED,
+    refresh_all: demand.RefreshAll = demand.refresh_all,
 ) -> PassResult:
     """One cycle with its side effects: OPFs created, deleted and given status; demand published."""
     meta = body["metadata"]
     namespace = meta["namespace"]
     objects = [ForecastObject.from_body(b) for b in kube.list_forecasts(namespace)]
-    result = run(body, objects, memo, now_s, connect, limit)
+    result = run(body, objects, memo, now_s, connect, limit, refresh_all)
     for created in result.create:
         kube.create_forecast(created)
     for name in result.delete:
@@ -200,10 +203,12 @@ def run(
     now_s: float,
     connect: Connect = connect_briefly,
     limit: int = tracking.MAX_TRACKED,
+    refresh_all: demand.RefreshAll = demand.refresh_all,
 ) -> PassResult:
     """One forecast cycle of a queue; every side effect is returned, none is performed.
 
     `limit`: how many of the heaviest keys are tracked (forecast alone, with an OPF each).
+    `refresh_all`: runs the cycle's fits (here by default; the operator's in a child process).
     """
     spec = QueueSpec.from_body(dict(body))
     mine = [o for o in objects if o.queue == spec.name]
@@ -231,9 +236,12 @@ def run(
     diff = tracking.diff(spec.name, tracked, mine)
     groups = groups_of(dict(body))
     targets = [*_targets(spec.name, tracked, mine, diff), *[consumers.series_id(g.name) for g in groups]]
-    cpu = time.thread_time()
-    forecasts, problems, fits = _forecast_all(spec, body, series, targets, memo, now_s, forced_models(mine))
-    forecast_cpu_s = time.thread_time() - cpu
+    cpu, wall = time.thread_time(), time.perf_counter()
+    forecasts, problems, fits = _forecast_all(
+        spec, body, series, targets, memo, now_s, forced_models(mine), refresh_all
+    )
+    # this thread's CPU: the fits' own when they run here, only the hand-over when in a child
+    forecast_cpu_s, forecast_s = time.thread_time() - cpu, time.perf_counter() - wall
     group_forecasts = tuple(
         consumers.GroupForecast(
             g,
@@ -248,7 +256,12 @@ def run(
         published = replace(published, capacity=learnt.capacity.messages_per_s)
     statuses = _statuses(spec, mine, diff, targets, series, forecasts, problems, memo, now_s)
     memo.cycle += 1
-    timings = {"read_s": read_s, "forecast_cpu_s": forecast_cpu_s, "total_s": time.perf_counter() - started}
+    timings = {
+        "read_s": read_s,
+        "forecast_s": forecast_s,
+        "forecast_cpu_s": forecast_cpu_s,
+        "total_s": time.perf_counter() - started,
+    }
     creates = tuple(manifest(dict(body), t) for t in diff.create)
     return PassResult(
         published, creates, diff.delete, statuses, group_forecasts, fits=fits, timings=timings, learnt=learnt
@@ -319,44 +332,42 @@ def _forecast_all(
     memo: QueueMemo,
     now_s: float,
     forced: Mapping[str, tuple[str, ...]] | None = None,
+    refresh_all: demand.RefreshAll = demand.refresh_all,
 ) -> tuple[dict[str, Forecast], dict[str, str], int]:
     """Forecasts by series id, problems by series id, and how many fits this cycle made.
 
     Each series is fitted with the model classes of spec.forecast.models, or of its OPF's
-    spec.model (`forced`); a change of either refits at once."""
+    spec.model (`forced`); a change of either refits at once. `refresh_all` runs the cycle's fits
+    (the operator's runs them in a child process: adapters/fitprocess.py)."""
     settings = spec.forecast
-    quantiles = tuple(sorted({*QUANTILES, settings.planning_quantile}))
-    events = events_of(body)
     due = {targets[i] for i in fleet.due_for_refit(len(targets), memo.cycle, REFIT_PERIOD).tolist()}
+    turns = {
+        sid: demand.Turn(
+            memo.fits.get(sid),
+            series[sid],
+            # the scaling pass plans on this forecast for up to FRESH_FOR_S: cover that too
+            demand.horizon_steps(
+                series[sid].end_s, now_s + FRESH_FOR_S, settings.long_horizon_s, settings.step_s
+            ),
+            sid in due,
+            (forced or {}).get(sid, settings.models),
+        )
+        for sid in targets
+    }
+    common = demand.Common(
+        tuple(sorted({*QUANTILES, settings.planning_quantile})), tuple(events_of(body)), now_s, settings.day_s
+    )
     out: dict[str, Forecast] = {}
     problems: dict[str, str] = {}
     fits = 0
-    for sid in targets:
-        history = series[sid]
-        # the scaling pass plans on this forecast for up to FRESH_FOR_S: cover that too
-        steps = demand.horizon_steps(
-            history.end_s, now_s + FRESH_FOR_S, settings.long_horizon_s, settings.step_s
-        )
-        before = memo.fits.get(sid)
-        allowed = (forced or {}).get(sid, settings.models)
-        try:
-            state = demand.refresh(
-                before,
-                history,
-                steps,
-                sid in due,
-                quantiles,
-                events,
-                now_s,
-                time.perf_counter,
-                allowed=allowed,
-                day_s=settings.day_s,
-            )
-        except InsufficientHistory as error:
-            problems[sid] = str(error)
+    for sid, state in refresh_all(turns, common, time.perf_counter).items():
+        if isinstance(state, str):
+            problems[sid] = state
             memo.fits.pop(sid, None)
             continue
-        fits += state is not before
+        before = memo.fits.get(sid)
+        # a state that came back from a child process is a copy: a refit shows in its fit time
+        fits += before is None or state.fitted_at_s != before.fitted_at_s or state.allowed != before.allowed
         memo.fits[sid] = state
         assert state.forecast is not None  # refresh always leaves one
         out[sid] = state.forecast
