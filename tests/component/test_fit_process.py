@@ -101,3 +101,15 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_where_no_child_can_start_the_fits_run_in_the_callers_thread(
+    fits: FitProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse() -> None:
+        raise OSError("no semaphores here")
+
+    monkeypatch.setattr(fits, "pool", refuse)
+    there = fits(turns(), COMMON, time.perf_counter)
+    assert isinstance(there["busy"], demand.FitState) and isinstance(there["short"], str)
+    assert fits.pids() == []

@@ -63,18 +63,15 @@ class FitProcess:
     ) -> dict[str, demand.FitState | str]:
         if not turns:
             return {}
-        try:
-            return self._submit(turns, common, stopwatch)
-        except BrokenProcessPool:
-            log.warning("the forecast fit process died; starting a new one")
-            self.close()
-        try:
-            return self._submit(turns, common, stopwatch)
-        except BrokenProcessPool:
-            # a child that cannot even start: forecasting goes on here, at the cost the child avoids
-            log.error("no forecast fit process could start; fitting in the operator's own thread")
-            self.close()
-            return demand.refresh_all(turns, common, stopwatch)
+        for _ in range(2):  # a child that died is replaced once per cycle
+            try:
+                return self._submit(turns, common, stopwatch)
+            except (BrokenProcessPool, OSError) as error:
+                log.warning("the forecast fit process failed (%s); starting a new one", error)
+                self.close()
+        # no child can start here: forecasting goes on in this thread, at the cost the child avoids
+        log.error("no forecast fit process could start; fitting in the operator's own thread")
+        return demand.refresh_all(turns, common, stopwatch)
 
     def _submit(
         self, turns: Mapping[str, demand.Turn], common: demand.Common, stopwatch: Callable[[], float]
