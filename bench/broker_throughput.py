@@ -68,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "broker-image"))
 
 import native_tools  # noqa: E402  (bench/, next to this script)
+from benchio import keep  # noqa: E402  (bench/, next to this script)
 
 from foreshard_broker.client.broker_client import BrokerClient, publish_request  # noqa: E402
 from foreshard_broker.testing import BrokerProcess  # noqa: E402
@@ -562,12 +563,7 @@ async def run(profile: bool) -> None:
         if profile:
             await profile_batched(work)
     result = summary(samples, latency)
-    text = table(samples, latency)
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "broker_throughput.txt").write_text(text + "\n")
-    (RESULTS / "broker_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    keep("broker_throughput", table(samples, latency), result)
 
 
 def main() -> None:

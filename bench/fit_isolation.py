@@ -19,7 +19,6 @@ Environment: BENCH_TRIPS (300 per round), BENCH_ROUNDS (3).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -30,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from benchio import keep
 
 from foreshard.adapters.fitprocess import FitProcess
 from foreshard.core import demand
@@ -37,7 +37,6 @@ from foreshard.core.series import Series
 from foreshard_broker.client.broker_client import AdminClient
 from foreshard_broker.testing import BrokerProcess
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TRIPS = int(os.environ.get("BENCH_TRIPS", "300"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 MODES = ("idle", "thread", "child")
@@ -159,12 +158,7 @@ def table(result: dict[str, object]) -> str:
 
 def main() -> None:
     result = run()
-    text = table(result)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fit_isolation.txt").write_text(text + "\n")
-    (RESULTS / "fit_isolation.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    keep("fit_isolation", table(result), result)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchio import keep
+
 from foreshard.localcluster import devenv, traffic
 from foreshard.localcluster.cluster import LocalCluster
 from foreshard_broker.routing import RoutingTable
 from foreshard_broker.testing import BrokerProcess
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "100000"))
 KEYS = int(os.environ.get("BENCH_KEYS", "1000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -128,12 +129,7 @@ def main() -> int:
                 operator.process.terminate()
             cluster.stop()
     report = figures(live_runs, single_runs, restart)
-    text = table(report)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "live_shards.txt").write_text(text + "\n")
-    (RESULTS / "live_shards.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report))
+    keep("live_shards", table(report), report)
     return (
         0
         if report["lost"] == report["duplicated"] == report["reordered"] == report["pod_restart_lost"] == 0
