@@ -10,8 +10,9 @@ by a consumer group.
          reads (the copies carry bytes)
       -> traffic.Continuous offers OFFERED[3] msg/s through one bootstrap broker and consumes along;
          then ONE patch: minShards 2 (maxShards 6), spec.forecast on (Prometheus, timeScale,
-         5 s steps, a 40 s lookback), capacity.messagesPerSecond CAPACITY with HEADROOM: the load
-         needs 3 shards, and the bench waits until the planner's plan says 3
+         5 s steps, a 40 s lookback), capacity.messagesPerSecond CAPACITY with HEADROOM 1 (a shard
+         planned at half its capacity): the load needs 3 shards; the bench waits until the
+         planner's plan says 3
       -> the offered rate rises to OFFERED[6]: the planner (decision.decide in the reconcile pass,
          on the arrivals Prometheus scraped) asks for 6; slots move onto the new shards, one move a
          wave (maxConcurrentMoves 1: every wave is a chance for one kill)
@@ -92,13 +93,17 @@ OPERATOR_ENV = {
 }
 MIN_SHARDS, MAX_SHARDS = 2, 6
 CAPACITY = float(os.environ.get("BENCH_CAPACITY", "40"))  # spec.capacity.messagesPerSecond
-HEADROOM = 0.25  # the planner loads a shard to CAPACITY / (1 + HEADROOM) at most
+# headroom 1: the planner loads a shard to half its capacity at most (the issue's pause target is
+# under a load of half the shards' capacity)
+HEADROOM = 1.0
 PER_SHARD = CAPACITY / (1 + HEADROOM)
+STEP_S = 5  # spec.forecast.step: the planner reads the arrivals per 5 s interval
 # offered msg/s per wanted shard count, with margins against the next count either way (a killed
-# broker delays its own keys, then its producers catch up in a burst; Prometheus extrapolates):
-# 3: 2.6 shards' worth; 6: 8 shards' worth (clamped to maxShards; a scale-in from 6 needs a third
-# of it); 2: under one shard's worth (minShards 2), a third of what 3 would need.
-OFFERED = {3: 2.6 * PER_SHARD, 6: 8.0 * PER_SHARD, 2: 0.9 * PER_SHARD}
+# broker delays its own keys, then its producers catch up; Prometheus extrapolates):
+# 3: 2.5 shards' worth; 6: 7.5 shards' worth (clamped to maxShards 6; a scale-in from 6 needs
+# under 4 shards' worth, and the placement must still fit the load within 6 x CAPACITY, or it
+# reports PlanImpossible and moves nothing); 2: under one shard's worth (minShards 2).
+OFFERED = {3: 2.5 * PER_SHARD, 6: 7.5 * PER_SHARD, 2: 0.9 * PER_SHARD}
 VICTIMS = ("operator", "source", "target")
 # (scale to, (victim, phase) kills while that step's moves run)
 # One move at a time (maxConcurrentMoves 1): 12 moves out, 16 back, each a chance for one kill.
@@ -146,7 +151,7 @@ def planner_on(prometheus_url: str) -> dict[str, Any]:
         # a compressed clock as the demo's: 60 s of wall time is 1 h of queue time, the least
         # longHorizon the CRD allows (1 h); 5 s steps, and a lookback of a few of them
         "timeScale": 60,
-        "step": "5s",
+        "step": f"{STEP_S}s",
         "lookback": "40s",
         "longHorizon": "60s",
         "planningQuantile": 0.9,
@@ -446,6 +451,9 @@ def cycle(cluster: LocalCluster, operator: Operator, bootstrap: str, prometheus_
             began, since = time.monotonic(), time.time() - recorder.began
             poller = Retained(endpoints_of(status(cluster)))
             poller.thread.start()
+            # on the planner's grid: the first interval it reads at the new rate is all of it (a
+            # straddling one would ask for a count in between, 3 -> 4 -> 6)
+            time.sleep(STEP_S - time.time() % STEP_S + 0.2)
             live.rate = OFFERED[shards]
             progress(
                 f"offering {OFFERED[shards]:.0f} msg/s (the planner should ask for {shards}); "
