@@ -12,7 +12,8 @@ by a consumer group.
          then ONE patch: minShards 2 (maxShards 6), spec.forecast on (Prometheus, timeScale,
          5 s steps, a 40 s lookback), capacity.messagesPerSecond CAPACITY with HEADROOM 1 (a shard
          planned at half its capacity): the load needs 3 shards; the bench waits until the
-         planner's plan says 3
+         planner's plan says 3, and until the preload has left the brokers' 60 s rate window
+         (the placement's slot loads: with the burst in them, 6 shards looked over capacity)
       -> the offered rate rises to OFFERED[6]: the planner (decision.decide in the reconcile pass,
          on the arrivals Prometheus scraped) asks for 6; slots move onto the new shards, one move a
          wave (maxConcurrentMoves 1: every wave is a chance for one kill)
@@ -114,6 +115,7 @@ CYCLE = [
         [("source", "Switch"), ("target", "Switch")] + [(v, p) for p in ("Resume", "Drain") for v in VICTIMS],
     ),
 ]
+RATE_WINDOW_S = 65.0  # a broker's rate window (60 s) and a little
 LAGGARD = "laggard"  # a group that never reads: the backlog the moves copy
 
 
@@ -335,7 +337,10 @@ def run() -> dict[str, Any]:
             preloaded = asyncio.run(preload(endpoints))
             # after the preload: Prometheus only sees the counters grow from its first scrape on
             url = env.history({}, end_at_s=time.time(), progress=progress)
-            return {**cycle(cluster, operator, endpoints[0], url), "preloaded_mb": preloaded}
+            # the brokers' slot rates (the placement's loads) average over a 60 s window: until
+            # the preload's burst has left it, 6 shards' placement finds the load above capacity
+            ready_at = time.monotonic() + RATE_WINDOW_S
+            return {**cycle(cluster, operator, endpoints[0], url, ready_at), "preloaded_mb": preloaded}
         finally:
             operator.stop()
             if env.prometheus is not None:
@@ -425,7 +430,9 @@ def kill(cluster: LocalCluster, operator: Operator, victim: str, move: dict[str,
     }
 
 
-def cycle(cluster: LocalCluster, operator: Operator, bootstrap: str, prometheus_url: str) -> dict[str, Any]:
+def cycle(
+    cluster: LocalCluster, operator: Operator, bootstrap: str, prometheus_url: str, ready_at: float
+) -> dict[str, Any]:
     kills: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []
     completed = 1
@@ -447,6 +454,7 @@ def cycle(cluster: LocalCluster, operator: Operator, bootstrap: str, prometheus_
         except SystemExit as timeout:
             progress(str(timeout))
             completed = 0
+        time.sleep(max(0.0, ready_at - time.monotonic()))
         for shards, plan in CYCLE if completed else []:
             began, since = time.monotonic(), time.time() - recorder.began
             poller = Retained(endpoints_of(status(cluster)))
