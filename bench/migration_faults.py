@@ -55,6 +55,7 @@ per shard), BENCH_RESULTS_NAME (migration_faults).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -229,6 +230,8 @@ class Recorder:
         self.cluster = cluster
         self.began = time.time()
         self.ended: dict[str, dict[str, Any]] = {}
+        self.seen: set[str] = set()  # every move id recorded in any phase
+        self.epoch = 0  # the last routing epoch recorded
         self.asks: list[dict[str, Any]] = []  # planner changes: t, target, desired, why
         self.bounds: list[tuple[float, int, int]] = []  # (t, minShards, maxShards) as seen
         self.handed = 0.0  # t at which the bench handed the shard count to the planner
@@ -253,7 +256,9 @@ class Recorder:
         now = round(time.time() - self.began, 1)
         with self.lock:
             self.bounds.append((now, int(spec.get("minShards", 0)), int(spec.get("maxShards", 0))))
+            self.epoch = int((found.get("routing") or {}).get("epoch") or self.epoch)
             for move in found.get("migrations") or []:
+                self.seen.add(move["id"])
                 if move.get("phase") in ("Done", "RolledBack"):
                     self.ended[move["id"]] = dict(move)
             ask = {"target": plan.get("targetShards"), "desired": shards.get("desired")}
@@ -387,17 +392,19 @@ class Retained:
         self.thread = threading.Thread(target=lambda: asyncio.run(self._poll()), daemon=True)
 
     async def _poll(self) -> None:
-        transport = GrpcTransport(call_timeout_s=1.0)
+        # one poller per shard: a dead or restarting shard's timeouts never delay another's
+        # reading (a source killed in Drain restarts, releases and is removed within seconds)
+        transport = GrpcTransport(call_timeout_s=0.5)
         try:
-            while not self.stop.is_set():
-                for shard, endpoint in self.endpoints.items():
-                    try:
-                        self.last[shard] = await transport.backlog(endpoint)
-                    except Exception:  # stopped (or restarting): its last answer stands
-                        continue
-                await asyncio.sleep(0.3)
+            await asyncio.gather(*(self._one(transport, s, e) for s, e in self.endpoints.items()))
         finally:
             await transport.close()
+
+    async def _one(self, transport: GrpcTransport, shard: int, endpoint: str) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(Exception):  # stopped (or restarting): its last answer stands
+                self.last[shard] = await transport.backlog(endpoint)
+            await asyncio.sleep(0.2)
 
 
 def kill(cluster: LocalCluster, operator: Operator, victim: str, move: dict[str, Any]) -> dict[str, Any]:
@@ -502,6 +509,9 @@ def cycle(
     return {
         **report(kills, recorder.ended, steps, completed, removed_retained, live),
         "planner_asks": recorder.asks,
+        "moves_seen": len(recorder.seen),  # every move recorded; ended ones are in `moves`
+        "moves_unfinished": sorted(recorder.seen - set(recorder.ended)),
+        "routing_epoch": recorder.epoch,
         "spec_bounds_kept": int(kept),
         "scaled_events": scaled_events(cluster),
     }
@@ -608,6 +618,7 @@ def table(report: dict[str, Any]) -> str:
         ),
         *((f"Scaled Event {i + 1}", event) for i, event in enumerate(r["scaled_events"])),
         ("moves done / rolled back / retried", _slash(r, "moves", "rolled_back", "retried_moves")),
+        ("moves recorded (watch) / final epoch", _slash(r, "moves_seen", "routing_epoch")),
         ("SIGKILLs operator / source / target", _slash(r, "operator_kills", "source_kills", "target_kills")),
         ("kill cases (victim@phase->move)", cases),
         ("kill cases covered / phases", _slash(r, "kill_cases_covered", "phases_covered")),
