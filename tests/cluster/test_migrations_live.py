@@ -10,7 +10,9 @@ time while the move's source or target broker is SIGKILLed the moment a watch se
 recorded in a phase (the pod runner restarts it on the same port); each move rolls back and is
 retried, or rolls forward. The per-key checker proves every acknowledged message arrived once and
 in order (a broker kill may lose a consumer's ack: that key's head is then delivered again right
-after itself, counted as `redelivered`, never as a duplicate or a reordering).
+after itself, counted as `redelivered`, never as a duplicate or a reordering). Last, a second
+queue goes 2 -> 4 -> 2 with its bounds left alone: the planner decides from the offered rate
+(Prometheus scraping the brokers, no history), as bench/migration_faults.py's cycle does.
 """
 
 from __future__ import annotations
