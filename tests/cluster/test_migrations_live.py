@@ -10,7 +10,9 @@ time while the move's source or target broker is SIGKILLed the moment a watch se
 recorded in a phase (the pod runner restarts it on the same port); each move rolls back and is
 retried, or rolls forward. The per-key checker proves every acknowledged message arrived once and
 in order (a broker kill may lose a consumer's ack: that key's head is then delivered again right
-after itself, counted as `redelivered`, never as a duplicate or a reordering).
+after itself, counted as `redelivered`, never as a duplicate or a reordering). Last, a second
+queue goes 2 -> 4 -> 2 with its bounds left alone: the planner decides from the offered rate
+(Prometheus scraping the brokers, no history), as bench/migration_faults.py's cycle does.
 """
 
 from __future__ import annotations
@@ -30,13 +32,19 @@ from operator_helpers import NAMESPACE, get, install, running_operator, scrape, 
 from foreshard.adapters.brokers import GrpcBrokers
 from foreshard.localcluster import devenv, traffic
 from foreshard.localcluster.cluster import LocalCluster
+from foreshard.localcluster.devenv import DevEnv
 
 pytestmark = pytest.mark.cluster
 
 QUEUE = "moving"
 SLOTS = 16
 KEYS = 200
-OPERATOR_ENV = {"FORESHARD_RESYNC_SECONDS": "1"}
+# a pass every second; the forecast loop every 2 s (the planner-driven test reads Prometheus)
+OPERATOR_ENV = {
+    "FORESHARD_RESYNC_SECONDS": "1",
+    "FORESHARD_FORECAST_SECONDS": "2",
+    "FORESHARD_TRACKED_KEYS": "3",
+}
 
 
 def queue_body() -> dict[str, Any]:
@@ -61,8 +69,8 @@ def condition(body: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     )
 
 
-def status(cluster: LocalCluster) -> dict[str, Any]:
-    return (get(cluster, "shardallocation", QUEUE) or {}).get("status") or {}
+def status(cluster: LocalCluster, name: str = QUEUE) -> dict[str, Any]:
+    return (get(cluster, "shardallocation", name) or {}).get("status") or {}
 
 
 def owners(found: dict[str, Any]) -> set[int]:
@@ -79,9 +87,9 @@ def endpoints(found: dict[str, Any]) -> dict[int, str]:
 MIGRATING_SEEN: list[str] = []  # the Migrating condition's messages while waiting, for the asserts
 
 
-def settled(cluster: LocalCluster, shards: int) -> bool:
+def settled(cluster: LocalCluster, shards: int, name: str = QUEUE) -> bool:
     """`shards` shards, each owning slots, all Routed at the recorded epoch, no move in flight."""
-    body = get(cluster, "shardallocation", QUEUE)
+    body = get(cluster, "shardallocation", name)
     found = (body or {}).get("status") or {}
     MIGRATING_SEEN.append(condition(body, "Migrating").get("message", ""))
     if owners(found) != set(range(shards)) or len(endpoints(found)) != shards:
@@ -309,3 +317,75 @@ def test_source_and_target_brokers_killed_at_move_phases_lose_nothing_and_every_
     assert verdict["acked"] > 500
     assert verdict["finished"] and verdict["pending"] == 0, f"a publish never resolved: {verdict}"
     assert verdict["lost"] == verdict["duplicated"] == verdict["reordered"] == 0, verdict
+
+
+PLANNED = "planned"
+STEP_S = 5
+
+
+def planned_body() -> dict[str, Any]:
+    """A queue whose shard count the planner decides: 2 to 4 shards of 40 msg/s, headroom 1."""
+    body = queue_body()
+    body["metadata"]["name"] = PLANNED
+    body["spec"].update(
+        {
+            "maxShards": 4,
+            "capacity": {"messagesPerSecond": 40},
+            "scaling": {"leadTime": "5s", "headroom": 1.0, "scaleDownStabilization": "10s"},
+        }
+    )
+    return body
+
+
+def asked(cluster: LocalCluster, shards: int) -> bool:
+    """The planner's plan asks for `shards` and the queue has settled there."""
+    plan = status(cluster, PLANNED).get("plan") or {}
+    return plan.get("targetShards") == shards and settled(cluster, shards, PLANNED)
+
+
+def test_the_planner_scales_out_and_back_in_from_the_offered_load_alone(
+    moving: dict[str, Any], tmp_path: Path
+) -> None:
+    """minShards 2 and maxShards 4 never change: the offered rate alone takes the queue 2 -> 4 -> 2
+    through the operator's decide (arrivals scraped by Prometheus, no backfilled history)."""
+    cluster = moving["cluster"]
+    env = DevEnv(tmp_path, NAMESPACE, cluster=cluster)
+    url = env.history({}, end_at_s=time.time())
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(planned_body()))
+    try:
+        wait_for(lambda: settled(cluster, 2, PLANNED), 180, "2 shards (forecasting off: minShards)")
+        bootstrap = endpoints(status(cluster, PLANNED))[0]
+        # 20 msg/s a shard at headroom 1: 30 msg/s needs 2, 90 needs 5 (4 at most), 15 needs 1 (2)
+        with traffic.Continuous(bootstrap, "planned", KEYS, rate=30) as live:
+            forecast = {
+                "prometheusURL": url, "timeScale": 60, "step": f"{STEP_S}s", "lookback": "40s",
+                "longHorizon": "60s",
+            }  # fmt: skip
+            patch = json.dumps({"spec": {"forecast": forecast}})
+            cluster.kubectl("patch", "shardallocation", PLANNED, "-n", NAMESPACE, "--type=merge", "-p", patch)
+            wait_for(lambda: asked(cluster, 2), 90, "the planner's plan at 2 shards")
+            for rate, shards in ((90, 4), (15, 2)):
+                time.sleep(STEP_S - time.time() % STEP_S + 0.2)  # on the planner's grid
+                live.rate = rate
+                wait_for(
+                    lambda shards=shards: asked(cluster, shards),
+                    240,
+                    f"the planner's {shards} shards at {rate} msg/s",
+                    lambda: json.dumps(status(cluster, PLANNED), indent=1)[-3000:],
+                )
+        body = get(cluster, "shardallocation", PLANNED) or {}
+        events = cluster.kubectl(
+            "get", "events", "-n", NAMESPACE, "--field-selector",
+            f"reason=Scaled,involvedObject.name={PLANNED}", "-o", "json",
+        )  # fmt: skip
+        scaled = [e["message"] for e in json.loads(events.stdout)["items"]]
+        verdict = live.verdict()
+        print("migrations-planned:", json.dumps({**verdict, "scaled": scaled}))
+        assert (body["spec"]["minShards"], body["spec"]["maxShards"]) == (2, 4), "the bounds never changed"
+        assert any("Shards 2 -> 4" in m for m in scaled) and any("Shards 4 -> 2" in m for m in scaled), scaled
+        assert verdict["finished"] and verdict["pending"] == 0, verdict
+        assert verdict["lost"] == verdict["duplicated"] == verdict["reordered"] == 0, verdict
+    finally:
+        if env.prometheus is not None:
+            env.prometheus.stop()
+        cluster.kubectl("delete", "shardallocation", PLANNED, "-n", NAMESPACE, "--wait=false", check=False)

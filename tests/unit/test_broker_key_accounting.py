@@ -11,7 +11,7 @@ from foreshard_broker.server.admin import Admin
 from foreshard_broker.server.broker import Broker
 from foreshard_broker.server.config import Batch, BrokerConfig
 from foreshard_broker.server.metrics import BrokerMetrics
-from foreshard_broker.storage import MemoryStorage
+from foreshard_broker.storage import BatchRecord, MemoryStorage, Message
 
 pytestmark = pytest.mark.unit
 
@@ -86,3 +86,19 @@ async def test_folded_keys_are_still_counted_per_slot_in_the_published_counter()
     assert len(published) < 40, "folded keys are summed per slot, not itemised"
     by_slot = {slot_of(key, 64) for key in keys}
     assert any(f'key="",queue="orders",slot="{slot}"' in page for slot in by_slot)
+
+
+def test_a_migrations_imported_copy_is_stored_but_not_counted_as_arrivals() -> None:
+    broker = started()
+    copied = [
+        Message(offset, "moved", slot_of("moved", 64), b"abc", {}, 0, 1, 100 + offset) for offset in range(5)
+    ]
+    broker.state.apply_batch(BatchRecord.of("", 0, copied))
+    totals = broker.load.totals
+    assert broker.state.stored["moved"] == 5, "the copy is held (its backlog moved here)"
+    assert totals.arrived.get("moved", 0) == 0, "a copy is not load the producers offered"
+    assert sum(totals.slot_arrived.values()) == 0
+    published = [Message(5, "moved", slot_of("moved", 64), b"abcd", {}, 0)]
+    broker.state.apply_batch(BatchRecord.of("p", 1, published))
+    assert broker.load.totals.arrived["moved"] == 1, "what producers publish after the move counts"
+    assert broker.load.totals.arrived_bytes["moved"] == 4

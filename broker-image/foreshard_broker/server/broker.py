@@ -63,6 +63,7 @@ class Broker:
         self.state = BrokerState()
         self.load = LoadTracker(config.num_slots, config.rate_window_s, config.max_tracked_keys)
         self.state.on_ack = self.load.acked
+        self.state.on_import = self.load.imported
         self.paused_slots: dict[int, int] = {}  # slot -> retry-after ms
         self.paused_keys: dict[str, int] = {}
         self.draining = False

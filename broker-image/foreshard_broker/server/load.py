@@ -122,6 +122,16 @@ class LoadTracker:
             slot_acked[at] = slot_acked.get(at, 0) + count
         return totals
 
+    def imported(self, keys: list[str], sizes: list[int]) -> None:
+        """A migration's copy was stored: not arrivals. It joins the baseline, as the log's replay
+        at start-up does, so the published counters and the slot rates stay what producers sent
+        (counted as arrivals, a move's copy showed the operator a burst of load it then sized
+        shards for, and a scale-in's copies asked for the shards back)."""
+        self._baseline.update(keys)
+        baseline_bytes = self._baseline_bytes
+        for key, size in zip(keys, sizes, strict=True):
+            baseline_bytes[key] = baseline_bytes.get(key, 0) + size
+
     def acked(self, key: str) -> None:
         self._acked[key] = self._acked.get(key, 0) + 1
 

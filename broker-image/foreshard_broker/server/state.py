@@ -75,6 +75,9 @@ class BrokerState:
         self.expired: Counter[str] = Counter()
         # Called with the key of every message a group acknowledged (load metrics hook).
         self.on_ack: Callable[[str], None] = lambda key: None
+        # Called with the keys and payload sizes of every imported batch (a migration's copy): those
+        # were stored here, yet they are not arrivals (the load metrics hook discounts them).
+        self.on_import: Callable[[list[str], list[int]], None] = lambda keys, sizes: None
 
     def apply(self, record: Record) -> None:
         if isinstance(record, BatchRecord):
@@ -204,6 +207,7 @@ class BrokerState:
         if chunk.origin_shards is not None and chunk.origin_offsets is not None:
             origins = zip(chunk.origin_shards, chunk.origin_offsets, strict=True)
             self.imported.update(zip(origins, range(first, last + 1), strict=True))
+            self.on_import(keys, list(map(len, chunk.payloads)))
         for group in groups:
             skip = max(0, group.from_offset - first)
             group.add_run(first + skip, keys[skip:] if skip else keys)

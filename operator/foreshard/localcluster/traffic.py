@@ -229,6 +229,8 @@ async def judge(
 
 
 STUCK_S = 30.0  # a publish batch unresolved this long is reported as stuck
+OFFER_TICK_S = 0.1  # an offered rate's sends go out in ticks this long
+MAX_IN_FLIGHT = 20_000  # unanswered sends at an offered rate; beyond it the producer waits
 
 
 class Continuous:
@@ -237,13 +239,27 @@ class Continuous:
     The scale-cycle proof: a consumer group reads while slots move (its group state moves with
     them), and every acknowledged publish is checked once and in order. `with Continuous(...)`
     starts it; leaving the block stops publishing and waits until everything acked was consumed.
+
+    Without a `rate` each batch waits for the previous one's answers (as fast as the brokers
+    answer, with `pause_s` between batches). With one, the load is *offered*: sends are issued at
+    `rate` messages/s whatever the answers (at most MAX_IN_FLIGHT unanswered), so one slow or
+    restarting broker delays its own keys only, as real producers would. `rate` may be set from
+    another thread at any time (a bench changing the offered load).
     """
 
     def __init__(
-        self, bootstrap: str, group: str, key_count: int = 200, batch: int = 100, pause_s: float = 0.05
+        self,
+        bootstrap: str,
+        group: str,
+        key_count: int = 200,
+        batch: int = 100,
+        pause_s: float = 0.05,
+        rate: float | None = None,
     ) -> None:
         self.bootstrap, self.group = bootstrap, group
         self.key_count, self.batch, self.pause_s = key_count, batch, pause_s
+        self.rate = rate  # messages/s offered; None: closed loop, batch after batch
+        self.sent = 0  # sends issued
         self.stop = threading.Event()
         self.drain_s = 180.0
         # Payloads carry a run id: a new group also reads what earlier traffic left retained (say
@@ -286,6 +302,8 @@ class Continuous:
         names = keys(self.key_count)
         try:
             async with Producer(transport, [self.bootstrap]) as producer:
+                if self.rate is not None:
+                    await self._offered(producer, names)
                 sequence = 0
                 while not self.stop.is_set():
                     sent = [
@@ -313,6 +331,42 @@ class Continuous:
             await consumer.close()
             await running
             await transport.close()
+
+    async def _offered(self, producer: Producer, names: list[str]) -> None:
+        """Sends at `self.rate` (read every tick) until stopped, then waits for their answers."""
+        futures: set[asyncio.Future[None]] = set()
+        sequence, owed, last = 0, 0.0, time.monotonic()
+        while not self.stop.is_set():
+            await asyncio.sleep(OFFER_TICK_S)
+            now = time.monotonic()
+            # no catching up after a stall longer than a tick or two: offered load, not a backlog
+            owed = min(owed + (now - last) * (self.rate or 0.0), 2 * OFFER_TICK_S * (self.rate or 0.0) + 1)
+            last = now
+            count, owed = int(owed), owed - int(owed)
+            for i in range(sequence, sequence + count):
+                key, seq = names[i % self.key_count], i // self.key_count
+                futures.add(self._send(producer, key, seq))
+            sequence += count
+            self.sent = sequence
+            while len(futures) > MAX_IN_FLIGHT:
+                _, futures = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+            futures = {f for f in futures if not f.done()}
+            self.pending = len(futures)
+        if futures:
+            await asyncio.wait(futures, timeout=STUCK_S * 2)
+        self.pending = sum(not f.done() for f in futures)
+
+    def _send(self, producer: Producer, key: str, seq: int) -> asyncio.Future[None]:
+        future = asyncio.ensure_future(producer.send(key, f"{self.run}|{key}:{seq}".encode()))
+
+        def settled(done: asyncio.Future[None]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                self.failed += 1
+            else:
+                self.checker.acked[key].add(seq)
+
+        future.add_done_callback(settled)
+        return future
 
     async def _answers(
         self, producer: Producer, sent: list[tuple[str, int]], futures: list[asyncio.Future[None]]
