@@ -68,6 +68,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchio import keep
 from kubernetes import client, config, watch
 
 from foreshard.api.migration import seconds_of
@@ -80,7 +81,6 @@ from foreshard_broker.client.broker_client import BrokerClient
 from foreshard_broker.client.grpc_transport import GrpcTransport
 from foreshard_broker.client.producer import Producer
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SLOTS = int(os.environ.get("BENCH_SLOTS", "24"))
 KEYS = int(os.environ.get("BENCH_KEYS", "200"))
 PRELOAD_MB = float(os.environ.get("BENCH_PRELOAD_MB", "24"))
@@ -647,12 +647,7 @@ def table(report: dict[str, Any]) -> str:
 
 def main() -> int:
     report = run()
-    text = table(report)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{NAME}.txt").write_text(text + "\n")
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report))
+    keep(NAME, table(report), report)
     clean = report["lost"] == report["duplicated"] == report["reordered"] == report["pending"] == 0
     clean = clean and bool(report["finished"]) and not any(report["removed_shards_retained"].values())
     return 0 if clean and report["scale_cycle_completed"] else 1
