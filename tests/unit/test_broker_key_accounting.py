@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -102,3 +103,62 @@ def test_a_migrations_imported_copy_is_stored_but_not_counted_as_arrivals() -> N
     broker.state.apply_batch(BatchRecord.of("p", 1, published))
     assert broker.load.totals.arrived["moved"] == 1, "what producers publish after the move counts"
     assert broker.load.totals.arrived_bytes["moved"] == 4
+
+
+def published(page: str) -> dict[str, float]:
+    """The published counter's samples by their labels."""
+    prefix = "foreshard_messages_published_total{"
+    return {
+        line.rsplit(" ", 1)[0].removeprefix(prefix).removesuffix("}"): float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+async def test_a_key_that_folds_after_its_own_series_was_scraped_adds_no_arrivals_to_its_slot() -> None:
+    # After a slot moves away its keys go idle on the source and fold a window later: the slot's
+    # key="" series must not jump by their counts (increase() would read a burst of arrivals).
+    broker = started()
+    metrics = BrokerMetrics(Admin(broker), queue="orders")
+    await broker.create_group("g", latest=False)
+    await broker.publish("p", 1, Batch(["idle"] * 30 + ["busy"] * 5, [b"x"] * 35))
+    await drain(broker, "g")
+    start = time.monotonic()
+    broker.load.tick(start)
+    before = published(metrics.render().decode())
+    slot = slot_of("idle", 64)
+    own = f'key="idle",queue="orders",slot="{slot}"'
+    summed = f'key="",queue="orders",slot="{slot}"'
+    assert before.get(own) == 30 and summed not in before
+    for step in range(1, 9):  # "idle" unchanged for more than a window: folded
+        if step == 4:
+            await broker.publish("p", 2, Batch(["busy"], [b"x"]))
+            await drain(broker, "g")
+        broker.load.tick(start + step * 11)
+    assert "idle" not in broker.state.stored, "the idle key folded"
+    after = published(metrics.render().decode())
+    assert own not in after
+    assert after.get(summed, 0) == 0, "the fold moved no arrivals into the slot's series"
+    await broker.publish("p", 3, Batch(["idle"] * 2, [b"x"] * 2))  # it comes back: tracked anew
+    again = published(metrics.render().decode())
+    assert again.get(summed, 0) == 0 and again[own] == 2
+
+
+async def test_keys_crossing_the_cap_keep_every_series_a_counter_that_counts_each_arrival_once() -> None:
+    broker = started()
+    metrics = BrokerMetrics(Admin(broker), queue="orders", max_keys=2)
+    seen: list[dict[str, float]] = []
+    arrived = 0
+    for sequence, batch in enumerate((["a"] * 5 + ["b"] * 4 + ["c"], ["c"] * 8, ["b"] * 9, ["a"] * 2), 1):
+        await broker.publish("p", sequence, Batch(batch, [b"x"] * len(batch)))
+        arrived += len(batch)
+        seen.append(published(metrics.render().decode()))
+    for earlier, later in itertools.pairwise(seen):
+        for series, value in later.items():
+            if series.startswith('key=""') and series in earlier:
+                assert value >= earlier[series], f"{series} went down: {earlier[series]} -> {value}"
+    # what increase() sums over the scrapes: each series' growth while present, first sample as base
+    counted = sum(seen[0].values())
+    for earlier, later in itertools.pairwise(seen):
+        counted += sum(value - earlier.get(series, value) for series, value in later.items())
+    assert counted == arrived, "every arrival counted once, none twice, none lost to a reset"

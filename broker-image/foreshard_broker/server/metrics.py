@@ -44,6 +44,7 @@ class BrokerMetrics:
         # process_cpu_seconds_total and friends: the operator's capacity.learn divides CPU by messages
         ProcessCollector(registry=self.registry)
         self.admin, self.queue, self.max_keys = admin, queue, max_keys
+        self.unshown = UnshownCounter()
         admin.broker.observe_publish = self.publish_latency.observe
         admin.broker.observe_deliveries = self.observe_deliveries
 
@@ -62,12 +63,15 @@ class BrokerMetrics:
         shown, rest = keys[: self.max_keys], keys[self.max_keys :]
         labels = {key: f'key="{_escape(key)}",queue="{queue}",slot="{load.slot(key)}"' for key in shown}
         published = [(labels[key], totals.arrived[key]) for key in shown]
-        # Keys past the cap and keys folded into their slot (cold, no backlog) are summed per slot.
+        # Keys past the cap and keys folded into their slot (cold, no backlog) are summed per slot,
+        # without the counts their own series already showed (UnshownCounter).
         unshown = _per_slot(load, totals.arrived, rest)
         for slot, (count, _, _) in load.folded_totals().items():
             unshown[slot] = unshown.get(slot, 0) + count
+        shown_now = {key: (load.slot(key), totals.arrived[key]) for key in shown}
         published += [
-            (f'key="",queue="{queue}",slot="{slot}"', count) for slot, count in sorted(unshown.items())
+            (f'key="",queue="{queue}",slot="{slot}"', count)
+            for slot, count in sorted(self.unshown.exported(unshown, shown_now, rest).items())
         ]
         yield from _family(
             "foreshard_messages_published_total",
@@ -188,6 +192,40 @@ class _StateCollector(Collector):
         for group, count in sorted(state.expired.items()):
             dropped.add_metric([*labels, group], count)
         yield dropped
+
+
+class UnshownCounter:
+    """The per-slot `key=""` series, kept a counter of arrivals that no key's own series showed.
+
+    A key leaves its own series when it folds (idle for a window, or past the cap) or drops below
+    the `max_keys` heaviest; its count then joins its slot's sum. Exported as is, that sum jumps by
+    everything the key ever stored, which `increase()` reads as a burst of new arrivals (seen after
+    every slot move: its keys go idle on the source and fold a window later, 400 msg/s where 18
+    were offered). So what a key's own series showed at the last scrape is held back from the sum
+    when it leaves, and a key that comes back to its own series takes its count along, which is
+    held in the sum instead: each slot's series then only grows, and only by real arrivals.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, int]] = {}  # key -> (slot, count) its own series showed
+        self._rest: frozenset[str] = frozenset()  # keys past the cap at the last scrape (in the sum)
+        self._held: dict[int, int] = {}  # slot -> counts held back from (or kept in) the sum
+
+    def exported(
+        self, raw: Mapping[int, int], shown: Mapping[str, tuple[int, int]], rest: Iterable[str]
+    ) -> dict[int, int]:
+        """`raw`: per slot, the counts of the keys not shown (past the cap, folded); `shown`: each
+        shown key's (slot, count); `rest`: the keys past the cap. What each slot's series shows."""
+        held = self._held
+        for key, (slot, count) in self._last.items():
+            if key not in shown:  # left its own series, its count joined the sum
+                held[slot] = held.get(slot, 0) + count
+        for key, (slot, count) in shown.items():
+            if key in self._rest:  # back above the cap: its count left the sum, which keeps it
+                held[slot] = held.get(slot, 0) - count
+        self._last, self._rest = dict(shown), frozenset(rest)
+        slots = {*raw, *(slot for slot, value in held.items() if value)}
+        return {slot: raw.get(slot, 0) - held.get(slot, 0) for slot in slots}
 
 
 def _per_slot(load: LoadTracker, counts: Mapping[str, int], keys: Iterable[str]) -> dict[int, int]:
