@@ -97,6 +97,7 @@ def test_the_report_writes_four_plots_a_summary_a_timeline_and_one_self_containe
     assert 'id="verdict">clean<' in page and "plotsRendered" in page
     assert json.loads(written["summary"].read_text())["messages"] == 1234
     assert len((tmp_path / "timeline.csv").read_text().splitlines()) == 1 + 12 * 24
+    assert len(json.loads((tmp_path / "moves.json").read_text())) == 30
 
 
 def test_the_compressed_spec_keeps_every_horizon_within_the_crd_bounds_on_the_queue_clock() -> None:
