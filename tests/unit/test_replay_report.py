@@ -97,6 +97,7 @@ def test_the_report_writes_four_plots_a_summary_a_timeline_and_one_self_containe
     assert 'id="verdict">clean<' in page and "plotsRendered" in page
     assert json.loads(written["summary"].read_text())["messages"] == 1234
     assert len((tmp_path / "timeline.csv").read_text().splitlines()) == 1 + 12 * 24
+    assert len(json.loads((tmp_path / "moves.json").read_text())) == 30
 
 
 def test_the_compressed_spec_keeps_every_horizon_within_the_crd_bounds_on_the_queue_clock() -> None:
@@ -141,3 +142,30 @@ def test_the_live_view_shows_shards_epoch_forecast_moves_backlog_and_the_checker
         assert shown in text, text
     line = replayview.line(result, sample)
     assert line.startswith("-- 100/") and "epoch 5" in line and "30 done" in line
+
+
+def test_the_summary_breaks_the_pause_into_fence_settle_and_switch_over_done_moves() -> None:
+    result = outcome()
+    result.moves = {
+        f"m{i}": {"phase": "Done", "pauseMs": 100.0 + i, "fenceMs": 10.0 + i, "settleMs": float(i)}
+        for i in range(100)
+    }
+    result.moves["rolled"] = {"phase": "RolledBack", "pauseMs": 9999.0, "fenceMs": 9999.0, "settleMs": 9999}
+    summary = result.summary()
+    assert (summary["pause_p50_ms"], summary["pause_p99_ms"]) == (149.5, 198.0)
+    assert (summary["pause_fence_p50_ms"], summary["pause_fence_p99_ms"]) == (59.5, 108.0)
+    assert (summary["pause_settle_p50_ms"], summary["pause_settle_p99_ms"]) == (49.5, 98.0)
+    assert (summary["pause_switch_p50_ms"], summary["pause_switch_p99_ms"]) == (90.0, 90.0)
+    assert "fence (incl. settle" in replayreport.table(summary)
+
+
+def test_a_finished_move_the_operator_drops_from_status_stays_collected() -> None:
+    from foreshard.localcluster.movewatch import MoveWatch
+
+    watch = MoveWatch(None, "ns", "q", t0=100.0)  # type: ignore[arg-type]  # not started: no API calls
+    watch.record([{"id": "a", "phase": "Fence"}], now=101.0)
+    watch.record([{"id": "a", "phase": "Done", "pauseMs": 80.0}, {"id": "b", "phase": "Copy"}], now=102.0)
+    watch.record([{"id": "b", "phase": "Done", "pauseMs": 90.0}], now=103.0)  # "a" dropped from status
+    moves = watch.moves()
+    assert moves["a"] == {"id": "a", "phase": "Done", "pauseMs": 80.0, "firstSeen": 1.0}
+    assert moves["b"]["phase"] == "Done" and moves["b"]["firstSeen"] == 2.0

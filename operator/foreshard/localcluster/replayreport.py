@@ -6,6 +6,7 @@
 <dir>/consumer.png   the group's backlog and the prefetch agent's buffer against a fixed 1000
 <dir>/summary.json   the figures (the same object `--json` prints); summary.txt the table
 <dir>/timeline.csv   one row per sample
+<dir>/moves.json     every move as the operator last recorded it (phase, pauseMs, fenceMs, settleMs...)
 <dir>/report.html    all of the above in one file (plots inlined as data: URIs)
 """
 
@@ -42,6 +43,8 @@ def write(outcome: Outcome, directory: Path) -> dict[str, Path]:
     _consumer(outcome, paths["consumer"])
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (directory / "summary.txt").write_text(table(summary) + "\n")
+    moves = sorted(outcome.moves.values(), key=lambda m: float(m.get("firstSeen", 0.0)))
+    (directory / "moves.json").write_text(json.dumps(moves, indent=1) + "\n")
     with (directory / "timeline.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([f.name for f in fields(Sample)])
@@ -64,7 +67,11 @@ ROWS = (
     ("  fraction", "ramps_scaled_ahead_fraction"),
     ("lost / duplicated / reordered", ("lost", "duplicated", "reordered")),
     ("slot moves done / rolled back", ("moves", "rolled_back")),
+    ("  moves the operator counted done", "moves_counted_by_operator"),
     ("pause p50 / p99 ms", ("pause_p50_ms", "pause_p99_ms")),
+    ("  fence (incl. settle, delta import) p50 / p99 ms", ("pause_fence_p50_ms", "pause_fence_p99_ms")),
+    ("  settle (in-flight deliveries acked) p50 / p99 ms", ("pause_settle_p50_ms", "pause_settle_p99_ms")),
+    ("  switch (record + table pushes) p50 / p99 ms", ("pause_switch_p50_ms", "pause_switch_p99_ms")),
     ("most shards Ready", "max_shards"),
     ("shard-hours (trace time)", "shard_hours"),
     ("HPA formula: shard-hours", "hpa_shard_hours"),

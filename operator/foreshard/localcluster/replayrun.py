@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import statistics
 import time
 import urllib.request
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from foreshard.core.simulation import replay
 from foreshard.localcluster import devenv
 from foreshard.localcluster.devenv import DevEnv
 from foreshard.localcluster.livereplay import LiveReplay
+from foreshard.localcluster.movewatch import MoveWatch, pause_profile
 
 SAMPLE_S = 1.0
 GROUP_NAME = "replay-check"
@@ -100,12 +100,14 @@ class Outcome:
     samples: list[Sample] = field(default_factory=list)
     moves: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> last seen, + firstSeen
     verdict: dict[str, Any] = field(default_factory=dict)
+    # moves the operator counted done during the replay (its moves_total), to check none was missed
+    operator_moves: int | None = None
     judgement: replay.Judgement | None = None
     wall_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         done = [m for m in self.moves.values() if m.get("phase") == "Done"]
-        pauses = sorted(float(m["pauseMs"]) for m in done if "pauseMs" in m)
+        profile = pause_profile(done)
         j = self.judgement
         fraction = j.ramps_scaled_ahead_fraction if j else None
         return {
@@ -126,9 +128,9 @@ class Outcome:
             "failed": self.verdict.get("failed"),
             "drained": self.verdict.get("drained"),
             "moves": len(done),
+            "moves_counted_by_operator": self.operator_moves,
             "rolled_back": sum(m.get("phase") == "RolledBack" for m in self.moves.values()),
-            "pause_p50_ms": round(statistics.median(pauses), 1) if pauses else None,
-            "pause_p99_ms": percentile(pauses, 0.99),
+            **profile,
             "max_shards": max((s.ready for s in self.samples), default=0),
             "shard_hours": round(j.shard_hours, 2) if j else None,
             "hpa_shard_hours": round(j.hpa_shard_hours, 2) if j else None,
@@ -141,12 +143,6 @@ class Outcome:
     def clean(self) -> bool:
         v = self.verdict
         return bool(v) and v["lost"] == v["duplicated"] == v["reordered"] == 0 and bool(v["drained"])
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return round(values[min(len(values) - 1, math.ceil(q * len(values)) - 1)], 1)
 
 
 def make_plan(settings: Settings) -> replay.Plan:
@@ -227,12 +223,27 @@ class QueueWatch:
         self.last = dict(found)
         return self.last
 
-    def forecast(self) -> dict[str, float]:
+    def _metrics(self) -> str:
         try:
             with urllib.request.urlopen(self.env.operator_metrics, timeout=2) as response:
-                text = response.read().decode()
+                return str(response.read().decode())
         except OSError:
-            return {}
+            return ""
+
+    def moves_done(self) -> int | None:
+        """The operator's count of moves finished Done on this queue (None: metrics unreadable)."""
+        text = self._metrics()
+        if not text:
+            return None
+        pattern = re.compile(r"^foreshard_operator_moves_total\{(.*)\} (\S+)$", re.M)
+        for labels, value in pattern.findall(text):
+            parsed = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            if parsed.get("queue") == self.settings.queue and parsed.get("result") == "done":
+                return int(float(value))
+        return 0
+
+    def forecast(self) -> dict[str, float]:
+        text = self._metrics()
         out = {}
         pattern = re.compile(r"^foreshard_operator_forecast_messages_per_second\{(.*)\} (\S+)$", re.M)
         for labels, value in pattern.findall(text):
@@ -283,8 +294,15 @@ def run(
         f"replaying {settings.hours:g} trace hours in {plan.duration_s:.0f} s: {len(plan.keys)} keys, "
         f"peak {plan.rates.max():.0f} msg/s"
     )
-    with LiveReplay(plan, bootstrap, GROUP_NAME, t0) as live:
-        _sample_until(outcome, live, watch, t0, on_sample)
+    counted = watch.moves_done()
+    with (
+        MoveWatch(watch.api, settings.namespace, settings.queue, t0) as moves,
+        LiveReplay(plan, bootstrap, GROUP_NAME, t0) as live,
+    ):
+        _sample_until(outcome, live, watch, moves, t0, on_sample)
+    outcome.moves = moves.moves()
+    after = watch.moves_done()
+    outcome.operator_moves = None if counted is None or after is None else after - counted
     outcome.verdict = live.verdict()
     times = np.array([s.t for s in outcome.samples])
     ready = np.array([float(s.ready) for s in outcome.samples])
@@ -299,6 +317,7 @@ def _sample_until(
     outcome: Outcome,
     live: LiveReplay,
     watch: QueueWatch,
+    moves: MoveWatch,
     t0: float,
     on_sample: Callable[[Outcome, Sample], None],
 ) -> None:
@@ -310,9 +329,8 @@ def _sample_until(
         stats = live.stats()
         body = watch.body()
         status = body.get("status") or {}
-        for move in status.get("migrations") or []:
-            seen = outcome.moves.setdefault(move["id"], {"firstSeen": now - t0})
-            seen.update(move)
+        moves.record(status.get("migrations") or [], now)  # beside the watch, in case it reconnects
+        outcome.moves = moves.moves()  # the live view reads them
         in_flight = [m for m in status.get("migrations") or [] if m["phase"] not in ("Done", "RolledBack")]
         bands = watch.forecast()
         elapsed = now - last[0]
