@@ -12,6 +12,7 @@ from foreshard.api.migration import Item, Migration, Phase
 from foreshard.core import routing
 from foreshard.core.migration import rebalance, schedule
 from foreshard.core.migration.rebalance import Loads
+from foreshard.reconcile import migrations
 from foreshard_broker.routing import RoutingTable
 
 pytestmark = pytest.mark.unit
@@ -133,3 +134,22 @@ def test_a_recent_item_still_moves_on_to_a_shard_that_owns_nothing_yet() -> None
     placement = rebalance.propose(four, 4, hot, None, recent, NOW)
     assert any(m.target == 3 and m.item in ("slot/0", "slot/1") for m in placement.moves), placement.moves
     assert rebalance.trigger(four, 4) is not None
+
+
+def test_moves_that_left_status_still_hold_planning_back_for_settle_s() -> None:
+    # A wave of 20 moves: status keeps the 16 newest finished, the process remembers all 20, so
+    # the first four are not planned straight back (the churn seen at the end of a taxi replay).
+    wave = [Migration(f"w{n}", Item(slot=n), 0, 1, Phase.DONE, phase_since_s=NOW - 60 + n) for n in range(20)]
+    finished: dict[str, Migration] = {}
+    held = migrations.remembered(wave, finished, NOW)
+    assert len(held) == 20
+    in_status = kept(wave)
+    assert len(in_status) == KEPT_FINISHED
+    held = migrations.remembered(in_status, finished, NOW + 1)
+    assert {m.id for m in held} == {m.id for m in wave}, "the process remembers what status let go"
+    moving = Migration("live", Item(slot=30), 0, 1, Phase.FENCE, phase_since_s=NOW)
+    again = migrations.remembered([*in_status, moving], finished, NOW + 2)
+    assert sum(m.id == "live" for m in again) == 1 and len(again) == 21
+    later = migrations.remembered(in_status, finished, NOW + rebalance.SETTLE_S + 1)
+    assert {m.id for m in later} == {m.id for m in in_status}, "older than SETTLE_S: forgotten"
+    assert all(m.id not in finished for m in wave[:4])

@@ -12,6 +12,7 @@ import kopf
 from foreshard.adapters.brokers import GrpcBrokers, resolver
 from foreshard.adapters.kube import KubeAdapter
 from foreshard.adapters.peering import ensure_peering
+from foreshard.api.migration import Migration
 from foreshard.core.migration.machine import Result
 from foreshard.handlers.shardallocation import RESYNC_SECONDS
 from foreshard.reconcile.shardallocation import Ports
@@ -37,11 +38,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     token_file = memo.get("admin_token_file")
     # the last result of each move's action outlives a pass (the next step observes it), not the process
     results: dict[str, Result] = {}
+    # and the moves that ended lately, per queue, beyond the few status.migrations keeps
+    finished: dict[tuple[str, str], dict[str, Migration]] = {}
     memo.ports = partial(
         build_ports,
         resolver(memo.get("broker_endpoints", "dns")),
         Path(token_file) if token_file else None,
         results,
+        finished,
     )
     if token_file is None or not Path(token_file).exists():
         logger.warning("no broker admin token (%s): brokers will refuse routing pushes", token_file)
@@ -58,9 +62,20 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     )
 
 
-def build_ports(endpoints: Any, token_file: Path | None, results: dict[str, Result]) -> Ports:
+def build_ports(
+    endpoints: Any,
+    token_file: Path | None,
+    results: dict[str, Result],
+    finished: dict[tuple[str, str], dict[str, Migration]] | None = None,
+) -> Ports:
     """A pass's ports; the token file is re-read each pass, so a rotated Secret needs no restart."""
     brokers = GrpcBrokers.from_token_file(token_file)
     return Ports(
-        KubeAdapter(), endpoints, brokers, movers=brokers, results=results, pass_interval_s=RESYNC_SECONDS
+        KubeAdapter(),
+        endpoints,
+        brokers,
+        movers=brokers,
+        results=results,
+        finished={} if finished is None else finished,
+        pass_interval_s=RESYNC_SECONDS,
     )

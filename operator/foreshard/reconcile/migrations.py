@@ -110,8 +110,30 @@ def migrate(
     movers: Movers,
     results: MutableMapping[str, Result],
     pass_interval_s: float,
+    finished: MutableMapping[str, Migration] | None = None,
 ) -> Migrated:
-    return asyncio.run(_migrate(inputs, kube, movers, results, pass_interval_s))
+    """`finished`: this queue's moves that ended within SETTLE_S, kept by the process (see
+    `remembered`); None keeps nothing beyond status.migrations."""
+    memory: MutableMapping[str, Migration] = {} if finished is None else finished
+    return asyncio.run(_migrate(inputs, kube, movers, results, pass_interval_s, memory))
+
+
+def remembered(
+    known: list[Migration], finished: MutableMapping[str, Migration], now_s: float
+) -> list[Migration]:
+    """What planning holds moves against: the recorded moves and the finished ones this process
+    still remembers. status.migrations keeps only the 16 newest finished moves (every write carries
+    the list); the stickiness filter (rebalance.SETTLE_S) and the already-tried check need every
+    move of the last SETTLE_S, or a long wave forgets its first moves and plans them again (seen: 31
+    moves back and forth between 2 shards at the end of a taxi replay). A cache only: a restarted
+    operator holds against what status keeps."""
+    for m in known:
+        if m.terminal:
+            finished[m.id] = m
+    for stale in [i for i, m in finished.items() if now_s - m.phase_since_s > rebalance.SETTLE_S]:
+        del finished[stale]
+    ids = {m.id for m in known}
+    return [*known, *(m for i, m in finished.items() if i not in ids)]
 
 
 async def _migrate(
@@ -120,11 +142,15 @@ async def _migrate(
     movers: Movers,
     results: MutableMapping[str, Result],
     pass_interval_s: float,
+    finished: MutableMapping[str, Migration],
 ) -> Migrated:
     spec, body = inputs.spec, inputs.body
     status: Mapping[str, Any] = body.get("status") or {}
-    known = recorded(status)
-    recorder = StatusRecorder(kube, spec.namespace, spec.name, body["metadata"]["resourceVersion"], known)
+    recorded_now = recorded(status)
+    known = remembered(recorded_now, finished, time.time())
+    recorder = StatusRecorder(
+        kube, spec.namespace, spec.name, body["metadata"]["resourceVersion"], recorded_now
+    )
     rules = policy(spec, pass_interval_s)
     out = Migrated(None)
     table = inputs.table
@@ -143,6 +169,7 @@ async def _migrate(
     except StatusConflict as conflict:
         out.events.append(Event("MoveDeferred", f"{conflict}; the next pass reads it again."))
     out.migrations = list(recorder.migrations.values())
+    remembered(out.migrations, finished, time.time())
     out.condition = _condition(out.migrations, status, planned)
     _export(spec.name, out.migrations)
     return out

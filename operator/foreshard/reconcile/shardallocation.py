@@ -32,6 +32,7 @@ from foreshard.adapters.metrics import (
 from foreshard.api import conditions
 from foreshard.api import routing as routing_status
 from foreshard.api.conditions import Condition
+from foreshard.api.migration import Migration
 from foreshard.api.shardallocation import QueueSpec
 from foreshard.core import decision, queue_status, routing, workload
 from foreshard.core.migration.machine import Result
@@ -69,6 +70,8 @@ class Ports:
     connect: Connect = connect_briefly
     movers: migrations.Movers | None = None  # None: this process drives no migration
     results: MutableMapping[str, Result] = field(default_factory=dict)  # last action results, by move
+    # per queue (namespace, name): the moves that ended within rebalance.SETTLE_S (migrations.remembered)
+    finished: MutableMapping[tuple[str, str], dict[str, Migration]] = field(default_factory=dict)
     pass_interval_s: float = 10.0
 
 
@@ -126,7 +129,10 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
         planned = decided.plan["targetShards"] if decided.plan is not None else None
         settled = routed.condition.status == "True"
         inputs = migrations.Inputs(spec, body, table, decided.replicas, settled, planned)
-        migrated = migrations.migrate(inputs, kube, ports.movers, ports.results, ports.pass_interval_s)
+        memory = ports.finished.setdefault((spec.namespace, spec.name), {})
+        migrated = migrations.migrate(
+            inputs, kube, ports.movers, ports.results, ports.pass_interval_s, memory
+        )
     generation = int(body["metadata"].get("generation", 0))
     awaiting = decided.holding is not None and decided.holding.reason == "AwaitingApproval"
     plan = with_moves(decided.plan, migrated.preview, previous.get("plan") or {}, spec, awaiting)
