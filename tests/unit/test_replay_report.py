@@ -169,3 +169,12 @@ def test_a_finished_move_the_operator_drops_from_status_stays_collected() -> Non
     moves = watch.moves()
     assert moves["a"] == {"id": "a", "phase": "Done", "pauseMs": 80.0, "firstSeen": 1.0}
     assert moves["b"]["phase"] == "Done" and moves["b"]["firstSeen"] == 2.0
+
+
+def test_failed_publishes_are_counted_by_their_error() -> None:
+    from foreshard.localcluster.livereplay import failure_reason
+
+    reason = failure_reason(TimeoutError("no answer within 10 s\nmore"))
+    assert reason == "TimeoutError: no answer within 10 s"
+    assert failure_reason(None) == "cancelled"
+    assert len(failure_reason(RuntimeError("x" * 500))) == len("RuntimeError: ") + 100

@@ -14,6 +14,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,7 @@ class LiveReplay:
         self.checker = Checker({key: [] for key in replay.keys}, self.run_id)
         self.stop = threading.Event()
         self.published = self.acked = self.failed = self.consumed = 0
+        self.failures: Counter[str] = Counter()  # why publishes failed, by error kind and text
         self.behind_s = 0.0
         self.pending = 0
         self.drained = False
@@ -95,6 +97,7 @@ class LiveReplay:
             "keys": len(self.plan.keys),
             "published": self.published,
             "failed": self.failed,
+            "failure_reasons": dict(self.failures.most_common(5)),
             "received": self.checker.received,
             "pending": self.pending,
             "drained": self.drained,
@@ -182,9 +185,19 @@ class LiveReplay:
         def settled(done: asyncio.Future[None]) -> None:
             if done.cancelled() or done.exception() is not None:
                 self.failed += 1
+                error = None if done.cancelled() else done.exception()
+                self.failures[failure_reason(error)] += 1
             else:
                 self.acked += 1
                 self.checker.acked[key].add(seq)
 
         future.add_done_callback(settled)
         return future
+
+
+def failure_reason(error: BaseException | None) -> str:
+    """A failed publish's error, short enough to count alike ones together."""
+    if error is None:
+        return "cancelled"
+    text = str(error).split("\n", 1)[0]
+    return f"{type(error).__name__}: {text[:100]}"

@@ -126,6 +126,7 @@ class Outcome:
             "duplicated": self.verdict.get("duplicated"),
             "reordered": self.verdict.get("reordered"),
             "failed": self.verdict.get("failed"),
+            "failure_reasons": self.verdict.get("failure_reasons") or {},
             "drained": self.verdict.get("drained"),
             "moves": len(done),
             "moves_counted_by_operator": self.operator_moves,
