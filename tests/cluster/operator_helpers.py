@@ -42,6 +42,21 @@ def scaled_events(cluster: LocalCluster) -> str:
     )
 
 
+def scaled(cluster: LocalCluster, name: str) -> list[tuple[str, int]]:
+    """(message, count) of every Scaled Event of the queue `name`."""
+    found = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        NAMESPACE,
+        "-o",
+        "json",
+        "--field-selector",
+        f"involvedObject.name={name},reason=Scaled",
+    )
+    return [(e["message"], int(e.get("count") or 1)) for e in json.loads(found.stdout)["items"]]
+
+
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())

@@ -4,13 +4,12 @@ the create handler for it)."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import pytest
 import yaml
-from operator_helpers import NAMESPACE, get, install, running_operator, wait_for
+from operator_helpers import NAMESPACE, get, install, running_operator, scaled, wait_for
 
 from foreshard.localcluster.cluster import LocalCluster
 
@@ -26,20 +25,6 @@ def queue(name: str, shards: int) -> str:
             "spec": {"minShards": shards, "maxShards": 8},
         }
     )
-
-
-def scaled(cluster: LocalCluster, name: str) -> list[tuple[str, int]]:
-    found = cluster.kubectl(
-        "get",
-        "events",
-        "-n",
-        NAMESPACE,
-        "-o",
-        "json",
-        "--field-selector",
-        f"involvedObject.name={name},reason=Scaled",
-    )
-    return [(e["message"], int(e.get("count") or 1)) for e in json.loads(found.stdout)["items"]]
 
 
 def sized(cluster: LocalCluster, name: str, replicas: int) -> bool:

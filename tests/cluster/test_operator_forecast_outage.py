@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_helpers import NAMESPACE, assert_no_rbac_denials, get, running_operator, wait_for
+from operator_helpers import NAMESPACE, assert_no_rbac_denials, get, running_operator, scaled, wait_for
 
 from foreshard.localcluster.cluster import LocalCluster
 from foreshard.localcluster.prometheus import PrometheusServer, backfill
@@ -94,21 +94,6 @@ def observe(cluster: LocalCluster) -> tuple[dict[str, Any], dict[str, dict[str, 
     )
 
 
-def scaled(cluster: LocalCluster) -> list[tuple[str, int]]:
-    """(message, count) of every Scaled Event of the queue."""
-    found = cluster.kubectl(
-        "get",
-        "events",
-        "-n",
-        NAMESPACE,
-        "-o",
-        "json",
-        "--field-selector",
-        f"involvedObject.name={QUEUE},reason=Scaled",
-    )
-    return [(e["message"], int(e.get("count") or 1)) for e in json.loads(found.stdout)["items"]]
-
-
 def reason(cluster: LocalCluster, kind: str) -> str | None:
     return observe(cluster)[1].get(kind, {}).get("reason")
 
@@ -132,7 +117,7 @@ def test_a_prometheus_outage_holds_the_shards_says_why_and_forecasting_resumes(
 
     wait_for(sized, 180, "the queue sized on its forecast", evidence)
     _, _, planned = observe(local_cluster)
-    print("scaled events at creation:", json.dumps(scaled(local_cluster)))
+    print("scaled events at creation:", json.dumps(scaled(local_cluster, QUEUE)))
     port = own_prometheus.port
 
     own_prometheus.stop()

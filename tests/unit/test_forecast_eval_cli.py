@@ -49,23 +49,16 @@ def traces(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def evaluate(traces: Path) -> int:
+    """One hour ahead over the fixture's traces, kept small (40 origins, 4 refits)."""
+    args = ["--traces", str(traces), "--horizon", "1h", "--json", "--max-origins", "40", "--refits", "4"]
+    return main(["forecast-eval", *args])
+
+
 def test_the_last_line_is_one_json_object_with_the_issue_keys(
     traces: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "forecast-eval",
-            "--traces",
-            str(traces),
-            "--horizon",
-            "1h",
-            "--json",
-            "--max-origins",
-            "40",
-            "--refits",
-            "4",
-        ]
-    )
+    code = evaluate(traces)
     out = capsys.readouterr()
     assert code == 0
     summary = json.loads(out.out.strip().splitlines()[-1])
@@ -78,20 +71,7 @@ def test_the_last_line_is_one_json_object_with_the_issue_keys(
 
 
 def test_the_seasonal_series_beats_the_baselines(traces: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(
-        [
-            "forecast-eval",
-            "--traces",
-            str(traces),
-            "--horizon",
-            "1h",
-            "--json",
-            "--max-origins",
-            "40",
-            "--refits",
-            "4",
-        ]
-    )
+    evaluate(traces)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["per_series"]["seasonal"]["ratio_vs_best_baseline"] < 0.9
 

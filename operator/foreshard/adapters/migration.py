@@ -30,6 +30,7 @@ from foreshard_broker.client.grpc_transport import GrpcTransport
 from foreshard_broker.client.transport import AdminTransport, Selection, TransportError
 
 Endpoint = Callable[[int], str]  # shard ordinal -> "host:port" of its broker
+CONNECT_TIMEOUT_S = 2.0  # a fence waits this long for its connections; a broker away fails the call
 
 
 def selection(item: Item) -> Selection:
@@ -102,7 +103,8 @@ class MigrationPerformer:
     async def _fence(self, action: Fence) -> Result:
         # the pause starts when the source grants the lease: connecting to the source and the
         # target first keeps a new pass's connection setup out of the measured pause
-        await self.transport.connect((self.endpoint(action.source), self.endpoint(action.target)), 2.0)
+        ends = (self.endpoint(action.source), self.endpoint(action.target))
+        await self.transport.connect(ends, CONNECT_TIMEOUT_S)
         started = self.clock()
         self._fenced_at.setdefault(action.migration_id, started)
         fenced = await self.transport.fence(
