@@ -19,7 +19,7 @@ from foreshard.api.orderparamforecast import Target, object_name
 from foreshard.core import decision
 from foreshard.core.series import Series
 from foreshard.localcluster.prometheus import PrometheusServer, backfill
-from foreshard.reconcile import forecasts
+from foreshard.reconcile import forecasts, shardallocation
 
 pytestmark = pytest.mark.component
 
@@ -234,3 +234,27 @@ def test_an_unreachable_prometheus_keeps_the_forecasts_and_says_why(first: Any) 
     assert result.published.unreachable is not None and result.published.demand is None
     status = kube.objects[object_name("orders", Target.of_key("a"))]["status"]
     assert {c["type"]: c["reason"] for c in status["conditions"]}["Ready"] == "PrometheusUnreachable"
+
+
+def test_a_forecast_read_before_an_outage_was_seen_does_not_end_it(prometheus: PrometheusServer) -> None:
+    """A scaling pass saw Prometheus unreachable; a cycle that had read its history just before
+    (its fits take seconds) must not put a ready forecast back: only a later read ends the outage."""
+    body = queue(prometheus.url)
+    spec = forecasts.QueueSpec.from_body(body)
+    dead = lambda _: connect("http://127.0.0.1:9", timeout_s=2, retries=0)  # noqa: E731
+    seen = shardallocation.gather(spec, 2, NOW + 200, dead)
+    assert seen.unreachable is not None
+
+    late = forecasts.cycle(body, Kube(), forecasts.QueueMemo(), NOW + 150, lambda _: connect(prometheus.url))
+    assert late.published.demand is not None  # a good forecast, of history read before the outage
+    found = forecasts.plan_inputs(spec, 2, NOW + 210)
+    assert found is not None
+    decided = decision.decide(found[0], found[1], {}, NOW + 210, found[2])
+    assert decided.forecasting.reason == "PrometheusUnreachable", decided.forecasting
+    assert decided.holding is not None and decided.holding.reason == "MissingData"
+
+    after = forecasts.cycle(body, Kube(), forecasts.QueueMemo(), NOW + 240, lambda _: connect(prometheus.url))
+    found = forecasts.plan_inputs(spec, 2, NOW + 250)
+    assert found is not None and found[1].unreachable is None and after.published.demand is not None
+    decided = decision.decide(found[0], found[1], {}, NOW + 250, found[2])
+    assert decided.forecasting.reason == "ForecastReady", decided.forecasting

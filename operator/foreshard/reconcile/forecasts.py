@@ -65,7 +65,11 @@ class QueueMemo:
 
 @dataclass(frozen=True)
 class Published:
-    """What the scaling pass reads: the queue's demand, or why there is none."""
+    """What the scaling pass reads: the queue's demand, or why there is none.
+
+    `at_s` is when the history behind it was read (the cycle's start, never later than its reads):
+    the board keeps the newest read, whoever made it (`publish`).
+    """
 
     at_s: float
     demand: demand.Demand | None
@@ -94,6 +98,21 @@ Connect = Callable[[str], HistoryReader]
 
 def connect_briefly(url: str) -> HistoryReader:
     return prometheus.connect(url, timeout_s=10, retries=0)
+
+
+def publish(namespace: str, queue: str, found: Published) -> bool:
+    """Put `found` on the board unless something read later is there already; True when put.
+
+    A forecast cycle and the scaling pass read Prometheus concurrently, and a cycle's fits take
+    seconds: a cycle that read its history just before Prometheus went away would otherwise
+    publish a ready forecast after a pass had seen the outage, and the queue's conditions would
+    say Ready during it. Only a read made after the outage was seen may end it.
+    """
+    known = BOARD.get((namespace, queue))
+    if known is not None and known.at_s > found.at_s:
+        return False
+    BOARD[(namespace, queue)] = found
+    return True
 
 
 def current(namespace: str, queue: str, now_s: float) -> Published | None:
@@ -153,7 +172,7 @@ def cycle(
         kube.delete_forecast(namespace, name)
     for name, status in result.statuses.items():
         kube.patch_forecast_status(namespace, name, status)
-    BOARD[(namespace, meta["name"])] = result.published
+    publish(namespace, meta["name"], result.published)
     found = result.published.demand
     decisions = consumers.act(body, result.groups, None if found is None else found.forecast, kube, now_s)
     return replace(result, decisions=tuple(decisions))
@@ -511,4 +530,4 @@ def timestamp_of(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-__all__ = ["BOARD", "TAIL_KIND", "Target", "current", "run"]
+__all__ = ["BOARD", "TAIL_KIND", "Target", "current", "publish", "run"]

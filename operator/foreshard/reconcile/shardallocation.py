@@ -97,7 +97,10 @@ def gather(spec: QueueSpec, replicas: int, now_s: float, connect: Connect) -> de
             spec.name, end_s - settings.lookback_s, end_s, settings.step_s
         )
     except prometheus.PrometheusUnreachable as error:
-        return decision.Gathered(replicas, unreachable=f"Prometheus at {settings.prometheus_url}: {error}")
+        why = f"Prometheus at {settings.prometheus_url}: {error}"
+        # what this pass saw outranks any forecast read before it (forecasts.publish)
+        forecasts.publish(spec.namespace, spec.name, forecasts.Published(now_s, None, None, unreachable=why))
+        return decision.Gathered(replicas, unreachable=why)
     return decision.Gathered(replicas, history)
 
 
