@@ -82,6 +82,25 @@ async def test_a_moved_slot_is_followed_to_its_new_owner_without_reordering() ->
     assert producer.table is not None and producer.table.epoch == 2
 
 
+async def test_a_batch_no_broker_saw_follows_its_keys_when_their_shard_is_gone() -> None:
+    """The twin of tests/component/test_producer_reroutes.py: a shard removed (scaled in) after its
+    slot moved, before the producer heard of the move."""
+    network = TwinNetwork(shards=2, num_slots=16)
+    key = "order-7"
+    slot = slot_of(key, 16)
+    old = network.broker(f"twin-{slot % 2}")
+    options = ProducerOptions(retry_budget_s=0.5)
+    async with Producer(TwinTransport(network), network.endpoints, options=options) as producer:
+        await producer.publish(key, b"0")
+        table = moved_table(old.table, slot, 1 - old.shard)
+        for broker in network.brokers.values():
+            broker.set_table(table)
+        del network.brokers[f"twin-{old.shard}"]
+        await producer.publish(key, b"1")
+    assert [s.payload for s in network.broker(f"twin-{1 - old.shard}").log.values()] == [b"1"]
+    assert producer.stats.rerouted == 1 and producer.table is not None and producer.table.epoch == 2
+
+
 async def test_a_paused_slot_holds_its_keys_back_and_other_keys_keep_flowing() -> None:
     network = TwinNetwork(shards=1, num_slots=16)
     broker = network.broker("twin-0")

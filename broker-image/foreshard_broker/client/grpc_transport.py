@@ -59,9 +59,22 @@ async def _guard(call: Awaitable[T], endpoint: str) -> T:
     try:
         return await call
     except BrokerCallError as error:
-        raise TransportError(f"{endpoint}: {error}", error.code in _REFUSALS) from error
+        raise TransportError(
+            f"{endpoint}: {error}", error.code in _REFUSALS, unsent(error.code, error.message)
+        ) from error
     except grpc.aio.AioRpcError as error:
-        raise TransportError(f"{endpoint}: {error.code().name}: {error.details()}") from error
+        raise _transport_error(error, endpoint) from error
+
+
+def _transport_error(error: grpc.aio.AioRpcError, endpoint: str) -> TransportError:
+    details = error.details() or ""
+    return TransportError(f"{endpoint}: {error.code().name}: {details}", unsent=unsent(error.code(), details))
+
+
+def unsent(code: grpc.StatusCode, details: str) -> bool:
+    """True when the call never left the client: gRPC fails a call with "failed to connect to all
+    addresses" when no connection to the broker could be opened, before anything is written."""
+    return code is grpc.StatusCode.UNAVAILABLE and "failed to connect" in details.lower()
 
 
 async def _guard_stream(stream: AsyncIterator[T], endpoint: str) -> AsyncIterator[T]:
@@ -69,9 +82,11 @@ async def _guard_stream(stream: AsyncIterator[T], endpoint: str) -> AsyncIterato
         async for item in stream:
             yield item
     except BrokerCallError as error:
-        raise TransportError(f"{endpoint}: {error}", error.code in _REFUSALS) from error
+        raise TransportError(
+            f"{endpoint}: {error}", error.code in _REFUSALS, unsent(error.code, error.message)
+        ) from error
     except grpc.aio.AioRpcError as error:
-        raise TransportError(f"{endpoint}: {error.code().name}: {error.details()}") from error
+        raise _transport_error(error, endpoint) from error
 
 
 def outcomes_of(response: Any, count: int) -> list[PublishOutcome]:
@@ -176,10 +191,12 @@ class GrpcTransport:
             if error.code in _UNKNOWN_OUTCOME:
                 # Unreachable, overloaded, draining, or no answer in time: the outcome may be
                 # unknown, so the producer resends the same sequence (stored once, whatever happened).
-                raise TransportError(f"{endpoint}: {error}") from error
+                raise TransportError(
+                    f"{endpoint}: {error}", unsent=unsent(error.code, error.message)
+                ) from error
             return [_failure(error.code, error.message)] * len(messages)
         except grpc.aio.AioRpcError as error:
-            raise TransportError(f"{endpoint}: {error.code().name}") from error
+            raise _transport_error(error, endpoint) from error
         return outcomes_of(response, len(messages))
 
     async def fetch(self, endpoint: str, request: FetchRequest) -> list[Delivery]:
@@ -197,14 +214,16 @@ class GrpcTransport:
             messages = await call
         except BrokerCallError as error:
             if error.code is not grpc.StatusCode.NOT_FOUND:
-                raise TransportError(f"{endpoint}: {error}") from error
+                raise TransportError(
+                    f"{endpoint}: {error}", unsent=unsent(error.code, error.message)
+                ) from error
             # The group vanished while this consumer ran (deleted, or a broker that lost it): join
             # it again from the LATEST message, so a stale or mistyped consumer does not pin the
             # whole backlog again. A consumer creates its group from the earliest when it starts.
             await _guard(client.create_group(request.group, latest=True), endpoint)
             return []
         except grpc.aio.AioRpcError as error:
-            raise TransportError(f"{endpoint}: {error.code().name}") from error
+            raise _transport_error(error, endpoint) from error
         return [delivery_of(message) for message in messages]
 
     async def ack(self, endpoint: str, group: str, consumer: str, receipts: Sequence[str]) -> None:

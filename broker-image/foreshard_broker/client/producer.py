@@ -12,7 +12,8 @@ restarted producer with the same id starts afresh (a newer epoch) and an older i
 running is fenced by the broker (``ProducerFencedError``), never answered "duplicate".
 
 * after a lost reply the lane resends the same batch with the same sequence to the same broker
-  (stored once, whatever happened to the first attempt);
+  (stored once, whatever happened to the first attempt); only a batch that never left the client
+  (no connection could be opened) may go elsewhere, when the routing table moved its keys;
 * a batch of which something was stored consumes its sequence; refused messages travel again in a
   later batch under the next sequence; a batch of which nothing was stored does not;
 * a sequence error (``OUT_OF_ORDER_SEQUENCE``, ``PRODUCER_FENCED``) fails the batch's futures with
@@ -102,6 +103,7 @@ class ProducerStats:
     moved: int = 0
     paused: int = 0
     transport_errors: int = 0
+    rerouted: int = 0  # messages of batches no broker saw, routed again after a routing change
     # Seconds from a key's first refused message (MOVED or PAUSED) to its storage: the pause the
     # key saw, one sample per key and episode.
     stalls: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
@@ -349,17 +351,36 @@ class Producer:
         loop = asyncio.get_running_loop()
         delay = 0.005
         producer_id = lane.producer_id(endpoint)
+        unsent = True  # no attempt has reached a broker yet
         while True:
             try:
                 outcomes = await self.transport.publish(endpoint, producer_id, sequence, messages, lane.epoch)
                 return outcomes, True
             except TransportError as error:
                 self.stats.transport_errors += 1
+                unsent = unsent and error.unsent
+                if unsent and await self._routed_elsewhere(endpoint, batch):
+                    # Nothing of it left this client, and its keys live elsewhere now (e.g. a shard
+                    # scaled in after its slots moved away, before this producer heard of the
+                    # moves): route it again instead of waiting for a broker that is gone. Its
+                    # sequence was never seen by any broker, so it is not used.
+                    self.stats.rerouted += len(batch)
+                    assert self.table is not None  # _routed_elsewhere learnt one
+                    moved = PublishOutcome(PublishStatus.MOVED, epoch=self.table.epoch, reason=str(error))
+                    return [moved] * len(batch), True
                 if loop.time() - batch[0].first_try > self.options.retry_budget_s:
                     reason = f"broker unreachable, the batch may or may not be stored: {error}"
                     return [PublishOutcome(PublishStatus.REJECTED, reason=reason)] * len(batch), False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.options.max_backoff_s)
+
+    async def _routed_elsewhere(self, endpoint: str, batch: list[_Pending]) -> bool:
+        """Whether the newest routing table sends any of the batch's keys to another broker."""
+        with contextlib.suppress(PublishError):
+            await self.refresh_routing()
+        if self.table is None:
+            return False
+        return any(self._endpoint_for(p.message.key or _KEYLESS) != endpoint for p in batch)
 
     async def _settle(self, batch: list[_Pending], outcomes: Sequence[PublishOutcome]) -> None:
         """Resolve the stored messages; put the refused ones back in front of their keys' queues.

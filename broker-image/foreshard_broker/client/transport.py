@@ -40,11 +40,14 @@ class TransportError(Exception):
 
     ``refused`` is True when the broker answered and refused (bad input, a precondition such as
     ownership or a lease held by someone else): retrying the same call will not help.
+    ``unsent`` is True when the call never left the client (no connection to the broker could be
+    opened): it certainly took no effect, and may go to another broker instead.
     """
 
-    def __init__(self, message: str, refused: bool = False) -> None:
+    def __init__(self, message: str, refused: bool = False, unsent: bool = False) -> None:
         super().__init__(message)
         self.refused = refused
+        self.unsent = unsent
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""A shard scaled in before a producer heard that its slots moved away.
+
+The demo's replay saw hundreds of publishes fail with "broker unreachable ... failed to connect":
+a key idle while its slot moved never drew a MOVED answer, so its producer still routed it to
+the old shard, which the operator had scaled in meanwhile. A batch that never left the client
+(no connection could be opened) certainly was not stored, so the producer may send it where the
+newest routing table says, instead of waiting out its retry budget for a broker that is gone.
+A key whose route did not change still waits (its broker may be restarting) and then fails:
+nothing is rerouted on a guess. Real broker processes over gRPC; the old shard is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from foreshard_broker.client.grpc_transport import GrpcTransport
+from foreshard_broker.client.mover import move_slot
+from foreshard_broker.client.producer import Producer, ProducerOptions, PublishError
+from foreshard_broker.client.transport import RoutingTable, slot_of
+from foreshard_broker.testing import BrokerProcess
+
+pytestmark = pytest.mark.component
+
+SLOTS = 1024
+TOKEN = secrets.token_urlsafe(24)
+
+
+@pytest.fixture
+def brokers(tmp_path: Path) -> Iterator[list[BrokerProcess]]:
+    started = [BrokerProcess(tmp_path / f"shard-{i}", shard=i, admin_token=TOKEN).start() for i in range(2)]
+    yield started
+    for process in started:
+        process.kill()
+
+
+def key_in(slot: int) -> str:
+    return next(k for k in (f"key-{i}" for i in range(10_000)) if slot_of(k, SLOTS) == slot)
+
+
+async def test_a_batch_for_a_shard_that_is_gone_follows_its_slot_and_one_still_routed_there_fails(
+    brokers: list[BrokerProcess],
+) -> None:
+    old, new = brokers
+    admin = GrpcTransport(admin_token=TOKEN)
+    table = RoutingTable(1, SLOTS, tuple(s % 2 for s in range(SLOTS)), {}, {0: old.endpoint, 1: new.endpoint})
+    for process in brokers:
+        await admin.update_routing(process.endpoint, table)
+    moving, staying = key_in(0), key_in(2)  # both on the old shard at first
+
+    transport = GrpcTransport()
+    producer = Producer(transport, [new.endpoint], options=ProducerOptions(retry_budget_s=3.0))
+    await producer.start()
+    try:
+        await producer.publish(moving, b"before")
+        await producer.publish(staying, b"before")
+        assert await transport.backlog(old.endpoint) == 2
+
+        # the slot moves (its backlog with it) while its key is idle; then the old shard goes away
+        table, _ = await move_slot(admin, table, 0, 1)
+        assert await transport.backlog(new.endpoint) == 1
+        old.kill()
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(producer.publish(moving, b"after"), 10)
+        assert loop.time() - started < 3.0  # not the retry budget spent on a dead broker
+        assert producer.stats.rerouted == 1
+        assert producer.table is not None and producer.table.epoch == table.epoch
+        assert await transport.backlog(new.endpoint) == 2  # stored once, on the slot's new owner
+
+        # its slot still belongs to the dead shard: no guess, the retry budget, then a clear error
+        with pytest.raises(PublishError, match="broker unreachable"):
+            await asyncio.wait_for(producer.publish(staying, b"after"), 10)
+        assert producer.stats.rerouted == 1
+        assert await transport.backlog(new.endpoint) == 2
+    finally:
+        await producer.close()
+        await transport.close()
+        await admin.close()
