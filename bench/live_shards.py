@@ -32,6 +32,7 @@ from benchio import keep
 
 from foreshard.localcluster import devenv, traffic
 from foreshard.localcluster.cluster import LocalCluster
+from foreshard.localcluster.process import poll_until
 from foreshard_broker.routing import RoutingTable
 from foreshard_broker.testing import BrokerProcess
 
@@ -59,13 +60,7 @@ def routed(cluster: LocalCluster) -> RoutingTable | None:
 
 
 def wait(predicate: Any, what: str, timeout_s: float = 180) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise SystemExit(f"timed out waiting for {what}")
+    return poll_until(predicate, what, timeout_s, interval_s=0.5)
 
 
 def pod_uid_ready(cluster: LocalCluster, name: str) -> tuple[str, bool]:

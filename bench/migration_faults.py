@@ -76,7 +76,7 @@ from foreshard.api.names import GROUP, SHARD_ALLOCATIONS, VERSION
 from foreshard.localcluster import devenv, traffic
 from foreshard.localcluster.cluster import LocalCluster
 from foreshard.localcluster.devenv import DevEnv
-from foreshard.localcluster.process import Managed
+from foreshard.localcluster.process import Managed, poll_until
 from foreshard_broker.client.broker_client import BrokerClient
 from foreshard_broker.client.grpc_transport import GrpcTransport
 from foreshard_broker.client.producer import Producer
@@ -187,12 +187,7 @@ def settled(cluster: LocalCluster, shards: int) -> bool:
 
 
 def wait(predicate: Any, what: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise SystemExit(f"timed out waiting for {what}")
+    poll_until(predicate, what, timeout_s, interval_s=0.5)
 
 
 class Operator:
@@ -458,7 +453,7 @@ def cycle(
         recorder.handed = time.time() - recorder.began
         try:
             wait(lambda: recorder.holding(3, 10.0) and settled(cluster, 3), "the planner's plan at 3", 120)
-        except SystemExit as timeout:
+        except TimeoutError as timeout:
             progress(str(timeout))
             completed = 0
         time.sleep(max(0.0, ready_at - time.monotonic()))
@@ -493,7 +488,7 @@ def cycle(
                     f"the planner's {shards} shards settled",
                     480,
                 )
-            except SystemExit as timeout:
+            except TimeoutError as timeout:
                 progress(str(timeout))
                 completed = 0
             poller.stop.set()

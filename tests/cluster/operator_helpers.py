@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ from typing import Any
 
 from foreshard.localcluster import devenv
 from foreshard.localcluster.cluster import LocalCluster
+from foreshard.localcluster.process import poll_until
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "queues"
@@ -20,13 +20,7 @@ NAMESPACE = "queues"
 def wait_for(
     predicate: Callable[[], bool], timeout_s: float, what: str, evidence: Callable[[], str] | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    seen = f"; last seen: {evidence()}" if evidence else ""
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{seen}")
+    poll_until(predicate, what, timeout_s, evidence=evidence)
 
 
 def get(cluster: LocalCluster, kind: str, name: str) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from foreshard.api.names import ANNOTATION_BROKER_ENDPOINT, ANNOTATION_BROKER_ME
 from foreshard.api.shardallocation import QueueSpec
 from foreshard.core.workload import stateful_set
 from foreshard.localcluster.cluster import LocalCluster
+from foreshard.localcluster.process import poll_until
 from foreshard_broker.client.broker_client import AdminClient
 from foreshard_broker.client.grpc_transport import GrpcTransport
 from foreshard_broker.client.sync import SyncConsumer, SyncProducer
@@ -45,13 +46,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    return poll_until(predicate, what, timeout_s, interval_s=0.3)
 
 
 def shard_pods(cluster: LocalCluster) -> dict[str, dict[str, Any]]:

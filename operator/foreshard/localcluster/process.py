@@ -18,6 +18,9 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class StartError(RuntimeError):
@@ -137,6 +140,26 @@ def wait_until(
         if time.monotonic() > deadline:
             logs = "\n".join(f"--- {m.name} ({m.log}):\n{tail(m.log, 10)}" for m in watched)
             raise StartError(f"timed out after {timeout_s:.0f}s waiting for {what}\n{logs}")
+        time.sleep(interval_s)
+
+
+def poll_until(
+    predicate: Callable[[], T],
+    what: str,
+    timeout_s: float,
+    interval_s: float = 0.25,
+    evidence: Callable[[], str] | None = None,
+) -> T:
+    """Poll until `predicate` returns something truthy, and return it; TimeoutError naming `what`
+    (and what `evidence` says was last seen) when it has not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            seen = f"; last seen: {evidence()}" if evidence else ""
+            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}{seen}")
         time.sleep(interval_s)
 
 

@@ -38,6 +38,7 @@ from foreshard.localcluster import devenv
 from foreshard.localcluster.devenv import DevEnv
 from foreshard.localcluster.livereplay import LiveReplay
 from foreshard.localcluster.movewatch import MoveWatch, pause_profile
+from foreshard.localcluster.process import poll_until
 
 SAMPLE_S = 1.0
 GROUP_NAME = "replay-check"
@@ -371,10 +372,4 @@ def _pods(env: DevEnv, settings: Settings) -> list[str]:
 
 
 def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
+    return poll_until(predicate, what, timeout_s, interval_s=0.5)
