@@ -69,13 +69,14 @@ from pathlib import Path
 from typing import Any
 
 from benchio import keep
-from kubernetes import client, config, watch
+from kubernetes import client, config
 
 from foreshard.api.migration import seconds_of
-from foreshard.api.names import GROUP, SHARD_ALLOCATIONS, VERSION
+from foreshard.api.names import GROUP, VERSION
 from foreshard.localcluster import devenv, traffic
 from foreshard.localcluster.cluster import LocalCluster
 from foreshard.localcluster.devenv import DevEnv
+from foreshard.localcluster.movewatch import QueueWatch
 from foreshard.localcluster.process import Managed, poll_until
 from foreshard_broker.client.broker_client import BrokerClient
 from foreshard_broker.client.grpc_transport import GrpcTransport
@@ -218,8 +219,8 @@ class Operator:
 class Recorder:
     """A watch on the queue, in a thread, from start to end: every finished move (Done or
     RolledBack, its last record), and every change of what the planner asks for (plan target,
-    desired shards) and of the spec's bounds. A dropped watch is resumed from a fresh read, so a
-    move is missed only if it both started and left status.migrations while no watch ran."""
+    desired shards) and of the spec's bounds. A dropped watch resumes from the current state
+    (movewatch.QueueWatch)."""
 
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
@@ -230,18 +231,17 @@ class Recorder:
         self.asks: list[dict[str, Any]] = []  # planner changes: t, target, desired, why
         self.bounds: list[tuple[float, int, int]] = []  # (t, minShards, maxShards) as seen
         self.handed = 0.0  # t at which the bench handed the shard count to the planner
-        self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="recorder")
+        api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))  # type: ignore[no-untyped-call]
+        self.watch = QueueWatch(api, NAMESPACE, QUEUE, self.take)
 
     def __enter__(self) -> Recorder:
-        self.thread.start()
+        self.watch.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=15)
-        self.take(self._read())  # the last word: whatever a closing watch did not deliver
+        self.watch.stop(join_s=15)
+        self.take(devenv.shard_allocation(self.cluster, NAMESPACE, QUEUE))  # the last word
 
     def take(self, body: dict[str, Any] | None) -> None:
         if not body:
@@ -279,35 +279,6 @@ class Recorder:
     def bounds_since(self, t: float) -> set[tuple[int, int]]:
         with self.lock:
             return {(low, high) for at, low, high in self.bounds if at > t + 2.0}
-
-    def _read(self) -> dict[str, Any] | None:
-        return devenv.shard_allocation(self.cluster, NAMESPACE, QUEUE)
-
-    def _run(self) -> None:
-        api = client.CustomObjectsApi(config.new_client_from_config(str(self.cluster.kubeconfig)))  # type: ignore[no-untyped-call]
-        while not self.stop.is_set():
-            body = self._read()
-            self.take(body)
-            version = ((body or {}).get("metadata") or {}).get("resourceVersion")
-            stream = watch.Watch()  # type: ignore[no-untyped-call]
-            try:
-                for event in stream.stream(  # type: ignore[no-untyped-call]
-                    api.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    NAMESPACE,
-                    SHARD_ALLOCATIONS,
-                    field_selector=f"metadata.name={QUEUE}",
-                    resource_version=version,
-                    timeout_seconds=30,
-                ):
-                    self.take(event["object"])
-                    if self.stop.is_set():
-                        break
-            except Exception:  # an expired version, a restart of the API server: read afresh
-                time.sleep(0.5)
-            finally:
-                stream.stop()  # type: ignore[no-untyped-call]
 
 
 def scaled_events(cluster: LocalCluster) -> list[str]:

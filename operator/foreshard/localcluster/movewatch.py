@@ -4,7 +4,8 @@ The operator keeps only the last few finished moves in status.migrations, so a r
 status once a second would miss a move that finished and was dropped between two reads. A watch on
 the queue sees every status write (one event each); a poll beside it covers a reconnecting watch.
 
-    MoveWatch(api, namespace, queue, t0)   a daemon thread watching the queue
+    QueueWatch(api, namespace, queue, take)  every write of the queue, to `take`, in a daemon thread
+    MoveWatch(api, namespace, queue, t0)   the moves a QueueWatch sees
       .record(migrations, now)             what the poll read (merged the same way)
       .moves()                             id -> the move as last seen, with firstSeen (s since t0)
 
@@ -18,7 +19,7 @@ import math
 import statistics
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import urllib3
@@ -31,35 +32,34 @@ from foreshard.api.names import GROUP, SHARD_ALLOCATIONS, VERSION
 WATCH_TIMEOUT_S = 30
 
 
-class MoveWatch:
-    def __init__(self, api: CustomObjectsApi, namespace: str, queue: str, t0: float) -> None:
-        self.api, self.namespace, self.queue, self.t0 = api, namespace, queue, t0
+class QueueWatch:
+    """A daemon thread that hands `take` every write of one ShardAllocation while it runs.
+
+    A watch started without a resourceVersion first delivers the object as it is, so a watch that
+    dropped (an expired version, an API server restart) resumes from the current state; a state is
+    missed only if it was both written and overwritten while no watch ran.
+    """
+
+    def __init__(
+        self, api: CustomObjectsApi, namespace: str, queue: str, take: Callable[[dict[str, Any]], None]
+    ) -> None:
+        self.api, self.namespace, self.queue, self.take = api, namespace, queue, take
         self.events = 0
-        self._moves: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="move-watch")
+        self.stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{queue}")
 
-    def __enter__(self) -> MoveWatch:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()  # the thread ends at its next event or watch timeout (a daemon)
-
-    def record(self, migrations: Iterable[dict[str, Any]], now: float) -> None:
-        with self._lock:
-            for move in migrations:
-                seen = self._moves.setdefault(move["id"], {"firstSeen": now - self.t0})
-                seen.update(move)
-
-    def moves(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            return {key: dict(value) for key, value in self._moves.items()}
+    def stop(self, join_s: float = 0.0) -> None:
+        """Ends at the next event or watch timeout (a daemon); `join_s` waits that long for it."""
+        self.stopped.set()
+        if join_s:
+            self._thread.join(timeout=join_s)
 
     def _run(self) -> None:
         version: str | None = None
-        while not self._stop.is_set():
+        while not self.stopped.is_set():
             stream = watch.Watch()  # type: ignore[no-untyped-call]
             kwargs: dict[str, Any] = {"resource_version": version} if version else {}
             try:
@@ -79,14 +79,48 @@ class MoveWatch:
                         break
                     version = (body.get("metadata") or {}).get("resourceVersion", version)
                     self.events += 1
-                    self.record((body.get("status") or {}).get("migrations") or [], time.time())
-                    if self._stop.is_set():
+                    self.take(body)
+                    if self.stopped.is_set():
                         break
             except (ApiException, OSError, urllib3.exceptions.HTTPError):
-                version = None  # the poll covers the gap; a fresh list re-reads the current state
-                self._stop.wait(0.5)
+                version = None  # a fresh watch delivers the current state first
+                self.stopped.wait(0.5)
             finally:
                 stream.stop()  # type: ignore[no-untyped-call]
+
+
+class MoveWatch:
+    def __init__(self, api: CustomObjectsApi, namespace: str, queue: str, t0: float) -> None:
+        self.t0 = t0
+        self._moves: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._watch = QueueWatch(
+            api,
+            namespace,
+            queue,
+            lambda body: self.record((body.get("status") or {}).get("migrations") or [], time.time()),
+        )
+
+    def __enter__(self) -> MoveWatch:
+        self._watch.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._watch.stop()
+
+    @property
+    def events(self) -> int:
+        return self._watch.events
+
+    def record(self, migrations: Iterable[dict[str, Any]], now: float) -> None:
+        with self._lock:
+            for move in migrations:
+                seen = self._moves.setdefault(move["id"], {"firstSeen": now - self.t0})
+                seen.update(move)
+
+    def moves(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {key: dict(value) for key, value in self._moves.items()}
 
 
 def percentile(values: list[float], q: float) -> float | None:

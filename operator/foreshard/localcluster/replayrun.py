@@ -203,7 +203,7 @@ def forecast_spec(settings: Settings, clock: replay.Clock, prometheus_url: str) 
     }
 
 
-class QueueWatch:
+class QueueReader:
     """Reads the queue's status and the operator's metrics (one sample; no decisions)."""
 
     def __init__(self, env: DevEnv, settings: Settings) -> None:
@@ -291,7 +291,7 @@ def run(
         "-p", json.dumps(patch),
     )  # fmt: skip
     bootstrap = sorted(table.endpoints.items())[0][1]
-    watch = QueueWatch(env, settings)
+    watch = QueueReader(env, settings)
     progress(
         f"replaying {settings.hours:g} trace hours in {plan.duration_s:.0f} s: {len(plan.keys)} keys, "
         f"peak {plan.rates.max():.0f} msg/s"
@@ -318,7 +318,7 @@ def run(
 def _sample_until(
     outcome: Outcome,
     live: LiveReplay,
-    watch: QueueWatch,
+    watch: QueueReader,
     moves: MoveWatch,
     t0: float,
     on_sample: Callable[[Outcome, Sample], None],
