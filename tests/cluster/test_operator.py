@@ -68,7 +68,8 @@ def test_the_operator_creates_owns_and_resizes_the_shard_stateful_set(
     wait_for(lambda: ready_with(3), 60, "3 ready shards after raising minShards")
 
     shown = local_cluster.kubectl("get", "shalloc", "payments", "-n", NAMESPACE).stdout
-    assert shown.split("\n")[1].split()[:4] == ["payments", "True", "3", "3"]  # NAME READY SHARDS TARGET
+    assert shown.split("\n")[0].split()[:5] == ["NAME", "READY", "SHARDS", "DESIRED", "TARGET"]
+    assert shown.split("\n")[1].split()[:4] == ["payments", "True", "3", "3"]  # NAME READY SHARDS DESIRED
 
     events = scaled_events(local_cluster)
     assert "Scaled" in events and "Shards 2 -> 3." in events

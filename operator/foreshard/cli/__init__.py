@@ -36,8 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as error:
-            if error.name == name:
-                continue  # a command still being written; the others keep working
             if error.name is None or error.name.split(".")[0] in ("foreshard", "foreshard_broker"):
                 raise
             _register_unavailable(subparsers, name, error.name)
