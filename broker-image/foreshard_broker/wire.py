@@ -17,6 +17,10 @@ pb_grpc: Any = importlib.import_module("foreshard_broker.proto.broker_pb2_grpc")
 ERROR_TRAILER = "foreshard-error-bin"
 """Trailing-metadata key holding a serialized ErrorDetail on failed calls."""
 
+DRAINING = "SHARD_DRAINING"
+"""How a draining broker's refusal starts (`DRAINING: ...`): nothing of the call was stored, so a
+client may send it elsewhere (the SDK producer does when the routing table moved its keys)."""
+
 ADMIN_AUTH_METADATA = "authorization"
 """Call-metadata key of the admin token: `authorization: Bearer <token>` on every Admin call."""
 

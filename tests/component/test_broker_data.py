@@ -14,6 +14,7 @@ import pytest
 from foreshard_broker.client.broker_client import BrokerClient, publish_request
 from foreshard_broker.client.broker_errors import BrokerCallError
 from foreshard_broker.testing import BrokerProcess
+from foreshard_broker.wire import DRAINING
 
 if TYPE_CHECKING:
     from broker_fixtures import Clients, StartBroker
@@ -157,4 +158,7 @@ async def test_probes_and_metrics_report_load_and_drain_turns_readiness_off(
     with pytest.raises(BrokerCallError) as refused:
         await client.publish_request(publish_request("p", 2, [("hot", b"y")]), timeout=10)
     assert refused.value.code == grpc.StatusCode.UNAVAILABLE
-    assert "draining" in refused.value.message
+    assert refused.value.message.startswith(DRAINING + ":") and "nothing was stored" in refused.value.message
+    # what it did store it still says so: a resend of the stored batch is a duplicate, not a refusal
+    resent = await client.publish("p", 1, [("hot", b"x" * 10)] * 5)
+    assert resent.stored.duplicate

@@ -23,6 +23,7 @@ from foreshard_broker.client.mover import move_slot
 from foreshard_broker.client.producer import Producer, ProducerOptions, PublishError
 from foreshard_broker.client.transport import RoutingTable, slot_of
 from foreshard_broker.testing import BrokerProcess
+from foreshard_broker.wire import DRAINING
 
 pytestmark = pytest.mark.component
 
@@ -77,6 +78,42 @@ async def test_a_batch_for_a_shard_that_is_gone_follows_its_slot_and_one_still_r
         with pytest.raises(PublishError, match="broker unreachable"):
             await asyncio.wait_for(producer.publish(staying, b"after"), 10)
         assert producer.stats.rerouted == 1
+        assert await transport.backlog(new.endpoint) == 2
+    finally:
+        await producer.close()
+        await transport.close()
+        await admin.close()
+
+
+async def test_a_draining_shard_sends_a_producer_with_an_old_table_to_the_slots_new_owner(
+    brokers: list[BrokerProcess],
+) -> None:
+    """SIGTERM on a scaled-in shard drains it before it stops: it refuses what it still owns
+    (nothing was stored) but answers MOVED for what moved away, so the producer follows."""
+    old, new = brokers
+    admin = GrpcTransport(admin_token=TOKEN)
+    table = RoutingTable(1, SLOTS, tuple(s % 2 for s in range(SLOTS)), {}, {0: old.endpoint, 1: new.endpoint})
+    for process in brokers:
+        await admin.update_routing(process.endpoint, table)
+    moving, staying = key_in(0), key_in(2)
+    transport = GrpcTransport()
+    producer = Producer(transport, [new.endpoint], options=ProducerOptions(retry_budget_s=3.0))
+    await producer.start()
+    try:
+        await producer.publish(moving, b"before")
+        table, _ = await move_slot(admin, table, 0, 1)
+        drainer = old.admin_client()
+        await drainer.drain()
+        await drainer.close()
+
+        await asyncio.wait_for(producer.publish(moving, b"after"), 10)
+        assert producer.stats.moved >= 1 and producer.stats.rerouted == 0
+        assert await transport.backlog(new.endpoint) == 2
+
+        # a slot the draining shard still owns is refused each time (the batch stored nowhere)
+        # until the budget runs out: no other shard may take it while the table names this one
+        with pytest.raises(PublishError, match=DRAINING):
+            await asyncio.wait_for(producer.publish(staying, b"after"), 10)
         assert await transport.backlog(new.endpoint) == 2
     finally:
         await producer.close()

@@ -31,6 +31,7 @@ from foreshard_broker.client.transport import (
     TransportError,
 )
 from foreshard_broker.idempotence import FENCED, OUT_OF_ORDER
+from foreshard_broker.wire import DRAINING
 
 T = TypeVar("T")
 _STORED = PublishOutcome(PublishStatus.OK)
@@ -60,7 +61,7 @@ async def _guard(call: Awaitable[T], endpoint: str) -> T:
         return await call
     except BrokerCallError as error:
         raise TransportError(
-            f"{endpoint}: {error}", error.code in _REFUSALS, unsent(error.code, error.message)
+            f"{endpoint}: {error}", error.code in _REFUSALS, no_effect(error.code, error.message)
         ) from error
     except grpc.aio.AioRpcError as error:
         raise _transport_error(error, endpoint) from error
@@ -68,13 +69,18 @@ async def _guard(call: Awaitable[T], endpoint: str) -> T:
 
 def _transport_error(error: grpc.aio.AioRpcError, endpoint: str) -> TransportError:
     details = error.details() or ""
-    return TransportError(f"{endpoint}: {error.code().name}: {details}", unsent=unsent(error.code(), details))
+    return TransportError(
+        f"{endpoint}: {error.code().name}: {details}", no_effect=no_effect(error.code(), details)
+    )
 
 
-def unsent(code: grpc.StatusCode, details: str) -> bool:
-    """True when the call never left the client: gRPC fails a call with "failed to connect to all
-    addresses" when no connection to the broker could be opened, before anything is written."""
-    return code is grpc.StatusCode.UNAVAILABLE and "failed to connect" in details.lower()
+def no_effect(code: grpc.StatusCode, details: str) -> bool:
+    """True when the call certainly took no effect: gRPC fails a call with "failed to connect to all
+    addresses" when no connection to the broker could be opened, before anything is written, and
+    a draining broker refuses a call with its DRAINING reason before doing anything."""
+    if code is not grpc.StatusCode.UNAVAILABLE:
+        return False
+    return details.startswith(DRAINING + ":") or "failed to connect" in details.lower()
 
 
 async def _guard_stream(stream: AsyncIterator[T], endpoint: str) -> AsyncIterator[T]:
@@ -83,7 +89,7 @@ async def _guard_stream(stream: AsyncIterator[T], endpoint: str) -> AsyncIterato
             yield item
     except BrokerCallError as error:
         raise TransportError(
-            f"{endpoint}: {error}", error.code in _REFUSALS, unsent(error.code, error.message)
+            f"{endpoint}: {error}", error.code in _REFUSALS, no_effect(error.code, error.message)
         ) from error
     except grpc.aio.AioRpcError as error:
         raise _transport_error(error, endpoint) from error
@@ -192,7 +198,7 @@ class GrpcTransport:
                 # Unreachable, overloaded, draining, or no answer in time: the outcome may be
                 # unknown, so the producer resends the same sequence (stored once, whatever happened).
                 raise TransportError(
-                    f"{endpoint}: {error}", unsent=unsent(error.code, error.message)
+                    f"{endpoint}: {error}", no_effect=no_effect(error.code, error.message)
                 ) from error
             return [_failure(error.code, error.message)] * len(messages)
         except grpc.aio.AioRpcError as error:
@@ -215,7 +221,7 @@ class GrpcTransport:
         except BrokerCallError as error:
             if error.code is not grpc.StatusCode.NOT_FOUND:
                 raise TransportError(
-                    f"{endpoint}: {error}", unsent=unsent(error.code, error.message)
+                    f"{endpoint}: {error}", no_effect=no_effect(error.code, error.message)
                 ) from error
             # The group vanished while this consumer ran (deleted, or a broker that lost it): join
             # it again from the LATEST message, so a stale or mistyped consumer does not pin the

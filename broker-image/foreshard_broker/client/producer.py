@@ -12,8 +12,9 @@ restarted producer with the same id starts afresh (a newer epoch) and an older i
 running is fenced by the broker (``ProducerFencedError``), never answered "duplicate".
 
 * after a lost reply the lane resends the same batch with the same sequence to the same broker
-  (stored once, whatever happened to the first attempt); only a batch that never left the client
-  (no connection could be opened) may go elsewhere, when the routing table moved its keys;
+  (stored once, whatever happened to the first attempt); only a batch no broker took (none could
+  be reached, or a draining one turned it away) may go elsewhere, when the routing table moved its
+  keys;
 * a batch of which something was stored consumes its sequence; refused messages travel again in a
   later batch under the next sequence; a batch of which nothing was stored does not;
 * a sequence error (``OUT_OF_ORDER_SEQUENCE``, ``PRODUCER_FENCED``) fails the batch's futures with
@@ -351,19 +352,19 @@ class Producer:
         loop = asyncio.get_running_loop()
         delay = 0.005
         producer_id = lane.producer_id(endpoint)
-        unsent = True  # no attempt has reached a broker yet
+        no_effect = True  # no attempt has had any effect on a broker yet
         while True:
             try:
                 outcomes = await self.transport.publish(endpoint, producer_id, sequence, messages, lane.epoch)
                 return outcomes, True
             except TransportError as error:
                 self.stats.transport_errors += 1
-                unsent = unsent and error.unsent
-                if unsent and await self._routed_elsewhere(endpoint, batch):
-                    # Nothing of it left this client, and its keys live elsewhere now (e.g. a shard
-                    # scaled in after its slots moved away, before this producer heard of the
-                    # moves): route it again instead of waiting for a broker that is gone. Its
-                    # sequence was never seen by any broker, so it is not used.
+                no_effect = no_effect and error.no_effect
+                if no_effect and await self._routed_elsewhere(endpoint, batch):
+                    # No broker took it (none could be reached, or a draining one turned it away),
+                    # and its keys live elsewhere now (e.g. a shard scaled in after its slots moved
+                    # away, before this producer heard of the moves): route it again instead of
+                    # waiting for a broker that is gone. Its sequence is not used.
                     self.stats.rerouted += len(batch)
                     assert self.table is not None  # _routed_elsewhere learnt one
                     moved = PublishOutcome(PublishStatus.MOVED, epoch=self.table.epoch, reason=str(error))

@@ -40,14 +40,15 @@ class TransportError(Exception):
 
     ``refused`` is True when the broker answered and refused (bad input, a precondition such as
     ownership or a lease held by someone else): retrying the same call will not help.
-    ``unsent`` is True when the call never left the client (no connection to the broker could be
-    opened): it certainly took no effect, and may go to another broker instead.
+    ``no_effect`` is True when the call certainly took no effect: it never left the client (no
+    connection to the broker could be opened), or a draining broker turned it away before doing
+    anything. Such a call may go to another broker instead.
     """
 
-    def __init__(self, message: str, refused: bool = False, unsent: bool = False) -> None:
+    def __init__(self, message: str, refused: bool = False, no_effect: bool = False) -> None:
         super().__init__(message)
         self.refused = refused
-        self.unsent = unsent
+        self.no_effect = no_effect
 
 
 @dataclass(frozen=True)

@@ -389,7 +389,7 @@ class TwinNetwork:
         try:
             return self.brokers[endpoint]
         except KeyError:
-            raise TransportError(f"no broker at {endpoint}", unsent=True) from None
+            raise TransportError(f"no broker at {endpoint}", no_effect=True) from None
 
 
 class TwinTransport:

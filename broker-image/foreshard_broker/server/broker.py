@@ -37,6 +37,7 @@ from foreshard_broker.storage import (
     Storage,
     StorageError,
 )
+from foreshard_broker.wire import DRAINING
 
 log = logging.getLogger("foreshard_broker.broker")
 
@@ -92,14 +93,14 @@ class Broker:
     async def publish(self, producer_id: str, sequence: int, batch: Batch, epoch: int = 0) -> Stored:
         """Store the messages this shard owns and has not paused; the rest come back as refusals."""
         started = time.perf_counter()
-        self._check_writable()
+        self._check_storage()
         nbytes = validation.check_batch(self.limits, producer_id, batch)
         fingerprint = (epoch, len(batch.keys), nbytes)  # the request as a resend must repeat it
         if producer_id:
             original = self._judge(producer_id, sequence, fingerprint)
             if original is not None:
                 await self.barrier()  # the original may still be in flight: answer once it is durable
-                self._check_writable()  # and never "duplicate" from a log that failed meanwhile
+                self._check_storage()  # and never "duplicate" from a log that failed meanwhile
                 return self._duplicate(original, batch.keys)
         slots, refusals = self._route(batch.keys)
         refused: tuple[int, ...] = ()
@@ -110,6 +111,9 @@ class Broker:
             nbytes = sum(map(len, batch.payloads))
         if not batch.keys:
             return Stored(self.state.next_offset, 0, refusals=refusals)
+        # after routing: a draining shard still answers MOVED for what it no longer owns (all of
+        # it, once the operator scales it in), so a producer with an old table follows the move
+        self._check_draining()
         durable, record = self._accept(producer_id, sequence, batch, slots, nbytes, refused, fingerprint)
         try:
             await durable
@@ -226,13 +230,22 @@ class Broker:
             log.error("storage failed; refusing writes until restarted", extra={"reason": reason})
 
     def _check_writable(self) -> None:
+        self._check_storage()
+        self._check_draining()
+
+    def _check_storage(self) -> None:
         if self.failed:
             raise errors.Unavailable(f"broker storage failed ({self.failed}); it is restarting")
-        if self.draining:
-            raise errors.Draining("shard is draining and accepts no new messages; refresh routing")
         if self.awaiting_routing:
             raise errors.Unavailable(
                 "shard has no routing table yet (started with --await-routing): the operator pushes one"
+            )
+
+    def _check_draining(self) -> None:
+        if self.draining:
+            raise errors.Draining(
+                f"{DRAINING}: shard is draining and accepts no new messages (nothing was stored); "
+                "refresh routing"
             )
 
     @property
