@@ -59,6 +59,22 @@ def test_the_slot_count_cannot_change_after_creation(local_cluster: LocalCluster
     assert "slots is immutable; create a new queue to change the slot count" in result.stderr
 
 
+def test_the_storage_cannot_be_added_or_changed_after_creation(local_cluster: LocalCluster) -> None:
+    body = yaml.safe_load((REPO / "manifests" / "samples" / "shardallocation.yaml").read_text())
+    body["metadata"]["name"] = "immutable-storage"
+    body["spec"].setdefault("template", {}).pop("storage", None)
+    local_cluster.kubectl("apply", "-n", "default", "-f", "-", stdin=yaml.safe_dump(body))
+    body["spec"]["template"]["storage"] = {"size": "1Gi"}
+    result = local_cluster.kubectl(
+        "apply", "-n", "default", "-f", "-", stdin=yaml.safe_dump(body), check=False
+    )
+    assert result.returncode != 0
+    assert "template.storage cannot be added, removed or changed on an existing queue" in result.stderr
+    body["spec"]["template"].pop("storage")
+    body["spec"]["minShards"] = 2  # other edits still go through
+    local_cluster.kubectl("apply", "-n", "default", "-f", "-", stdin=yaml.safe_dump(body))
+
+
 def test_status_is_not_writable_through_the_main_resource(local_cluster: LocalCluster) -> None:
     body = yaml.safe_load((REPO / "manifests" / "samples" / "shardallocation.yaml").read_text())
     body["metadata"]["name"] = "status-ignored"

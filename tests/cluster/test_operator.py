@@ -87,3 +87,47 @@ def test_deleting_the_queue_garbage_collects_its_shards(
     wait_for(lambda: get(local_cluster, "statefulset", "ephemeral-shard") is not None, 60, "the StatefulSet")
     local_cluster.kubectl("delete", "shalloc", "ephemeral", "-n", NAMESPACE)
     wait_for(lambda: get(local_cluster, "statefulset", "ephemeral-shard") is None, 60, "garbage collection")
+
+
+def test_a_spec_the_api_server_refuses_is_reported_in_degraded_and_the_shards_stay(
+    local_cluster: LocalCluster, operator: dict[str, Any]
+) -> None:
+    local_cluster.kubectl("apply", "-f", "-", stdin=queue("refused", 2))
+
+    def condition(kind: str) -> dict[str, Any]:
+        body = get(local_cluster, "shalloc", "refused") or {}
+        found = {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
+        return found.get(kind, {})
+
+    wait_for(lambda: condition("Degraded").get("reason") == "Applied", 60, "Degraded=False once applied")
+    # the schema takes both quantities; the StatefulSet's validation refuses a request above its limit
+    resources = {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}
+    patch = yaml.safe_dump({"spec": {"minShards": 3, "template": {"resources": resources}}})
+    local_cluster.kubectl("patch", "shalloc", "refused", "-n", NAMESPACE, "--type=merge", "-p", patch)
+    wait_for(lambda: condition("Degraded").get("reason") == "ApplyRefused", 60, "Degraded=True")
+    degraded = condition("Degraded")
+    assert degraded["status"] == "True"
+    assert "StatefulSet refused-shard" in degraded["message"] and "limit" in degraded["message"], degraded
+    sts = get(local_cluster, "statefulset", "refused-shard")
+    assert sts is not None and sts["spec"]["replicas"] == 2  # minShards 3 is not half-applied
+    body = get(local_cluster, "shalloc", "refused") or {}
+    assert body["status"]["shards"]["desired"] == 2
+    warnings = local_cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--field-selector",
+        "reason=ApplyRefused,involvedObject.name=refused",
+    ).stdout
+    assert "ApplyRefused" in warnings and "Warning" in warnings
+
+    patch = yaml.safe_dump({"spec": {"template": {"resources": {"requests": {"cpu": "1"}}}}})
+    local_cluster.kubectl("patch", "shalloc", "refused", "-n", NAMESPACE, "--type=merge", "-p", patch)
+    wait_for(lambda: condition("Degraded").get("reason") == "Applied", 60, "Degraded=False after the fix")
+    wait_for(
+        lambda: (get(local_cluster, "statefulset", "refused-shard") or {})["spec"]["replicas"] == 3,
+        60,
+        "minShards 3 applied once the spec is fixed",
+    )
+    local_cluster.kubectl("delete", "shalloc", "refused", "-n", NAMESPACE, "--wait=false")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from foreshard.adapters.brokers import AnnotationEndpoints
-from foreshard.adapters.kube import ShardPod
+from foreshard.adapters.kube import ApplyRefused, ShardPod
 from foreshard.api import routing as routing_status
 from foreshard.api.migration import Item, Migration, Phase
 from foreshard.api.names import ANNOTATION_BROKER_ENDPOINT
@@ -107,6 +107,36 @@ def test_scale_in_is_held_while_the_shards_to_go_own_slots() -> None:
     assert cluster.replicas == 3 and outcome.status["shards"]["desired"] == 3
     held = [e for e in outcome.events if e.reason == "DrainBeforeScaleIn"]
     assert held and "shards 1-2 still own slots" in held[0].message
+
+
+def test_a_refused_apply_is_degraded_with_one_warning_and_the_shards_stay_as_they_run() -> None:
+    class Refusing(Cluster):
+        refuse = False
+
+        def apply(self, manifest: dict[str, Any]) -> None:
+            if self.refuse and manifest["kind"] == "StatefulSet":
+                raise ApplyRefused("StatefulSet orders-shard: spec.template.spec.containers[0].resources")
+            super().apply(manifest)
+
+    cluster = Refusing(pods=2)
+    ports = Ports(cluster, AnnotationEndpoints(), Brokers())
+    status: dict[str, Any] = {}
+    degraded, events = [], []
+    for now, refuse, wanted in ((100.0, False, 2), (110.0, True, 4), (120.0, True, 4), (130.0, False, 4)):
+        cluster.refuse = refuse
+        outcome = reconcile(body(wanted, status), ports, now)
+        status = {**status, **outcome.status}
+        found = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        degraded.append((found["status"], found["reason"], status["shards"]["desired"], cluster.replicas))
+        events += [(e.reason, e.warning) for e in outcome.events if e.reason == "ApplyRefused"]
+    # refused: desired stays what the StatefulSet runs (2), not the 4 the spec asks for
+    assert degraded == [
+        ("False", "Applied", 2, 2),
+        ("True", "ApplyRefused", 2, 2),
+        ("True", "ApplyRefused", 2, 2),
+        ("False", "Applied", 4, 4),
+    ]
+    assert events == [("ApplyRefused", True)]  # once, when it starts
 
 
 def test_a_lagging_broker_is_a_warning_event_once() -> None:

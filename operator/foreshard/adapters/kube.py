@@ -37,6 +37,15 @@ MAX_MIGRATIONS = 64  # the CRD's maxItems of status.migrations
 KEPT_FINISHED = 16
 
 
+class ApplyRefused(Exception):
+    """The API server refused a manifest as it stands (invalid, or forbidden by a policy): sending
+    it again will not help until the spec or the cluster changes. Other failures (conflicts,
+    timeouts, 5xx) stay ApiExceptions, which kopf retries."""
+
+
+REFUSALS = frozenset({400, 403, 422})
+
+
 class StatusConflict(Exception):
     """Someone wrote the object since this pass read it (409): the pass must not act."""
 
@@ -86,14 +95,19 @@ class KubeAdapter:
             "StatefulSet": client.AppsV1Api(self.api).patch_namespaced_stateful_set,
             "Service": client.CoreV1Api(self.api).patch_namespaced_service,
         }[kind]
-        patch(
-            meta["name"],
-            meta["namespace"],
-            manifest,
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type=APPLY,
-        )
+        try:
+            patch(
+                meta["name"],
+                meta["namespace"],
+                manifest,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY,
+            )
+        except ApiException as error:
+            if error.status not in REFUSALS:
+                raise
+            raise ApplyRefused(f"{kind} {meta['name']}: {_message_of(error)}") from error
 
     def observe_stateful_set(self, namespace: str, name: str) -> Observed:
         try:
@@ -305,3 +319,12 @@ class ForecastAdapter:
         self.custom.patch_namespaced_custom_object_scale(
             group, version, namespace, ref.plural, ref.name, {"spec": {"replicas": replicas}}
         )
+
+
+def _message_of(error: ApiException) -> str:
+    """The API server's sentence (its Status `message`), else the HTTP reason."""
+    try:
+        found = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        found = None
+    return str(found or f"{error.status} {error.reason}")[:512]

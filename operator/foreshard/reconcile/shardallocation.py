@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from foreshard.adapters import prometheus
 from foreshard.adapters.brokers import BrokerAdmin, EndpointResolver
-from foreshard.adapters.kube import KubePort
+from foreshard.adapters.kube import ApplyRefused, KubePort
 from foreshard.adapters.metrics import (
     DESIRED_SHARDS,
     FORECAST_PEAK,
@@ -122,16 +122,19 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
         return _unreadable_routing(body, spec, previous, decided, before, now_s, str(error), kube)
     moves = migrations.recorded(previous)
     desired, held = keep_owning_shards(decided.replicas, recorded, migrations.floor(moves))
-    kube.apply(queue_status.owned_by(workload.headless_service(spec), body))
-    kube.apply(queue_status.owned_by(workload.stateful_set(spec, desired), body))
+    refused = apply_workload(spec, body, desired, kube)
     after = kube.observe_stateful_set(spec.namespace, workload.shard_name(spec.name))
+    if refused is not None:  # the StatefulSet runs what it ran: route, report and move by that
+        desired = after.replicas
     routed = route(spec, recorded, desired, kube, ports.endpoints, ports.brokers, migrations.hold(moves))
     migrated = migrations.Migrated(None)
     table = routed.decision.table
     if drive_migrations and ports.movers is not None and table is not None and not routed.decision.record:
         planned = decided.plan["targetShards"] if decided.plan is not None else None
         settled = routed.condition.status == "True"
-        inputs = migrations.Inputs(spec, body, table, decided.replicas, settled, planned)
+        # moves in flight go on; new ones are planned for the shards that run when the apply failed
+        replicas = decided.replicas if refused is None else desired
+        inputs = migrations.Inputs(spec, body, table, replicas, settled, planned)
         memory = ports.finished.setdefault((spec.namespace, spec.name), {})
         migrated = migrations.migrate(
             inputs, kube, ports.movers, ports.results, ports.pass_interval_s, memory
@@ -144,7 +147,10 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
         holding = Condition(conditions.SCALING, "False", "DrainBeforeScaleIn", held)
     extra = (migrated.condition,) if migrated.condition is not None else ()
     report = queue_status.Report(
-        (decided.forecasting, routed.condition, *extra), holding, plan, decided.last_decision
+        (decided.forecasting, routed.condition, degraded(refused), *extra),
+        holding,
+        plan,
+        decided.last_decision,
     )
     status = queue_status.next_status(
         dict(previous), generation, desired, after, decision.timestamp(now_s), report
@@ -157,7 +163,36 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
     _export(spec.name, decided, desired, after.ready_replicas, routed)
     scaled_from = before.replicas if before.replicas != desired else None
     events = _events(previous, routed, held, scaled_from, desired, decided.event)
+    if refused is not None and _reason(previous, conditions.DEGRADED) != "ApplyRefused":
+        events.append(Event("ApplyRefused", degraded(refused).message, warning=True))
     return Outcome(status, scaled_from, [*events, *migrated.events])
+
+
+def apply_workload(spec: QueueSpec, body: dict[str, Any], desired: int, kube: KubePort) -> str | None:
+    """Apply the shards' Service and StatefulSet; what the API server refused, or None."""
+    try:
+        kube.apply(queue_status.owned_by(workload.headless_service(spec), body))
+        kube.apply(queue_status.owned_by(workload.stateful_set(spec, desired), body))
+    except ApplyRefused as error:
+        return str(error)
+    return None
+
+
+def degraded(refused: str | None) -> Condition:
+    if refused is None:
+        return Condition(
+            conditions.DEGRADED,
+            "False",
+            "Applied",
+            "The shards' StatefulSet and Service are as the spec asks.",
+        )
+    return Condition(
+        conditions.DEGRADED,
+        "True",
+        "ApplyRefused",
+        f"The API server refused the {refused}. The shards stay as they are (no scaling; moves in "
+        "flight finish, none is planned beyond the running shards) until the spec is fixed.",
+    )
 
 
 MOVE_FIELDS = ("moves", "moveList", "movedBytes", "waves", "expectedPauseMs", "movesWhy")
