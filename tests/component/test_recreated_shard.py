@@ -126,7 +126,7 @@ async def test_a_shard_recreated_on_its_old_data_loses_and_reorders_nothing_when
     async def handle(message: Message) -> None:
         assert message.key is not None
         ledger.delivered[message.key].append(int(message.payload))
-        await asyncio.sleep(handling_s)  # slower than the producer: the moves carry a backlog
+        await asyncio.sleep(handling_s)  # 4 ms: slower than the producer, the moves carry a backlog
 
     data = GrpcTransport()
     options = ConsumerOptions(concurrency=4, routing_refresh_s=0.2)
