@@ -41,6 +41,9 @@ class BrokerProcess:
     # Its own process group, so a supervisor's recorded pid can be stopped with its children and
     # a signal to the supervisor's group does not reach the broker before the supervisor drains it.
     new_session: bool = False
+    # Listen again on the ports of the previous start (a pod re-created at the same endpoint, as
+    # the local pod runner does); the first start, with no ports known yet, still binds port 0.
+    keep_ports: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -67,11 +70,12 @@ class BrokerProcess:
         if self.flags is not None:
             return [*base, *self.flags]
         token = ["--admin-token-file", str(self.admin_token_file)] if self.admin_token is not None else []
+        grpc, http = (self.grpc_port, self.http_port) if self.keep_ports else (0, 0)
         return [
             *base,
             "--data-dir", str(self.data_dir),
-            "--grpc-listen", "127.0.0.1:0",
-            "--http-listen", "127.0.0.1:0",
+            "--grpc-listen", f"127.0.0.1:{grpc}",
+            "--http-listen", f"127.0.0.1:{http}",
             "--shard", str(self.shard),
             "--sync", self.sync,
             *token,

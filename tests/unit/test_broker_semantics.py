@@ -194,3 +194,36 @@ async def test_export_and_release_scan_only_the_selected_slots_backlog() -> None
     left = list(broker.state.retained_messages())
     assert len(left) == broker.state.retained_count == 50 * 41 - 41 - 49
     assert all(m.slot != slot_of(moving, 16) for m in left), "a released slot leaves nothing behind"
+
+
+async def test_an_import_drops_the_old_copy_a_shard_kept_of_a_selection_it_lost_without_release() -> None:
+    """Shard 1 owned the slot, lost it to shard 0 and was never released (killed before the
+    drain, re-created on its data dir). When the slot comes back, its old copy must not be
+    delivered again: only what the source (shard 0) sends is the slot's backlog here."""
+    broker = Broker(BrokerConfig(shard=1, num_slots=16), MemoryStorage())
+    broker.open()
+    admin = Admin(broker)
+    await broker.create_group("g", latest=False)
+    other = next(k for k in (f"o{i}" for i in range(100)) if slot_of(k, 16) != slot_of("k", 16))
+    slot = slot_of("k", 16)
+    await broker.publish("p", 1, Batch.of([("k", b"old-0"), ("k", b"old-1"), (other, b"stays")]))
+    owners = [1] * 16
+    owners[slot] = 0
+    await admin.update_routing(RoutingTable(2, 16, tuple(owners), {}, {}))  # moved away, no release
+    selector = admin.selector([slot], [])
+    # what shard 0 holds of the slot now: the same messages (its copy) and a newer one
+    sent = [Message(40 + i, "k", slot, payload) for i, payload in enumerate([b"old-1", b"new-2"])]
+    assert await admin.import_backlog(0, [(selector, sent)]) == (2, 0)
+    kept = [m.payload for m in broker.state.retained_messages() if m.slot == slot]
+    assert kept == [b"old-1", b"new-2"], "the old copy is gone, the source's copy is whole"
+    assert await admin.import_backlog(0, [(selector, sent)]) == (0, 2)  # a retry: nothing twice
+
+    await admin.update_routing(RoutingTable(3, 16, tuple([1] * 16), {}, {}))  # switched here
+    await broker.publish("p", 2, Batch.of([("k", b"new-3")]))
+    late = [Message(42, "k", slot, b"new-2b")]  # a late tail after the switch: owned ones stay
+    assert await admin.import_backlog(0, [(selector, late)]) == (1, 0)
+    delivered = []
+    while deliveries := await broker.fetch("g", "c", 1000, 0, 0):
+        delivered += [d.message.payload for d in deliveries]
+        await broker.ack("g", [d.message.offset for d in deliveries])
+    assert sorted(delivered) == sorted([b"stays", b"old-1", b"new-2", b"new-3", b"new-2b"])

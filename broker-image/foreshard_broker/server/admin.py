@@ -14,6 +14,10 @@ Migration of a selection (slots and/or pinned keys) from shard A to shard B:
     A.Release                                         drain A's copy
 
 Rollback before the switch: A.Unfence(lease) (or let it lapse) and B.Discard(selection).
+A target that once owned the selection and lost it without its drain (killed before Release, then
+re-created on its old data dir) still holds that old copy and its group state; the first import of
+a move drops every message of the selection that this shard does not own and that did not come
+from the move's source (see `_drop_stale`), so the old copy is never delivered again.
 Every step is idempotent: imports skip (source shard, source offset) pairs already present and
 everything at or below the import marks (see imports.py), so a copy re-run after consumption and
 compaction imports nothing again.
@@ -22,6 +26,7 @@ compaction imports nothing again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -39,6 +44,7 @@ from foreshard_broker.storage import AckRecord, BatchRecord, Message, ReleaseRec
 from foreshard_broker.storage.base import EMPTY_CHUNK
 
 MAX_SETTLE_MS = 60_000
+log = logging.getLogger("foreshard_broker.admin")
 __all__ = ["Admin", "Fenced", "GroupPending", "ProducerSeen", "Selector", "Switched"]
 
 
@@ -52,6 +58,9 @@ class Admin:
         self.marks = ImportMarks(folder and folder / "imports.json", durable)
         self._routing_lock = asyncio.Lock()
         self._last_switch = Switched(broker.routing.epoch)
+        # Selection item ("slot/N", "key/K") -> the source whose imports alone this shard holds of
+        # it (checked by `_drop_stale`); memory only, forgotten whenever this shard loses an item.
+        self._clean_for: dict[str, int] = {}
 
     def pause_seconds(self, now: float) -> float:
         """Total time slots and keys have spent paused, counting the pauses still open."""
@@ -107,6 +116,8 @@ class Admin:
         switch = Switched(table.epoch, *self.fencing.unfenced(slots, keys))
         await asyncio.to_thread(self._persist, table, switch)
         self.broker.routing = table
+        if slots or keys:  # what it lost may stay here as an old copy until released
+            self._clean_for.clear()
         await self.fencing.taken_away(slots, keys)
         self.broker.unpark_all()
         self._last_switch = switch
@@ -262,9 +273,39 @@ class Admin:
                 f"({broker.limits.max_retained_bytes}); "
                 "retry after consumers catch up"
             )
+        for selector, _ in chunks:  # one scan per item and source: the next chunks find it done
+            await self._drop_stale(source_shard, selector)
         imported = await self._import(source_shard, chunks)
         await self.marks.persist()  # after the imported records are durable
         return imported, sum(len(messages) for _, messages in chunks) - imported
+
+    async def _drop_stale(self, source_shard: int, selector: Selector) -> int:
+        """Drop the messages of the selection this shard does not own and did not import from
+        `source_shard`: an old copy left by a move away whose Release never ran (the shard was
+        killed first and re-created on its data dir). The move that switched it away copied all of
+        it to the then new owner, so the source's copy supersedes it; kept, its group state would
+        deliver it again, older messages after newer ones. Scans once per item and source (the
+        pause's ImportFenced then skips it); returns how many messages it dropped."""
+        items = [*(f"slot/{slot}" for slot in selector.slots), *(f"key/{key}" for key in selector.keys)]
+        if all(self._clean_for.get(item) == source_shard for item in items):
+            return 0
+        await self.broker.barrier()
+        routing, me = self.broker.routing, self.broker.config.shard
+        offsets = [
+            message.offset
+            for message in self._select(selector, 0)
+            if message.origin_shard != source_shard and routing.owner(message.key, message.slot) != me
+        ]
+        if offsets:
+            self.broker.state.apply_release(offsets)
+            await self.broker.persist(ReleaseRecord(offsets))
+            log.warning(
+                "dropped an old copy of a selection this shard lost without a release",
+                extra={"messages": len(offsets), "source_shard": source_shard, "items": items[:5]},
+            )
+        for item in items:
+            self._clean_for[item] = source_shard
+        return len(offsets)
 
     async def _import(self, source_shard: int, chunks: list[tuple[Selector, list[Message]]]) -> int:
         """Append what was not imported before: neither in the exact index of retained imports nor
