@@ -98,7 +98,10 @@ def test_the_operator_image_reconciles_a_queue_as_its_service_account_and_non_ro
         peering = local_cluster.kubectl("get", "clusterkopfpeering", "foreshard", "-o", "json").stdout
         keepalives = yaml.safe_load(peering).get("status", {})
         assert operator["name"] in keepalives, f"its keep-alive is named by POD_ID: {keepalives}"
-        assert 'foreshard_operator_desired_shards{queue="from-image"} 2.0' in scrape(operator["metrics"])
+        assert (
+            f'foreshard_operator_desired_shards{{namespace="{NAMESPACE}",queue="from-image"}} 2.0'
+            in scrape(operator["metrics"])
+        )
         assert operator["process"].poll() is None, "the operator is still running"
     sts = get(local_cluster, "sts", "from-image-shard")
     assert sts is not None and sts["spec"]["replicas"] == 2

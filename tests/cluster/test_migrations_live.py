@@ -223,9 +223,15 @@ def test_scale_out_moves_slots_onto_new_shards_and_scale_in_empties_them_under_l
         for line in scrape(moving["operator"].current["metrics"]).splitlines()
         if line.startswith("foreshard_operator_m") and f'queue="{QUEUE}"' in line
     }
-    assert metrics[f'foreshard_operator_moves_total{{queue="{QUEUE}",result="done"}}'] >= len(done), metrics
-    assert metrics[f'foreshard_operator_move_pause_seconds_count{{queue="{QUEUE}"}}'] >= len(done), metrics
-    assert metrics[f'foreshard_operator_migrations_in_flight{{queue="{QUEUE}"}}'] == 0, metrics
+    assert metrics[
+        f'foreshard_operator_moves_total{{namespace="{NAMESPACE}",queue="{QUEUE}",result="done"}}'
+    ] >= len(done), metrics
+    assert metrics[
+        f'foreshard_operator_move_pause_seconds_count{{namespace="{NAMESPACE}",queue="{QUEUE}"}}'
+    ] >= len(done), metrics
+    assert (
+        metrics[f'foreshard_operator_migrations_in_flight{{namespace="{NAMESPACE}",queue="{QUEUE}"}}'] == 0
+    ), metrics
 
 
 def test_an_operator_killed_while_a_move_is_fenced_or_switching_is_resumed_by_a_new_one(

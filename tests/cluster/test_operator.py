@@ -75,7 +75,7 @@ def test_the_operator_creates_owns_and_resizes_the_shard_stateful_set(
     assert "Scaled" in events and "Shards 2 -> 3." in events
 
     metrics = scrape(operator["metrics"])
-    assert 'foreshard_operator_desired_shards{queue="payments"} 3.0' in metrics
+    assert f'foreshard_operator_desired_shards{{namespace="{NAMESPACE}",queue="payments"}} 3.0' in metrics
 
     assert_no_rbac_denials(operator["log"])
 

@@ -63,7 +63,7 @@ def tweets(prometheus_url: str, mode: str) -> str:
 
 def reconciles(metrics_url: str) -> float:
     """Successful reconcile passes of the tweets queue so far, from the operator's /metrics."""
-    prefix = 'foreshard_operator_reconciles_total{queue="tweets",result="ok"} '
+    prefix = f'foreshard_operator_reconciles_total{{namespace="{NAMESPACE}",queue="tweets",result="ok"}} '
     lines = [line for line in scrape(metrics_url).splitlines() if line.startswith(prefix)]
     return float(lines[0].removeprefix(prefix)) if lines else 0.0
 
@@ -128,7 +128,10 @@ def test_auto_scales_the_shards_to_the_forecast_plan(
     events = scaled_events(local_cluster)
     assert "Scaled" in events and f"Shards {MIN_SHARDS} -> " in events and "msg/s" in events, events
     metrics = scrape(operator["metrics"])
-    assert 'foreshard_operator_forecast_peak_messages_per_second{queue="tweets"}' in metrics
+    assert (
+        f'foreshard_operator_forecast_peak_messages_per_second{{namespace="{NAMESPACE}",queue="tweets"}}'
+        in metrics
+    )
     REPORT.update(targetShards=replicas, forecastPeak=plan["forecastPeak"], why=plan["why"])
     print(f"forecast plan for tweets: {json.dumps(REPORT)}")
     assert_no_rbac_denials(operator["log"])

@@ -49,9 +49,9 @@ def _pass(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, migrate: bool = F
         try:
             outcome = reconcile(current, ports, time.time(), drive_migrations=migrate)
         except Exception:
-            RECONCILES.labels(name, "error").inc()
+            RECONCILES.labels(meta["namespace"], name, "error").inc()
             raise
-    RECONCILES.labels(name, "ok").inc()
+    RECONCILES.labels(meta["namespace"], name, "ok").inc()
     patch.status.update(outcome.status)
     for event in outcome.events:
         post = kopf.warn if event.warning else kopf.info

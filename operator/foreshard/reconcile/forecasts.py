@@ -414,7 +414,7 @@ def _publish(
     band = demand.band_at(parts, now_s, min(QUANTILES), spec.forecast.planning_quantile)
     if band is not None:  # what the dashboard and the demo's view draw against the arrivals
         for bound, value in zip(("lower", "point", "upper"), band, strict=True):
-            FORECAST_RATE.labels(spec.name, bound).set(round(value, 3))
+            FORECAST_RATE.labels(spec.namespace, spec.name, bound).set(round(value, 3))
     return Published(now_s, found, recent)
 
 

@@ -145,6 +145,7 @@ async def _migrate(
     finished: MutableMapping[str, Migration],
 ) -> Migrated:
     spec, body = inputs.spec, inputs.body
+    queue = (spec.namespace, spec.name)
     status: Mapping[str, Any] = body.get("status") or {}
     recorded_now = recorded(status)
     known = remembered(recorded_now, finished, time.time())
@@ -159,11 +160,11 @@ async def _migrate(
         async with movers.session(table.endpoints) as brokers:
             moving = in_flight(known)
             for m in moving[:MAX_ADVANCED]:
-                table = await _advance(m, table, recorder, brokers, rules, results, out, spec.name)
+                table = await _advance(m, table, recorder, brokers, rules, results, out, queue)
             if not moving:
                 planned = await _plan(inputs, recorder, brokers, known, out)
                 for m in in_flight(list(recorder.migrations.values())):
-                    table = await _advance(m, table, recorder, brokers, rules, results, out, spec.name)
+                    table = await _advance(m, table, recorder, brokers, rules, results, out, queue)
             if inputs.planned is not None:
                 out.preview = await _preview(inputs, inputs.planned, brokers, known)
     except StatusConflict as conflict:
@@ -171,7 +172,7 @@ async def _migrate(
     out.migrations = list(recorder.migrations.values())
     remembered(out.migrations, finished, time.time())
     out.condition = _condition(out.migrations, status, planned)
-    _export(spec.name, out.migrations)
+    _export(queue, out.migrations)
     return out
 
 
@@ -183,7 +184,7 @@ async def _advance(
     rules: Policy,
     results: MutableMapping[str, Result],
     out: Migrated,
-    queue: str,
+    queue: tuple[str, str],
 ) -> RoutingTable:
     """`advance`, again while the move is in Resume or Drain: once switched, nothing is left to
     pace (no copy), so the other shards' push, the source's release and Done need not wait a timer
@@ -302,7 +303,7 @@ def approved_moves(
     return Approved((), why)
 
 
-def _events(queue: str, advanced: Advanced) -> list[Event]:
+def _events(queue: tuple[str, str], advanced: Advanced) -> list[Event]:
     m = advanced.migration
     out = []
     for before, after in advanced.transitions:
@@ -315,7 +316,7 @@ def _events(queue: str, advanced: Advanced) -> list[Event]:
                 )
             )
             if m.pause_ms is not None:
-                MOVE_PAUSE.labels(queue).observe(m.pause_ms / 1000)
+                MOVE_PAUSE.labels(*queue).observe(m.pause_ms / 1000)
         elif after is Phase.ROLLING_BACK:
             out.append(
                 Event("MoveRollingBack", f"{m.item}: shard {m.source} -> {m.target}: {m.reason}", True)
@@ -324,11 +325,11 @@ def _events(queue: str, advanced: Advanced) -> list[Event]:
             out.append(Event("MoveRetried", f"{m.item}: attempt {m.attempt} after {m.reason}", True))
         elif after is Phase.ROLLED_BACK:
             out.append(Event("MoveRolledBack", f"{m.item}: stays on shard {m.source}: {m.reason}", True))
-            MOVES.labels(queue, "rolled_back").inc()
+            MOVES.labels(*queue, "rolled_back").inc()
         elif after is Phase.DONE:
             took = m.phase_since_s - m.started_at_s
             out.append(Event("MoveDone", f"{m.item}: moved shard {m.source} -> {m.target} in {took:.1f} s."))
-            MOVES.labels(queue, "done").inc()
+            MOVES.labels(*queue, "done").inc()
     return out
 
 
@@ -366,8 +367,8 @@ def _condition(migrations: list[Migration], status: Mapping[str, Any], planned: 
     return Condition(conditions.MIGRATING, "False", "Idle", "No move in flight; the placement needs none.")
 
 
-def _export(queue: str, migrations: list[Migration]) -> None:
+def _export(queue: tuple[str, str], migrations: list[Migration]) -> None:
     moving = in_flight(migrations)
-    MIGRATIONS_IN_FLIGHT.labels(queue).set(len(moving))
+    MIGRATIONS_IN_FLIGHT.labels(*queue).set(len(moving))
     now = time.time()
-    MIGRATION_PHASE_AGE.labels(queue).set(max((now - m.phase_since_s for m in moving), default=0.0))
+    MIGRATION_PHASE_AGE.labels(*queue).set(max((now - m.phase_since_s for m in moving), default=0.0))

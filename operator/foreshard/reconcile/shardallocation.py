@@ -28,6 +28,7 @@ from foreshard.adapters.metrics import (
     PLANNED_SHARDS,
     READY_SHARDS,
     ROUTING_EPOCH,
+    SHARD_CAPACITY,
 )
 from foreshard.api import conditions
 from foreshard.api import routing as routing_status
@@ -160,7 +161,7 @@ def reconcile(body: dict[str, Any], ports: Ports, now_s: float, drive_migrations
     # and a stale copy here would overwrite them.
     if routed.decision.record and table is not None:
         status["routing"] = routing_status.to_status(table)
-    _export(spec.name, decided, desired, after.ready_replicas, routed)
+    _export(spec, decided, desired, after.ready_replicas, routed)
     scaled_from = before.replicas if before.replicas != desired else None
     events = _events(previous, routed, held, scaled_from, desired, decided.event)
     if refused is not None and _reason(previous, conditions.DEGRADED) != "ApplyRefused":
@@ -326,12 +327,15 @@ def _reason(status: Mapping[str, Any], kind: str) -> str | None:
     return found.get("reason")
 
 
-def _export(queue: str, decided: decision.Decision, desired: int, ready: int, routed: Routed) -> None:
-    DESIRED_SHARDS.labels(queue).set(desired)
-    READY_SHARDS.labels(queue).set(ready)
-    FORECAST_READY.labels(queue).set(1 if decided.forecasting.status == "True" else 0)
+def _export(spec: QueueSpec, decided: decision.Decision, desired: int, ready: int, routed: Routed) -> None:
+    queue = (spec.namespace, spec.name)
+    DESIRED_SHARDS.labels(*queue).set(desired)
+    READY_SHARDS.labels(*queue).set(ready)
+    FORECAST_READY.labels(*queue).set(1 if decided.forecasting.status == "True" else 0)
+    if spec.messages_per_second is not None:  # the learnt capacity when capacity.learn measured one
+        SHARD_CAPACITY.labels(*queue).set(spec.messages_per_second)
     if routed.decision.table is not None:
-        ROUTING_EPOCH.labels(queue).set(routed.decision.table.epoch)
+        ROUTING_EPOCH.labels(*queue).set(routed.decision.table.epoch)
     if decided.plan is not None:
-        FORECAST_PEAK.labels(queue).set(decided.plan["forecastPeak"])
-        PLANNED_SHARDS.labels(queue).set(decided.plan["targetShards"])
+        FORECAST_PEAK.labels(*queue).set(decided.plan["forecastPeak"])
+        PLANNED_SHARDS.labels(*queue).set(decided.plan["targetShards"])
