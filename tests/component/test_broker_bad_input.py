@@ -50,6 +50,22 @@ CASES: dict[str, tuple[Call, grpc.StatusCode, str]] = {
         lambda d, a: d.publish_request(
             pb.PublishRequest(sequence=1, keys=["a", "b"], payloads=[b"", b""], headers=[pb.Headers()])),
         INVALID, "1 header entries for 2 messages"),
+    "an overlong producer id": (
+        lambda d, a: d.publish("p" * 300, 1, [("k", b"x")]), INVALID, "producer_id is longer than 256 bytes"),
+    "too many headers": (
+        lambda d, a: d.publish("p", 1, [("k", b"x", {f"h{i}": "v" for i in range(40)})]),
+        INVALID, "message 0 has 40 headers; the limit is 32"),
+    "oversized headers": (
+        lambda d, a: d.publish("p", 1, [("k", b"x", {"trace": "t" * 5000})]),
+        INVALID, "header bytes; the limit is 4096"),
+    "an overlong group name": (
+        lambda d, a: a.create_group("g" * 200), INVALID, "group name is longer than 128 bytes"),
+    "an overlong consumer name": (
+        lambda d, a: d.fetch("g", "c" * 200), INVALID, "consumer name is longer than 128 bytes"),
+    "a fetch of too many messages": (
+        lambda d, a: d.fetch("g", "c", max_messages=20_000), INVALID, "max_messages=20000 exceeds the limit"),
+    "a fetch of too many bytes": (
+        lambda d, a: d.fetch("g", "c", max_bytes=64 * 1024 * 1024), INVALID, "max_bytes=67108864 exceeds"),
     "an unknown group": (lambda d, a: d.fetch("nobody", "c"), NOT_FOUND, "group 'nobody' does not exist"),
     "an empty group name": (lambda d, a: a.create_group(""), INVALID, "group name is empty"),
     "a too long wait": (lambda d, a: d.fetch("g", "c", wait_ms=999_999), INVALID, "wait_ms=999999 exceeds"),
