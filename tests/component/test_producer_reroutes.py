@@ -119,3 +119,72 @@ async def test_a_draining_shard_sends_a_producer_with_an_old_table_to_the_slots_
         await producer.close()
         await transport.close()
         await admin.close()
+
+
+async def test_a_shard_stopped_by_sigterm_answers_producers_with_old_tables_until_they_go_quiet(
+    brokers: list[BrokerProcess],
+) -> None:
+    """The operator's scale-in: the slot moved away, then SIGTERM, while producers that never heard
+    of the move send to the old shard. A call the server stopped under would be cancelled: an
+    outcome its producer cannot know, so it would resend to the same, vanished broker until its
+    retry budget ran out. The draining broker keeps answering (MOVED) until publishes stop, so
+    every one of them ends stored on the new owner and none fails."""
+    old, new = brokers
+    admin = GrpcTransport(admin_token=TOKEN)
+    table = RoutingTable(1, SLOTS, tuple(s % 2 for s in range(SLOTS)), {}, {0: old.endpoint, 1: new.endpoint})
+    for process in brokers:
+        await admin.update_routing(process.endpoint, table)
+    moving = key_in(0)
+    transport = GrpcTransport()
+    options = ProducerOptions(retry_budget_s=5.0)
+    producers = [Producer(transport, [old.endpoint], options=options) for _ in range(40)]
+    for producer in producers:
+        await producer.start()  # each learns the table in which the old shard owns the slot
+    try:
+        table, _ = await move_slot(admin, table, 0, 1)
+        stopping = asyncio.create_task(asyncio.to_thread(old.terminate))
+        sent = []
+        for i, producer in enumerate(producers):  # first sends spread around the SIGTERM
+            sent.append(producer.send(moving, str(i).encode()))
+            await asyncio.sleep(0.002)
+        results = await asyncio.gather(*sent, return_exceptions=True)
+        assert [r for r in results if r is not None] == []
+        assert await stopping == 0  # drained and stopped cleanly
+        assert await transport.backlog(new.endpoint) == len(producers)
+    finally:
+        for producer in producers:
+            await producer.close()
+        await transport.close()
+        await admin.close()
+
+
+async def test_a_sigterm_under_publishes_to_slots_it_still_owns_cuts_none_off_mid_call(
+    tmp_path: Path,
+) -> None:
+    """A broker stopped (SIGTERM) while a producer publishes to slots it still owns (no routing
+    change: a restart, not a scale-in). Publishes answered while it drains are refused as
+    SHARD_DRAINING (nothing stored); none is cut off mid-call by the server stopping, which would
+    leave its outcome unknown (CANCELLED), so every failure says plainly that nothing was taken."""
+    broker = BrokerProcess(tmp_path / "alone", shard=0).start()
+    transport = GrpcTransport()
+    producer = Producer(transport, [broker.endpoint], options=ProducerOptions(retry_budget_s=1.5))
+    await producer.start()
+    try:
+        sent = []
+        loop = asyncio.get_running_loop()
+        stopping = None
+        started = loop.time()
+        while loop.time() - started < 1.0:
+            sent.extend(producer.send(f"key-{i}", b"x") for i in range(20))
+            if stopping is None and loop.time() - started > 0.3:
+                stopping = asyncio.create_task(asyncio.to_thread(broker.terminate))
+            await asyncio.sleep(0.005)
+        results = await asyncio.gather(*sent, return_exceptions=True)
+        failures = [str(r) for r in results if r is not None]
+        assert failures, "publishes after the stop fail (nothing else owns their slots)"
+        assert [f for f in failures if "outcome unknown" in f] == []
+        assert stopping is not None and await stopping == 0
+    finally:
+        await producer.close()
+        await transport.close()
+        broker.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,13 @@ from foreshard_broker.client.producer import (
     PublishError,
     SequenceError,
 )
-from foreshard_broker.client.transport import OutboundMessage, PublishStatus, RoutingTable, slot_of
+from foreshard_broker.client.transport import (
+    OutboundMessage,
+    PublishOutcome,
+    PublishStatus,
+    RoutingTable,
+    slot_of,
+)
 from foreshard_broker.client.twin import TwinNetwork, TwinTransport
 from foreshard_broker.idempotence import SentBatch
 
@@ -99,6 +106,36 @@ async def test_a_batch_no_broker_saw_follows_its_keys_when_their_shard_is_gone()
         await producer.publish(key, b"1")
     assert [s.payload for s in network.broker(f"twin-{1 - old.shard}").log.values()] == [b"1"]
     assert producer.stats.rerouted == 1 and producer.table is not None and producer.table.epoch == 2
+
+
+async def test_a_batch_whose_outcome_became_unknown_fails_naming_why_and_stays_with_its_broker() -> None:
+    """A reply lost, then the broker gone (its slot moved on, it was scaled in): the batch may be
+    stored there, so it is never sent elsewhere; the error names what made its outcome unknown,
+    not only the last failure."""
+    network = TwinNetwork(shards=2, num_slots=16)
+    key = "order-7"
+    old = network.broker(f"twin-{slot_of(key, 16) % 2}")
+    table = moved_table(old.table, slot_of(key, 16), 1 - old.shard)
+
+    class LostThenGone(TwinTransport):
+        async def publish(self, *args: Any, **kwargs: Any) -> list[PublishOutcome]:
+            try:
+                return await super().publish(*args, **kwargs)
+            finally:
+                if f"twin-{old.shard}" in network.brokers:  # after the first call: moved, scaled in
+                    for broker in network.brokers.values():
+                        broker.set_table(table)
+                    del network.brokers[f"twin-{old.shard}"]
+
+    transport = LostThenGone(network)
+    transport.lose_publish_replies = 1
+    async with Producer(
+        transport, network.endpoints, options=ProducerOptions(retry_budget_s=0.3)
+    ) as producer:
+        with pytest.raises(PublishError, match="its outcome unknown since: reply lost"):
+            await producer.publish(key, b"1")
+    assert producer.stats.rerouted == 0
+    assert network.broker(f"twin-{1 - old.shard}").log == {}  # not sent to the new owner
 
 
 async def test_a_paused_slot_holds_its_keys_back_and_other_keys_keep_flowing() -> None:

@@ -353,6 +353,7 @@ class Producer:
         delay = 0.005
         producer_id = lane.producer_id(endpoint)
         no_effect = True  # no attempt has had any effect on a broker yet
+        first: TransportError | None = None  # what made the outcome unknown, if it is
         while True:
             try:
                 outcomes = await self.transport.publish(endpoint, producer_id, sequence, messages, lane.epoch)
@@ -360,6 +361,7 @@ class Producer:
             except TransportError as error:
                 self.stats.transport_errors += 1
                 no_effect = no_effect and error.no_effect
+                first = first or (None if error.no_effect else error)
                 if no_effect and await self._routed_elsewhere(endpoint, batch):
                     # No broker took it (none could be reached, or a draining one turned it away),
                     # and its keys live elsewhere now (e.g. a shard scaled in after its slots moved
@@ -371,6 +373,8 @@ class Producer:
                     return [moved] * len(batch), True
                 if loop.time() - batch[0].first_try > self.options.retry_budget_s:
                     reason = f"broker unreachable, the batch may or may not be stored: {error}"
+                    if first is not None and first is not error:
+                        reason += f" (its outcome unknown since: {first})"
                     return [PublishOutcome(PublishStatus.REJECTED, reason=reason)] * len(batch), False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.options.max_backoff_s)

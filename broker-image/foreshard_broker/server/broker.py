@@ -68,6 +68,7 @@ class Broker:
         self.paused_slots: dict[int, int] = {}  # slot -> retry-after ms
         self.paused_keys: dict[str, int] = {}
         self.draining = False
+        self.last_publish_at = 0.0  # time.monotonic() of the last publish call
         self.failed: str | None = None
         self._changed: dict[str, asyncio.Event] = {}
         self._unpublished: deque[tuple[asyncio.Future[None], BatchRecord]] = deque()
@@ -93,6 +94,7 @@ class Broker:
     async def publish(self, producer_id: str, sequence: int, batch: Batch, epoch: int = 0) -> Stored:
         """Store the messages this shard owns and has not paused; the rest come back as refusals."""
         started = time.perf_counter()
+        self.last_publish_at = time.monotonic()  # a drain waits for publishes to stop (main.py)
         self._check_storage()
         nbytes = validation.check_batch(self.limits, producer_id, batch)
         fingerprint = (epoch, len(batch.keys), nbytes)  # the request as a resend must repeat it

@@ -39,6 +39,7 @@ from foreshard_broker.server.service import BrokerService
 from foreshard_broker.storage import SegmentLogStorage, faults
 
 log = logging.getLogger("foreshard_broker")
+DRAIN_QUIET_S = 0.5  # no publish for this long: the producers have followed their moves
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,6 +97,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="own nothing (refuse publishes, not ready) until a routing table is pushed; for shard pods",
     )
     add("--grace", type=float, default=float(env("FORESHARD_BROKER_GRACE", "10")))
+    add(
+        "--drain-seconds",
+        type=float,
+        default=float(env("FORESHARD_BROKER_DRAIN_SECONDS", "5")),
+        dest="drain_s",
+        help="after SIGTERM, keep answering (MOVED, or SHARD_DRAINING: nothing stored) until no "
+        f"publish has come for {DRAIN_QUIET_S:g} s, at most this long, before the server stops",
+    )
     add("--log-level", default=env("FORESHARD_BROKER_LOG_LEVEL", "INFO"))
     add(
         "--admin-token-file",
@@ -188,6 +197,7 @@ async def serve(args: argparse.Namespace) -> int:
     await _run_until_signal(broker, args.compact_every)
     log.info("draining")
     broker.draining = True
+    await drain_window(broker, args.drain_s)
     await server.stop(grace=args.grace)
     http_server.close()
     await storage.close()
@@ -237,6 +247,19 @@ def _ready(broker: Broker) -> str | None:
     if broker.awaiting_routing:
         return "waiting for a routing table from the operator"
     return _live(broker) or ("draining" if broker.draining else None)
+
+
+async def drain_window(broker: Broker, longest_s: float, quiet_s: float = DRAIN_QUIET_S) -> None:
+    """Answer while draining until producers go quiet (at most `longest_s`). A call the server
+    stops under is cancelled, an outcome its client cannot know, so it must wait and resend to
+    the same broker; a call answered while draining gets MOVED or SHARD_DRAINING, which say that
+    nothing was stored and where to go."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + longest_s
+    while loop.time() < deadline:
+        if time.monotonic() - broker.last_publish_at >= quiet_s:
+            return
+        await asyncio.sleep(min(quiet_s / 5, max(0.0, deadline - loop.time())))
 
 
 async def _run_until_signal(broker: Broker, compact_every: float = 10.0) -> None:

@@ -200,4 +200,6 @@ def failure_reason(error: BaseException | None) -> str:
     if error is None:
         return "cancelled"
     text = str(error).split("\n", 1)[0]
-    return f"{type(error).__name__}: {text[:100]}"
+    head, since, cause = text.partition(" (its outcome unknown since: ")
+    # the error that made a publish's outcome unknown says more than the last one
+    return f"{type(error).__name__}: {head[:100]}{since}{cause[:100]}"
