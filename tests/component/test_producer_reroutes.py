@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,18 +39,31 @@ def brokers(tmp_path: Path) -> Iterator[list[BrokerProcess]]:
         process.kill()
 
 
+@pytest.fixture
+async def admin(brokers: list[BrokerProcess]) -> AsyncIterator[GrpcTransport]:
+    """The operator's side: both shards routed at epoch 1, slots dealt alternately (slot 0 and
+    slot 2 on shard 0, the old one)."""
+    transport = GrpcTransport(admin_token=TOKEN)
+    for process in brokers:
+        await transport.update_routing(process.endpoint, first_table(brokers))
+    yield transport
+    await transport.close()
+
+
+def first_table(brokers: list[BrokerProcess]) -> RoutingTable:
+    owners = tuple(s % 2 for s in range(SLOTS))
+    return RoutingTable(1, SLOTS, owners, {}, {i: b.endpoint for i, b in enumerate(brokers)})
+
+
 def key_in(slot: int) -> str:
     return next(k for k in (f"key-{i}" for i in range(10_000)) if slot_of(k, SLOTS) == slot)
 
 
 async def test_a_batch_for_a_shard_that_is_gone_follows_its_slot_and_one_still_routed_there_fails(
-    brokers: list[BrokerProcess],
+    brokers: list[BrokerProcess], admin: GrpcTransport
 ) -> None:
     old, new = brokers
-    admin = GrpcTransport(admin_token=TOKEN)
-    table = RoutingTable(1, SLOTS, tuple(s % 2 for s in range(SLOTS)), {}, {0: old.endpoint, 1: new.endpoint})
-    for process in brokers:
-        await admin.update_routing(process.endpoint, table)
+    table = first_table(brokers)
     moving, staying = key_in(0), key_in(2)  # both on the old shard at first
 
     transport = GrpcTransport()
@@ -82,19 +95,15 @@ async def test_a_batch_for_a_shard_that_is_gone_follows_its_slot_and_one_still_r
     finally:
         await producer.close()
         await transport.close()
-        await admin.close()
 
 
 async def test_a_draining_shard_sends_a_producer_with_an_old_table_to_the_slots_new_owner(
-    brokers: list[BrokerProcess],
+    brokers: list[BrokerProcess], admin: GrpcTransport
 ) -> None:
     """SIGTERM on a scaled-in shard drains it before it stops: it refuses what it still owns
     (nothing was stored) but answers MOVED for what moved away, so the producer follows."""
     old, new = brokers
-    admin = GrpcTransport(admin_token=TOKEN)
-    table = RoutingTable(1, SLOTS, tuple(s % 2 for s in range(SLOTS)), {}, {0: old.endpoint, 1: new.endpoint})
-    for process in brokers:
-        await admin.update_routing(process.endpoint, table)
+    table = first_table(brokers)
     moving, staying = key_in(0), key_in(2)
     transport = GrpcTransport()
     producer = Producer(transport, [new.endpoint], options=ProducerOptions(retry_budget_s=3.0))
@@ -118,11 +127,10 @@ async def test_a_draining_shard_sends_a_producer_with_an_old_table_to_the_slots_
     finally:
         await producer.close()
         await transport.close()
-        await admin.close()
 
 
 async def test_a_shard_stopped_by_sigterm_answers_producers_with_old_tables_until_they_go_quiet(
-    brokers: list[BrokerProcess],
+    brokers: list[BrokerProcess], admin: GrpcTransport
 ) -> None:
     """The operator's scale-in: the slot moved away, then SIGTERM, while producers that never heard
     of the move send to the old shard. A call the server stopped under would be cancelled: an
@@ -130,10 +138,7 @@ async def test_a_shard_stopped_by_sigterm_answers_producers_with_old_tables_unti
     retry budget ran out. The draining broker keeps answering (MOVED) until publishes stop, so
     every one of them ends stored on the new owner and none fails."""
     old, new = brokers
-    admin = GrpcTransport(admin_token=TOKEN)
-    table = RoutingTable(1, SLOTS, tuple(s % 2 for s in range(SLOTS)), {}, {0: old.endpoint, 1: new.endpoint})
-    for process in brokers:
-        await admin.update_routing(process.endpoint, table)
+    table = first_table(brokers)
     moving = key_in(0)
     transport = GrpcTransport()
     options = ProducerOptions(retry_budget_s=5.0)
@@ -155,7 +160,6 @@ async def test_a_shard_stopped_by_sigterm_answers_producers_with_old_tables_unti
         for producer in producers:
             await producer.close()
         await transport.close()
-        await admin.close()
 
 
 async def test_a_sigterm_under_publishes_to_slots_it_still_owns_cuts_none_off_mid_call(
