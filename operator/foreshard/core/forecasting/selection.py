@@ -309,13 +309,33 @@ def _best_per_family(
 ) -> list[Scored]:
     horizon = actual.shape[1]
     best: list[Scored] = []
+    clipped: list[Scored] = []
     for family in families:
-        scored = []
+        scored: list[Scored] = []
+        dropped: list[Scored] = []
         for spec in family:
             forecasts = paths(y, spec, profiles, phase_base, origins, horizon)
-            scored.append((_mae(forecasts, actual), spec, forecasts))
-        best.append(min(scored, key=lambda item: item[0]))
-    return sorted(best, key=lambda item: item[0])
+            item = (_mae(forecasts, actual), spec, forecasts)
+            (dropped if _clipped(spec, forecasts, actual) else scored).append(item)
+        if scored:
+            best.append(min(scored, key=lambda item: item[0]))
+        clipped += dropped
+    # every candidate clipped (a restricted fit): the best of them rather than none
+    return sorted(best or [min(clipped, key=lambda item: item[0])], key=lambda item: item[0])
+
+
+def _clipped(spec: Candidate, forecasts: FloatArray, actual: FloatArray) -> bool:
+    """A raw-space seasonal level whose backtest forecast 0 where the series had arrivals.
+
+    Its additive profile took the level below zero and the forecast was clipped there. MAE
+    barely notices (the trough is small in counts), but the intervals are log1p residuals: each
+    such origin adds log1p(actual) to the table (5.75 for a trough of 313 per step), and the
+    table's upper quantiles then multiply every forecast of the series, its peaks too, by
+    hundreds. Log-space profiles and the other candidates never reach 0 on a positive series.
+    """
+    if not (isinstance(spec, Spec) and spec.kind == LEVEL and spec.season and not spec.log):
+        return False
+    return bool(np.any((forecasts <= 0) & (actual > 0)))
 
 
 def residual_table(forecasts: FloatArray, actual: FloatArray) -> tuple[FloatArray, int]:
