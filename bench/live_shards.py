@@ -59,10 +59,6 @@ def routed(cluster: LocalCluster) -> RoutingTable | None:
     return devenv.routed(cluster, NAMESPACE, QUEUE)
 
 
-def wait(predicate: Any, what: str, timeout_s: float = 180) -> Any:
-    return poll_until(predicate, what, timeout_s, interval_s=0.5)
-
-
 def pod_uid_ready(cluster: LocalCluster, name: str) -> tuple[str, bool]:
     out = cluster.kubectl("get", "pod", name, "-n", NAMESPACE, "-o", "json", check=False).stdout
     if not out:
@@ -84,11 +80,13 @@ def pod_restart(cluster: LocalCluster, endpoints: dict[int, str]) -> traffic.Ver
     uid, _ = pod_uid_ready(cluster, f"{QUEUE}-shard-1")
     cluster.kubectl("delete", "pod", f"{QUEUE}-shard-1", "-n", NAMESPACE, "--wait=false")
     thread.join()
-    wait(
+    poll_until(
         lambda: (lambda u, r: u not in ("", uid) and r)(*pod_uid_ready(cluster, f"{QUEUE}-shard-1")),
         "shard 1 back",
+        180,
+        interval_s=0.5,
     )
-    wait(lambda: routed(cluster), "routed again")
+    poll_until(lambda: routed(cluster), "routed again", 180, interval_s=0.5)
     return asyncio.run(traffic.judge([endpoints[0]], published[0], "after-restart", 240))
 
 
@@ -105,7 +103,11 @@ def main() -> int:
             operator, _ = devenv.start_operator(cluster, workdir, env={"FORESHARD_RESYNC_SECONDS": "2"})
             cluster.kubectl("apply", "-f", "-", stdin=json.dumps(queue()))
             progress("waiting for 3 shards Ready and Routed")
-            endpoints = dict(wait(lambda: routed(cluster), "3 shards Ready and Routed").endpoints)
+            endpoints = dict(
+                poll_until(
+                    lambda: routed(cluster), "3 shards Ready and Routed", 180, interval_s=0.5
+                ).endpoints
+            )
             single.start()
             live_runs, single_runs = [], []
             for round_ in range(ROUNDS):

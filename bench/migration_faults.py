@@ -187,10 +187,6 @@ def settled(cluster: LocalCluster, shards: int) -> bool:
     )
 
 
-def wait(predicate: Any, what: str, timeout_s: float = 300) -> None:
-    poll_until(predicate, what, timeout_s, interval_s=0.5)
-
-
 class Operator:
     """The operator process DevEnv started, then each fresh one after a SIGKILL."""
 
@@ -302,7 +298,7 @@ def run() -> dict[str, Any]:
         try:
             cluster.kubectl("apply", "-f", "-", stdin=json.dumps(queue()))
             progress("waiting for 3 shards Ready and Routed (forecasting off: minShards)")
-            wait(lambda: settled(cluster, 3), "3 shards settled", 180)
+            poll_until(lambda: settled(cluster, 3), "3 shards settled", 180, interval_s=0.5)
             endpoints = endpoints_of(status(cluster))
             progress(f"preloading {PRELOAD_MB:g} MB held by group {LAGGARD!r}")
             preloaded = asyncio.run(preload(endpoints))
@@ -423,7 +419,12 @@ def cycle(
         cluster.kubectl("patch", "shalloc", QUEUE, "-n", NAMESPACE, "--type=merge", "-p", patch)
         recorder.handed = time.time() - recorder.began
         try:
-            wait(lambda: recorder.holding(3, 10.0) and settled(cluster, 3), "the planner's plan at 3", 120)
+            poll_until(
+                lambda: recorder.holding(3, 10.0) and settled(cluster, 3),
+                "the planner's plan at 3",
+                120,
+                interval_s=0.5,
+            )
         except TimeoutError as timeout:
             progress(str(timeout))
             completed = 0
@@ -452,12 +453,13 @@ def cycle(
                 kills.append({"step": shards, **done})
                 progress(f"{victim} SIGKILLed with move {seen['id']} in {done['phase']}")
             try:
-                wait(
+                poll_until(
                     lambda shards=shards, since=since: (
                         settled(cluster, shards) and recorder.reached(shards, since)
                     ),
                     f"the planner's {shards} shards settled",
                     480,
+                    interval_s=0.5,
                 )
             except TimeoutError as timeout:
                 progress(str(timeout))

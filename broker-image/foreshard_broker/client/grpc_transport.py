@@ -60,11 +60,13 @@ async def _guard(call: Awaitable[T], endpoint: str) -> T:
     try:
         return await call
     except BrokerCallError as error:
-        raise TransportError(
-            f"{endpoint}: {error}", error.code in _REFUSALS, no_effect(error.code, error.message)
-        ) from error
+        raise _call_error(error, endpoint, error.code in _REFUSALS) from error
     except grpc.aio.AioRpcError as error:
         raise _transport_error(error, endpoint) from error
+
+
+def _call_error(error: BrokerCallError, endpoint: str, refused: bool = False) -> TransportError:
+    return TransportError(f"{endpoint}: {error}", refused, no_effect(error.code, error.message))
 
 
 def _transport_error(error: grpc.aio.AioRpcError, endpoint: str) -> TransportError:
@@ -88,9 +90,7 @@ async def _guard_stream(stream: AsyncIterator[T], endpoint: str) -> AsyncIterato
         async for item in stream:
             yield item
     except BrokerCallError as error:
-        raise TransportError(
-            f"{endpoint}: {error}", error.code in _REFUSALS, no_effect(error.code, error.message)
-        ) from error
+        raise _call_error(error, endpoint, error.code in _REFUSALS) from error
     except grpc.aio.AioRpcError as error:
         raise _transport_error(error, endpoint) from error
 
@@ -197,9 +197,7 @@ class GrpcTransport:
             if error.code in _UNKNOWN_OUTCOME:
                 # Unreachable, overloaded, draining, or no answer in time: the outcome may be
                 # unknown, so the producer resends the same sequence (stored once, whatever happened).
-                raise TransportError(
-                    f"{endpoint}: {error}", no_effect=no_effect(error.code, error.message)
-                ) from error
+                raise _call_error(error, endpoint) from error
             return [_failure(error.code, error.message)] * len(messages)
         except grpc.aio.AioRpcError as error:
             raise _transport_error(error, endpoint) from error
@@ -220,9 +218,7 @@ class GrpcTransport:
             messages = await call
         except BrokerCallError as error:
             if error.code is not grpc.StatusCode.NOT_FOUND:
-                raise TransportError(
-                    f"{endpoint}: {error}", no_effect=no_effect(error.code, error.message)
-                ) from error
+                raise _call_error(error, endpoint) from error
             # The group vanished while this consumer ran (deleted, or a broker that lost it): join
             # it again from the LATEST message, so a stale or mistyped consumer does not pin the
             # whole backlog again. A consumer creates its group from the earliest when it starts.

@@ -279,16 +279,16 @@ class Admin:
         await self.marks.persist()  # after the imported records are durable
         return imported, sum(len(messages) for _, messages in chunks) - imported
 
-    async def _drop_stale(self, source_shard: int, selector: Selector) -> int:
+    async def _drop_stale(self, source_shard: int, selector: Selector) -> None:
         """Drop the messages of the selection this shard does not own and did not import from
         `source_shard`: an old copy left by a move away whose Release never ran (the shard was
         killed first and re-created on its data dir). The move that switched it away copied all of
         it to the then new owner, so the source's copy supersedes it; kept, its group state would
         deliver it again, older messages after newer ones. Scans once per item and source (the
-        pause's ImportFenced then skips it); returns how many messages it dropped."""
+        pause's ImportFenced then skips it)."""
         items = [*(f"slot/{slot}" for slot in selector.slots), *(f"key/{key}" for key in selector.keys)]
         if all(self._clean_for.get(item) == source_shard for item in items):
-            return 0
+            return
         await self.broker.barrier()
         routing, me = self.broker.routing, self.broker.config.shard
         offsets = [
@@ -305,7 +305,6 @@ class Admin:
             )
         for item in items:
             self._clean_for[item] = source_shard
-        return len(offsets)
 
     async def _import(self, source_shard: int, chunks: list[tuple[Selector, list[Message]]]) -> int:
         """Append what was not imported before: neither in the exact index of retained imports nor

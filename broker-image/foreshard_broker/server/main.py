@@ -254,12 +254,9 @@ async def drain_window(broker: Broker, longest_s: float, quiet_s: float = DRAIN_
     stops under is cancelled, an outcome its client cannot know, so it must wait and resend to
     the same broker; a call answered while draining gets MOVED or SHARD_DRAINING, which say that
     nothing was stored and where to go."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + longest_s
-    while loop.time() < deadline:
-        if time.monotonic() - broker.last_publish_at >= quiet_s:
-            return
-        await asyncio.sleep(min(quiet_s / 5, max(0.0, deadline - loop.time())))
+    deadline = time.monotonic() + longest_s
+    while (now := time.monotonic()) < deadline and now - broker.last_publish_at < quiet_s:
+        await asyncio.sleep(min(quiet_s / 5, deadline - now))
 
 
 async def _run_until_signal(broker: Broker, compact_every: float = 10.0) -> None:

@@ -66,7 +66,7 @@ def build_ports(
     endpoints: Any,
     token_file: Path | None,
     results: dict[str, Result],
-    finished: dict[tuple[str, str], dict[str, Migration]] | None = None,
+    finished: dict[tuple[str, str], dict[str, Migration]],
 ) -> Ports:
     """A pass's ports; the token file is re-read each pass, so a rotated Secret needs no restart."""
     brokers = GrpcBrokers.from_token_file(token_file)
@@ -76,6 +76,6 @@ def build_ports(
         brokers,
         movers=brokers,
         results=results,
-        finished={} if finished is None else finished,
+        finished=finished,
         pass_interval_s=RESYNC_SECONDS,
     )

@@ -127,24 +127,25 @@ def wait_until(
     interval_s: float = 0.2,
 ) -> None:
     """Poll `check` until it holds; fail fast with the log tail if a watched process exits."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def alive_and_checked() -> bool:
         for managed in watched:
             if not managed.alive():
                 raise StartError(
                     f"{managed.name} exited with code {managed.process.returncode} while waiting for {what}; "
                     f"last lines of {managed.log}:\n{tail(managed.log)}"
                 )
-        if check():
-            return
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {m.name} ({m.log}):\n{tail(m.log, 10)}" for m in watched)
-            raise StartError(f"timed out after {timeout_s:.0f}s waiting for {what}\n{logs}")
-        time.sleep(interval_s)
+        return check()
+
+    try:
+        poll_until(alive_and_checked, what, timeout_s, interval_s)
+    except TimeoutError as error:
+        logs = "\n".join(f"--- {m.name} ({m.log}):\n{tail(m.log, 10)}" for m in watched)
+        raise StartError(f"{error}\n{logs}") from None
 
 
 def poll_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     what: str,
     timeout_s: float,
     interval_s: float = 0.25,

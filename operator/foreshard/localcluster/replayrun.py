@@ -269,7 +269,7 @@ def run(
     cluster.kubectl(
         "delete", "shardallocation", settings.queue, "-n", settings.namespace, "--wait=true", check=False
     )
-    _wait(lambda: not _pods(env, settings), 120, "the previous run's shard pods to go")
+    poll_until(lambda: not _pods(env, settings), "the previous run's shard pods to go", 120, interval_s=0.5)
     # and their data: a new queue starts empty (its routing epochs start again at 1)
     cluster.kubectl("delete", "pvc", "--all", "-n", settings.namespace, "--wait=true", check=False)
     progress(
@@ -277,7 +277,12 @@ def run(
         f"{settings.min_shards} shard(s), forecasting off"
     )
     cluster.kubectl("apply", "-f", "-", stdin=json.dumps(queue_body(settings)))
-    table = _wait(lambda: devenv.routed(cluster, settings.namespace, settings.queue), 180, "the queue routed")
+    table = poll_until(
+        lambda: devenv.routed(cluster, settings.namespace, settings.queue),
+        "the queue routed",
+        180,
+        interval_s=0.5,
+    )
     wall = plan.clock.wall_step_s
     t0 = math.ceil((time.time() + 12.0) / wall) * wall
     progress(
@@ -369,7 +374,3 @@ def _pods(env: DevEnv, settings: Settings) -> list[str]:
         check=False,
     )  # fmt: skip
     return out.stdout.split()
-
-
-def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    return poll_until(predicate, what, timeout_s, interval_s=0.5)

@@ -100,8 +100,8 @@ def connect_briefly(url: str) -> HistoryReader:
     return prometheus.connect(url, timeout_s=10, retries=0)
 
 
-def publish(namespace: str, queue: str, found: Published) -> bool:
-    """Put `found` on the board unless something read later is there already; True when put.
+def publish(namespace: str, queue: str, found: Published) -> None:
+    """Put `found` on the board unless something read later is there already.
 
     A forecast cycle and the scaling pass read Prometheus concurrently, and a cycle's fits take
     seconds: a cycle that read its history just before Prometheus went away would otherwise
@@ -109,10 +109,8 @@ def publish(namespace: str, queue: str, found: Published) -> bool:
     say Ready during it. Only a read made after the outage was seen may end it.
     """
     known = BOARD.get((namespace, queue))
-    if known is not None and known.at_s > found.at_s:
-        return False
-    BOARD[(namespace, queue)] = found
-    return True
+    if known is None or known.at_s <= found.at_s:
+        BOARD[(namespace, queue)] = found
 
 
 def current(namespace: str, queue: str, now_s: float) -> Published | None:
